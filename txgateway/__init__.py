@@ -1,0 +1,1 @@
+"""txgateway: an LLM API gateway on Twisted."""

@@ -1,0 +1,279 @@
+"""
+Calling upstream servers: a pooled agent, layered timeouts and cancellation.
+
+The client is Twisted's ``Agent`` over a persistent ``HTTPConnectionPool``, the layer ``treq``
+itself is built on.  treq's ``HTTPClient`` adds what a gateway must not have on its hot path:
+a cookie jar shared by every upstream (one tenant's ``Set-Cookie`` would be replayed to the
+next), redirect following, gzip decoding that rewrites the body, URL re-parsing through
+hyperlink and a body producer that waits a reactor turn before it writes.
+
+treq's ``timeout=`` only covers the wait for the response headers, and cancelling a body read
+does not close the connection; `UpstreamCall` covers each phase: connect (the agent), first
+byte (headers), idle (silence inside the body), and an `abort` that closes the upstream
+connection at once whatever phase the call is in.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.error import (
+    ConnectError,
+    ConnectingCancelledError,
+    DNSLookupError,
+)
+from twisted.internet.error import TimeoutError as ConnectTimeout
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from twisted.web._newclient import ResponseFailed, ResponseNeverReceived
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, ResponseDone
+from twisted.web.http import PotentialDataLoss
+from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IResponse
+from zope.interface import implementer
+
+from txgateway.config import UpstreamSettings
+from txgateway.providers import UpstreamRequest
+
+
+class UpstreamError(Exception):
+    """The upstream could not give a complete answer; ``status`` is what the caller gets."""
+
+    status = 502
+    code = "upstream_error"
+
+
+class UpstreamUnreachable(UpstreamError):
+    code = "upstream_unreachable"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "upstream_timeout"
+
+
+class UpstreamBroken(UpstreamError):
+    code = "upstream_connection_lost"
+
+
+class UpstreamTooLarge(UpstreamError):
+    code = "upstream_response_too_large"
+
+
+def pooled_agent(reactor: Any, settings: UpstreamSettings) -> tuple[Agent, HTTPConnectionPool]:
+    """The shared HTTP agent: persistent connections per (scheme, host, port)."""
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = settings.max_idle_connections_per_host
+    # Never resend a POST on a fresh connection behind the caller's back.
+    pool.retryAutomatically = False
+    endpoints = _NoDelayEndpoints(reactor, settings.connect_timeout)
+    return Agent.usingEndpointFactory(reactor, endpoints, pool=pool), pool
+
+
+@implementer(IAgentEndpointFactory)
+class _NoDelayEndpoints:
+    """
+    Twisted's standard client endpoints (verified TLS for https), with Nagle's algorithm off:
+    the agent writes a request's headers and body in two sends, and Nagle would hold the
+    second until the first is acknowledged.
+    """
+
+    def __init__(self, reactor: Any, connect_timeout: float) -> None:
+        self._reactor = reactor
+        self._timeout = connect_timeout
+        self._tls = BrowserLikePolicyForHTTPS()
+
+    def endpointForURI(self, uri: Any) -> Any:
+        endpoint = HostnameEndpoint(self._reactor, uri.host, uri.port, timeout=self._timeout)
+        if uri.scheme == b"https":
+            endpoint = wrapClientTLS(self._tls.creatorForNetloc(uri.host, uri.port), endpoint)
+        return _NoDelayEndpoint(endpoint)
+
+
+@implementer(IStreamClientEndpoint)
+class _NoDelayEndpoint:
+    def __init__(self, endpoint: Any) -> None:
+        self._endpoint = endpoint
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        def no_delay(protocol: Any) -> Any:
+            protocol.transport.setTcpNoDelay(True)
+            return protocol
+
+        return self._endpoint.connect(factory).addCallback(no_delay)
+
+
+@implementer(IBodyProducer)
+class BytesProducer:
+    """A request body already in memory, written at once (no cooperator turn)."""
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+        self.length = len(body)
+
+    def startProducing(self, consumer: Any) -> Deferred[None]:
+        consumer.write(self._body)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class UpstreamCall:
+    """
+    One request to an upstream: send it, then read or relay its body, abortable throughout.
+
+    ``abort()`` is what a client disconnect calls: before the headers it cancels the request,
+    after them it closes the body's connection (so it is never returned to the pool).
+    """
+
+    def __init__(self, reactor: Any, settings: UpstreamSettings) -> None:
+        self._reactor = reactor
+        self._settings = settings
+        self._waiting: Deferred[Any] | None = None
+        self._body: TimedBody | None = None
+        self.aborted = False
+
+    def send(self, agent: Any, request: UpstreamRequest) -> Deferred[IResponse]:
+        """The response, once its headers are in; fails with an `UpstreamError`."""
+        waiting = agent.request(
+            request.method, request.url, request.headers, BytesProducer(request.body)
+        )
+        timer = self._reactor.callLater(self._settings.first_byte_timeout, waiting.cancel)
+        self._waiting = waiting
+
+        def settled(result: Any) -> Any:
+            self._waiting = None
+            if timer.active():
+                timer.cancel()
+                if isinstance(result, Failure):
+                    return _classify(result)
+            elif isinstance(result, Failure):
+                return Failure(UpstreamTimeout("the upstream did not answer in time"))
+            return result
+
+        return waiting.addBoth(settled)
+
+    def read(self, response: IResponse) -> Deferred[bytes]:
+        """The whole body, within the idle timeout and the size limit."""
+        collector = BodyCollector(self._reactor, self._settings)
+        self.deliver(response, collector)
+        return collector.finished
+
+    def deliver(self, response: IResponse, body: TimedBody) -> None:
+        """Hand the body to ``body`` (a `TimedBody`), keeping it abortable."""
+        self._body = body
+        if self.aborted:
+            body.abort()
+        response.deliverBody(body)
+
+    def abort(self) -> None:
+        self.aborted = True
+        if self._waiting is not None:
+            self._waiting.cancel()
+        elif self._body is not None:
+            self._body.abort()
+
+
+def _classify(failure: Failure) -> Failure:
+    if failure.check(UpstreamError, CancelledError):
+        return failure
+    if failure.check(ConnectingCancelledError):
+        return Failure(CancelledError())
+    if failure.check(ConnectTimeout):
+        return Failure(UpstreamTimeout("connecting to the upstream timed out"))
+    if failure.check(DNSLookupError, ConnectError):
+        return Failure(UpstreamUnreachable(f"cannot connect to the upstream: {failure.value}"))
+    if failure.check(ResponseNeverReceived, ResponseFailed):
+        return Failure(UpstreamBroken("the upstream closed the connection without answering"))
+    return failure
+
+
+class TimedBody(Protocol):
+    """
+    A response body reader with an idle timer: silence longer than the idle timeout, or an
+    `abort`, closes the upstream connection.  Subclasses implement `received` and `ended`.
+    """
+
+    transport: Any
+
+    def __init__(self, reactor: Any, settings: UpstreamSettings) -> None:
+        self._reactor = reactor
+        self._idle_timeout = settings.idle_timeout
+        self._timer: Any = None
+        self._stop_reason: UpstreamError | CancelledError | None = None
+
+    def connectionMade(self) -> None:
+        self._timer = self._reactor.callLater(self._idle_timeout, self._stalled)
+        if self._stop_reason is not None:
+            self.transport.stopProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        self._timer.reset(self._idle_timeout)
+        self.received(data)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        if self._stop_reason is not None:
+            reason = Failure(self._stop_reason)
+        elif reason.check(ResponseDone, PotentialDataLoss):
+            reason = None
+        elif not reason.check(UpstreamError):
+            reason = Failure(UpstreamBroken("the upstream connection broke mid-response"))
+        self.ended(reason)
+
+    def _stalled(self) -> None:
+        self._stop(UpstreamTimeout(f"the upstream sent nothing for {self._idle_timeout:g} s"))
+
+    def abort(self) -> None:
+        """The caller has gone: close the upstream connection."""
+        self._stop(CancelledError())
+
+    def fail(self, error: UpstreamError) -> None:
+        self._stop(error)
+
+    def _stop(self, reason: UpstreamError | CancelledError) -> None:
+        if self._stop_reason is None:
+            self._stop_reason = reason
+            if self.transport is not None:
+                self.transport.stopProducing()
+
+    def received(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def ended(self, failure: Failure | None) -> None:
+        """The body is over: ``failure`` is None when it ended cleanly."""
+        raise NotImplementedError
+
+
+class BodyCollector(TimedBody):
+    """Collects a whole (non-streamed) body into ``finished``."""
+
+    def __init__(self, reactor: Any, settings: UpstreamSettings) -> None:
+        super().__init__(reactor, settings)
+        self._limit = settings.max_response_bytes
+        self._parts: list[bytes] = []
+        self._size = 0
+        self.finished: Deferred[bytes] = Deferred()
+
+    def received(self, data: bytes) -> None:
+        self._size += len(data)
+        if self._size > self._limit:
+            self.fail(UpstreamTooLarge(f"the upstream answer exceeds {self._limit} bytes"))
+        else:
+            self._parts.append(data)
+
+    def ended(self, failure: Failure | None) -> None:
+        if failure is None:
+            self.finished.callback(b"".join(self._parts))
+        else:
+            self.finished.errback(failure)

@@ -1,0 +1,236 @@
+"""
+``POST /v1/chat/completions``: the OpenAI chat API, proxied to the provider behind the model.
+
+The same-dialect fast path: the caller's body goes upstream as it came unless a field must
+change (`upstream_chat_body`), and the answer comes back as the upstream sent it; usage is
+read on the side.  Streams are relayed event by event as they arrive, with backpressure (the
+client's connection is the producer's consumer) and an upstream abort when the client leaves.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.server import NOT_DONE_YET
+
+from txgateway.accounting import Exchange
+from txgateway.config import UpstreamSettings
+from txgateway.dialects.openai import (
+    BadRequest,
+    ChatRequest,
+    error_body,
+    is_error_body,
+    parse_chat,
+    response_usage,
+    stream_error_event,
+    upstream_chat_body,
+)
+from txgateway.gateway import Gateway
+from txgateway.providers import ApiCall
+from txgateway.routing import Target
+from txgateway.streams import EventSplitter, data_of, events
+from txgateway.upstream import TimedBody, UpstreamCall, UpstreamError
+from txgateway.usage import Usage, estimate_tokens
+from txgateway.web.resource import JSONResource, openai_error, write_json
+
+log = Logger()
+
+#: nginx's status for "the client closed the connection before the answer was complete".
+CLIENT_CLOSED = 499
+
+
+class ChatCompletions(JSONResource):
+    isLeaf = True
+
+    def __init__(self, gateway: Gateway) -> None:
+        super().__init__()
+        self._gateway = gateway
+
+    def render_POST(self, request: Any) -> Any:
+        gateway = self._gateway
+        exchange = gateway.accountant.start("chat")
+        try:
+            chat = parse_chat(request.content.getvalue())
+        except BadRequest as error:
+            return self._refuse(request, exchange, 400, str(error), None, error.param)
+        exchange.model = chat.model
+        exchange.stream = chat.stream
+        target = gateway.router.resolve(chat.model)
+        if target is None:
+            return self._refuse(
+                request, exchange, 404,
+                f"The model `{chat.model}` does not exist or you do not have access to it.",
+                "model_not_found", "model",
+            )
+        exchange.provider = target.provider.name
+        exchange.provider_kind = target.provider.kind
+        exchange.upstream_model = target.model
+        call = UpstreamCall(gateway.reactor, gateway.config.upstream)
+        request.notifyFinish().addErrback(lambda _: call.abort())
+        Deferred.fromCoroutine(self._proxy(request, exchange, chat, target, call))
+        return NOT_DONE_YET
+
+    def _refuse(self, request: Any, exchange: Exchange, status: int, message: str,
+                code: str | None, param: str | None) -> bytes:
+        exchange.status = status
+        exchange.error = message
+        self._gateway.accountant.finish(exchange)
+        return openai_error(request, status, message, code, param)
+
+    async def _proxy(self, request: Any, exchange: Exchange, chat: ChatRequest, target: Target,
+                     call: UpstreamCall) -> None:
+        provider = target.provider
+        try:
+            upstream_request = provider.build_request(ApiCall(
+                api="chat", body=upstream_chat_body(chat, target.model), parsed=chat.parsed,
+                model=target.model, stream=chat.stream,
+            ))
+            response = await call.send(provider.agent, upstream_request)
+            if chat.stream and response.code == 200 and _is_event_stream(response):
+                await self._relay(request, exchange, chat, call, response)
+            else:
+                exchange.first_byte = self._gateway.reactor.seconds()
+                self._answer(request, exchange, response, await call.read(response))
+        except CancelledError:
+            exchange.status = CLIENT_CLOSED
+            exchange.error = "the client disconnected"
+        except UpstreamError as error:
+            exchange.status = error.status
+            exchange.error = str(error)
+            _finish(request, call, error.status, error_body(error.status, str(error), error.code))
+        except Exception:
+            log.failure("chat completion for {model} failed", model=chat.model)
+            exchange.status = 500
+            exchange.error = "internal error"
+            _finish(request, call, 500, error_body(500, "the gateway failed to answer",
+                                                   "internal_error"))
+        finally:
+            self._gateway.accountant.finish(exchange)
+
+    def _answer(self, request: Any, exchange: Exchange, response: Any, body: bytes) -> None:
+        status = response.code
+        if status == 200:
+            exchange.usage = Usage.from_openai(response_usage(body))
+        elif not is_error_body(body):
+            # Not an OpenAI error object (a proxy's HTML page, say): say what happened in one.
+            snippet = body[:200].decode("utf-8", "replace")
+            status = status if 400 <= status < 500 else 502
+            body = error_body(status, f"the upstream answered {response.code}: {snippet}",
+                              "upstream_error")
+        exchange.status = status
+        if status != 200:
+            exchange.error = f"upstream status {response.code}"
+        _finish(request, None, status, body)
+
+    async def _relay(self, request: Any, exchange: Exchange, chat: ChatRequest,
+                     call: UpstreamCall, response: Any) -> None:
+        request.setResponseCode(200)
+        request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-cache")
+        request.setHeader(b"x-accel-buffering", b"no")
+        exchange.status = 200
+        relay = ChatStreamRelay(self._gateway.reactor, self._gateway.config.upstream, request,
+                                exchange, call, chat)
+        call.deliver(response, relay)
+        await relay.done
+
+
+def _is_event_stream(response: Any) -> bool:
+    content_type = response.headers.getRawHeaders(b"content-type", [b""])[0]
+    return content_type.startswith(b"text/event-stream")
+
+
+def _finish(request: Any, call: UpstreamCall | None, status: int, body: bytes) -> None:
+    """Answer with a JSON body, unless the client has already gone."""
+    if call is not None and call.aborted:
+        return
+    request.write(write_json(request, status, body))
+    request.finish()
+
+
+class ChatStreamRelay(TimedBody):
+    """
+    Relays an upstream chat completions SSE stream to the client as it arrives.
+
+    It looks into the events only where the bytes say usage is there (``"prompt_tokens"``),
+    to count it and to drop the usage-only chunk the gateway asked for on the caller's
+    behalf.  A stream that breaks or stalls ends with an error event the openai SDK raises.
+    """
+
+    def __init__(self, reactor: Any, settings: UpstreamSettings, request: Any,
+                 exchange: Exchange, call: UpstreamCall, chat: ChatRequest) -> None:
+        super().__init__(reactor, settings)
+        self._request = request
+        self._exchange = exchange
+        self._call = call
+        self._chat = chat
+        self._splitter = EventSplitter()
+        self._data_events = 0
+        self.done: Deferred[None] = Deferred()
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        if not self._call.aborted:
+            self._request.registerProducer(self.transport, True)
+
+    def received(self, data: bytes) -> None:
+        if self._exchange.first_byte is None:
+            self._exchange.first_byte = self._reactor.seconds()
+        run = self._splitter.feed(data)
+        if not run:
+            return
+        if b'"prompt_tokens"' in run:
+            run = self._take_usage(run)
+        self._data_events += run.count(b"data:") - run.count(b"data: [DONE]")
+        self._request.write(run)
+
+    def _take_usage(self, run: bytes) -> bytes:
+        kept = []
+        for event in events(run):
+            payload = data_of(event)
+            if b'"prompt_tokens"' in payload:
+                try:
+                    chunk = orjson.loads(payload)
+                except orjson.JSONDecodeError:
+                    chunk = None
+                if isinstance(chunk, dict):
+                    usage = Usage.from_openai(chunk.get("usage"))
+                    if usage is not None:
+                        self._exchange.usage = usage
+                        if not self._chat.wants_usage and not chunk.get("choices"):
+                            continue
+            kept.append(event + b"\n\n")
+        return b"".join(kept)
+
+    def ended(self, failure: Failure | None) -> None:
+        exchange = self._exchange
+        if exchange.usage is None:
+            # Cut short: count what was seen.  OpenAI streams one token per chunk after a
+            # first chunk that carries only the role.
+            exchange.usage = Usage(
+                input_tokens=estimate_tokens(len(self._chat.raw)),
+                output_tokens=max(self._data_events - 1, 0),
+                estimated=True,
+            )
+        if self._call.aborted:
+            exchange.status = CLIENT_CLOSED
+            exchange.error = "the client disconnected"
+        else:
+            self._request.unregisterProducer()
+            if failure is None:
+                self._request.write(self._splitter.pending)
+            else:
+                error = failure.value
+                status = getattr(error, "status", 502)
+                exchange.status = status
+                exchange.error = str(error)
+                self._request.write(stream_error_event(
+                    status, f"the upstream stream failed: {error}",
+                    getattr(error, "code", "upstream_error"),
+                ))
+            self._request.finish()
+        self.done.callback(None)
