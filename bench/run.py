@@ -214,9 +214,10 @@ def upstream_service(args, workdir: Path) -> Service:
 
 def txgateway_target(args, workdir: Path, upstream_url: str) -> Target:
     """txgateway (or whatever ``--gateway-cmd`` starts) with a one-provider config."""
+    port = free_port()
     config = workdir / "txgateway.yaml"
     config.write_text(
-        'listen: "tcp:0:interface=127.0.0.1"\n'
+        f'listen: "tcp:{port}:interface=127.0.0.1"\n'
         'access_log: "-"\n'
         "providers:\n"
         "  upstream:\n"
@@ -227,7 +228,6 @@ def txgateway_target(args, workdir: Path, upstream_url: str) -> Target:
         f"  - name: {MODEL}\n"
         "    provider: upstream\n"
     )
-    port = free_port()
     cmd = shlex.split(args.gateway_cmd.format(config=config, port=port, upstream_url=upstream_url))
     service = Service(args.gateway_name, cmd, workdir / "gateway.log", port=port)
     return Target(args.gateway_name, service)
@@ -563,10 +563,13 @@ def parse_args(argv=None):
 
 
 def check_tools(args) -> None:
+    """Fail before starting anything when a required tool is missing."""
     if shutil.which("wrk") is None:
         raise BenchError("wrk is not installed: apt-get install -y wrk")
     if args.pin and shutil.which("taskset") is None:
         raise BenchError("taskset is not installed (util-linux); pass --no-pin")
+    if not args.no_gateway:
+        check_txgateway_installed(args)
 
 
 def start_targets(args, workdir: Path, stack: contextlib.ExitStack) -> list[Target]:
@@ -616,11 +619,13 @@ def run_all(args, workdir: Path) -> tuple[list[dict], dict[str, dict]]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    workdir = Path(tempfile.mkdtemp(prefix="txgw-bench-"))
     try:
         check_tools(args)
-        if not args.no_gateway:
-            check_txgateway_installed(args)
+    except BenchError as error:
+        print(f"bench cannot start: {error}", file=sys.stderr)
+        return 1
+    workdir = Path(tempfile.mkdtemp(prefix="txgw-bench-"))
+    try:
         results, memory = run_all(args, workdir)
     except BenchError as error:
         print(f"\nbench failed: {error}\n(configs and logs kept in {workdir})", file=sys.stderr)

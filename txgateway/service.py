@@ -72,6 +72,7 @@ class GatewayService(MultiService):
         if self._port is not None:
             await self._port.stopListening()
         await gateway.accountant.drained(self._reactor, self.drain_seconds)
+        await self.site.close_connections()
         await gateway.pool.closeCachedConnections()
         if self._access_file is not None:
             self._access_file.close()

@@ -25,7 +25,7 @@ from twisted.internet.error import (
     DNSLookupError,
 )
 from twisted.internet.error import TimeoutError as ConnectTimeout
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IPushProducer, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web._newclient import ResponseFailed, ResponseNeverReceived
@@ -197,10 +197,14 @@ def _classify(failure: Failure) -> Failure:
     return failure
 
 
+@implementer(IPushProducer)
 class TimedBody(Protocol):
     """
     A response body reader with an idle timer: silence longer than the idle timeout, or an
     `abort`, closes the upstream connection.  Subclasses implement `received` and `ended`.
+
+    It is also the push producer a relay registers with its client: pausing it pauses the
+    upstream connection and the idle timer with it, since silence we asked for is no stall.
     """
 
     transport: Any
@@ -217,7 +221,8 @@ class TimedBody(Protocol):
             self.transport.stopProducing()
 
     def dataReceived(self, data: bytes) -> None:
-        self._timer.reset(self._idle_timeout)
+        if self._timer is not None:  # None while paused
+            self._timer.reset(self._idle_timeout)
         self.received(data)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
@@ -230,6 +235,20 @@ class TimedBody(Protocol):
         elif not reason.check(UpstreamError):
             reason = Failure(UpstreamBroken("the upstream connection broke mid-response"))
         self.ended(reason)
+
+    def pauseProducing(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        if self._stop_reason is None and self._timer is None:
+            self._timer = self._reactor.callLater(self._idle_timeout, self._stalled)
+            self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.abort()
 
     def _stalled(self) -> None:
         self._stop(UpstreamTimeout(f"the upstream sent nothing for {self._idle_timeout:g} s"))

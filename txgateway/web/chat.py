@@ -124,6 +124,10 @@ class ChatCompletions(JSONResource):
         exchange.status = status
         if status != 200:
             exchange.error = f"upstream status {response.code}"
+            # The caller's SDK honours Retry-After when it backs off.
+            retry_after = response.headers.getRawHeaders(b"retry-after")
+            if retry_after:
+                request.setHeader(b"retry-after", retry_after[0])
         _finish(request, None, status, body)
 
     async def _relay(self, request: Any, exchange: Exchange, chat: ChatRequest,
@@ -175,7 +179,7 @@ class ChatStreamRelay(TimedBody):
     def connectionMade(self) -> None:
         super().connectionMade()
         if not self._call.aborted:
-            self._request.registerProducer(self.transport, True)
+            self._request.registerProducer(self, True)
 
     def received(self, data: bytes) -> None:
         if self._exchange.first_byte is None:

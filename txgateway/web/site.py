@@ -5,6 +5,7 @@ from __future__ import annotations
 from io import BytesIO
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.web.server import Request, Site
 
 from txgateway.dialects.openai import error_body
@@ -55,7 +56,10 @@ class GatewayRequest(Request):
 
 
 class GatewaySite(Site):
-    """The gateway's site; ``max_body_bytes`` bounds every request body."""
+    """
+    The gateway's site; ``max_body_bytes`` bounds every request body.  It keeps its open
+    connections, so that a stopping gateway can close idle keep-alive ones.
+    """
 
     requestFactory = GatewayRequest
     displayTracebacks = False
@@ -64,24 +68,46 @@ class GatewaySite(Site):
     def __init__(self, resource: Any, max_body_bytes: int, **kwargs: Any) -> None:
         super().__init__(resource, **kwargs)
         self.max_body_bytes = max_body_bytes
+        self._transports: set[Any] = set()
+        self._all_closed: list[Deferred[None]] = []
 
     def buildProtocol(self, addr: Any) -> Any:
         channel = super().buildProtocol(addr)
-        channel.connectionMade = _no_delay(channel.connectionMade, channel)
+        make, lost = channel.makeConnection, channel.connectionLost
+        transports = self._transports
+        mine: list[Any] = []
+
+        def make_connection(transport: Any) -> None:
+            mine.append(transport)
+            transports.add(transport)
+            try:
+                # Answers are written whole: Nagle's algorithm would only add latency.
+                transport.setTcpNoDelay(True)
+            except (AttributeError, OSError):  # UNIX sockets have no Nagle
+                pass
+            make(transport)
+
+        def connection_lost(reason: Any) -> None:
+            lost(reason)
+            transports.difference_update(mine)
+            if not transports:
+                waiting, self._all_closed = self._all_closed, []
+                for closed in waiting:
+                    closed.callback(None)
+
+        channel.makeConnection, channel.connectionLost = make_connection, connection_lost
         return channel
+
+    def close_connections(self) -> Deferred[None]:
+        """Close every client connection; fires once all are gone."""
+        closed: Deferred[None] = Deferred()
+        if not self._transports:
+            closed.callback(None)
+            return closed
+        self._all_closed.append(closed)
+        for transport in list(self._transports):
+            transport.loseConnection()
+        return closed
 
     def log(self, request: Any) -> None:
         """The access log is written by the accountant, in JSON; skip Combined Log format."""
-
-
-def _no_delay(connection_made: Any, channel: Any) -> Any:
-    """Answers are written whole, so Nagle's algorithm only adds latency: switch it off."""
-
-    def made() -> None:
-        connection_made()
-        try:
-            channel.transport.setTcpNoDelay(True)
-        except (AttributeError, OSError):  # UNIX sockets have no Nagle
-            pass
-
-    return made

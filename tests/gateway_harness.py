@@ -1,0 +1,104 @@
+"""Runs a real gateway and a fake OpenAI upstream on loopback ports, for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+import openai
+import orjson
+import treq
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
+from twisted.web.client import HTTPConnectionPool
+
+from tests.fake_openai import start_fake_openai
+from txgateway.config import load_config
+from txgateway.providers.registry import find_plugins
+from txgateway.service import GatewayService
+
+CONFIG = """
+listen: "tcp:0:interface=127.0.0.1"
+access_log: {access_log}
+max_body_bytes: 65536
+upstream:
+  connect_timeout: 1
+  first_byte_timeout: 1
+  idle_timeout: 0.5
+providers:
+  fake:
+    plugin: openai
+    base_url: http://127.0.0.1:{upstream_port}/v1
+    api_key: sk-upstream-secret
+    headers:
+      x-team: blue
+  nowhere:
+    plugin: openai
+    base_url: http://127.0.0.1:{closed_port}/v1
+  demo:
+    plugin: demo
+    chunk_delay: 0
+models:
+  - name: demo
+    provider: demo
+  - name: renamed
+    provider: fake
+    model: upstream-name
+  - name: unreachable
+    provider: nowhere
+  - name: "*"
+    provider: fake
+"""
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class GatewayTestCase(TestCase):
+    """Each test gets a fresh fake upstream, a fresh gateway and an openai SDK client."""
+
+    def setUp(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._start())
+
+    async def _start(self) -> None:
+        self.fake, self.fake_port, self.fake_site = await start_fake_openai()
+        log_dir = tempfile.mkdtemp()
+        self.access_log_path = os.path.join(log_dir, "access.log")
+        config = load_config(CONFIG.format(
+            upstream_port=self.fake_port.getHost().port, closed_port=closed_port(),
+            access_log=self.access_log_path), find_plugins)
+        self.service = GatewayService(config, reactor)
+        self.service.startService()
+        port = (await self.service.listening).getHost().port
+        self.base_url = f"http://127.0.0.1:{port}"
+        self.client = openai.OpenAI(base_url=self.base_url + "/v1", api_key="sk-caller",
+                                    max_retries=0, timeout=10)
+        self.pool = HTTPConnectionPool(reactor, persistent=False)
+        self.addCleanup(self._stop)
+
+    async def _stop(self) -> None:
+        self.client.close()
+        await self.service.stopService()
+        await self.fake_port.stopListening()
+        await self.fake_site.close_connections()
+
+    def sdk(self, function: Any, *args: Any, **kwargs: Any) -> Deferred[Any]:
+        """Call the (blocking) openai SDK in a thread while the reactor serves."""
+        return deferToThread(function, *args, **kwargs)
+
+    async def post(self, path: str, body: bytes, **kwargs: Any) -> Any:
+        return await treq.post(self.base_url + path, body, pool=self.pool,
+                               headers={b"content-type": [b"application/json"]}, **kwargs)
+
+    def access_records(self) -> list[dict[str, Any]]:
+        with open(self.access_log_path, "rb") as log:
+            return [orjson.loads(line) for line in log]
