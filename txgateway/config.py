@@ -307,7 +307,7 @@ def load_config(
         except ConfigError as error:
             problems.extend(error.problems)
     config = attrs.evolve(config, providers=providers)
-    problems.extend(_route_problems(config))
+    problems.extend(_route_problems(config, known=set(raw_providers)))
     if problems:
         raise ConfigError(problems)
     return _without_disabled(config)
@@ -332,11 +332,12 @@ def _provider(
     return ProviderConfig(plugin=plugin, settings=structure(raw, settings_type, path))
 
 
-def _route_problems(config: GatewayConfig) -> list[str]:
+def _route_problems(config: GatewayConfig, known: set[str]) -> list[str]:
+    """Routes to providers that are not in the config at all."""
     return [
         f"models[{index}].provider: no provider named {route.provider!r}"
         for index, route in enumerate(config.models)
-        if route.provider not in config.providers
+        if route.provider not in known
     ]
 
 

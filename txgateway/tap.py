@@ -5,7 +5,7 @@ from __future__ import annotations
 import attrs
 from twisted.python import usage
 
-from txgateway.config import ConfigError, read_config
+from txgateway.config import ConfigError, GatewayConfig, read_config
 from txgateway.providers.registry import find_plugins
 from txgateway.service import GatewayService
 
@@ -25,12 +25,18 @@ class Options(usage.Options):
             raise usage.UsageError("--config is required (try twistd-config/gateway.yaml)")
 
 
-def makeService(options: Options) -> GatewayService:
+def gateway_config(path: str, listen: str | None = None) -> GatewayConfig:
+    """
+    The config at ``path`` (``listen`` overriding its endpoint), or exit listing its problems:
+    SystemExit, not a traceback, so twistd prints the message and exits non-zero.
+    """
     try:
-        config = read_config(options["config"], find_plugins)
+        config = read_config(path, find_plugins)
     except ConfigError as error:
         problems = "\n  ".join(error.problems)
-        raise SystemExit(f"txgateway: {options['config']} is not a valid config:\n  {problems}")
-    if options["listen"]:
-        config = attrs.evolve(config, listen=options["listen"])
-    return GatewayService(config)
+        raise SystemExit(f"txgateway: {path} is not a valid config:\n  {problems}")
+    return attrs.evolve(config, listen=listen) if listen else config
+
+
+def makeService(options: Options) -> GatewayService:
+    return GatewayService(gateway_config(options["config"], options["listen"]))
