@@ -240,6 +240,8 @@ def _problems(error: BaseException, path: str) -> Any:
         located, unlocated = error.group_exceptions()
         for inner, note in located:
             step = getattr(note, "name", None)
+            if step is None and isinstance(note.index, str):  # a mapping's key
+                step = note.index
             where = _join(path, step) if step is not None else f"{path}[{note.index}]"
             yield from _problems(inner, where)
         for inner in unlocated:
