@@ -100,5 +100,6 @@ class GatewayTestCase(TestCase):
                                headers={b"content-type": [b"application/json"]}, **kwargs)
 
     def access_records(self) -> list[dict[str, Any]]:
+        self.service.access_log.flush()
         with open(self.access_log_path, "rb") as log:
             return [orjson.loads(line) for line in log]

@@ -8,11 +8,12 @@ from typing import Any
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from txgateway.config import GatewayConfig
 from txgateway.gateway import build_gateway
-from txgateway.logs import access_logger
+from txgateway.logs import AccessLog
 from txgateway.providers import IProviderPlugin
 from txgateway.providers.registry import find_plugins
 from txgateway.web.root import build_root
@@ -39,14 +40,17 @@ class GatewayService(MultiService):
         self._reactor = reactor
         if plugins is None:
             plugins = find_plugins(config.plugin_dirs)
-        access_log, self._access_file = access_logger(config.access_log)
-        self.gateway = build_gateway(reactor, config, plugins, access_log)
+        self.access_log = AccessLog(config.access_log)
+        self._flushing = LoopingCall(self.access_log.flush)
+        self._flushing.clock = reactor
+        self.gateway = build_gateway(reactor, config, plugins, self.access_log.logger)
         self.site = GatewaySite(build_root(self.gateway), config.max_body_bytes)
         self.listening: Deferred[Any] = Deferred()
         self._port: Any = None
 
     def startService(self) -> None:
         super().startService()
+        self._flushing.start(1.0, now=False)
         config = self.gateway.config
         failures: list[Any] = []
         serverFromString(self._reactor, config.listen).listen(self.site).addCallbacks(
@@ -74,8 +78,8 @@ class GatewayService(MultiService):
         await gateway.accountant.drained(self._reactor, self.drain_seconds)
         await self.site.close_connections()
         await gateway.pool.closeCachedConnections()
-        if self._access_file is not None:
-            self._access_file.close()
+        self._flushing.stop()
+        self.access_log.close()
 
     def stopService(self) -> Deferred[None]:
         super().stopService()

@@ -84,8 +84,18 @@ class _NoDelayEndpoints:
         self._reactor = reactor
         self._timeout = connect_timeout
         self._tls = BrowserLikePolicyForHTTPS()
+        # The agent asks for an endpoint on every request, even when the pool has a
+        # connection; building one (IDNA-encoding the host) costs more than reusing it.
+        self._endpoints: dict[tuple[bytes, bytes, int], _NoDelayEndpoint] = {}
 
     def endpointForURI(self, uri: Any) -> Any:
+        key = (uri.scheme, uri.host, uri.port)
+        endpoint = self._endpoints.get(key)
+        if endpoint is None:
+            endpoint = self._endpoints[key] = self._new_endpoint(uri)
+        return endpoint
+
+    def _new_endpoint(self, uri: Any) -> _NoDelayEndpoint:
         endpoint = HostnameEndpoint(self._reactor, uri.host, uri.port, timeout=self._timeout)
         if uri.scheme == b"https":
             endpoint = wrapClientTLS(self._tls.creatorForNetloc(uri.host, uri.port), endpoint)
