@@ -143,31 +143,16 @@ def _strict_converter() -> cattrs.Converter:
         return value
 
     def structure_int(value: Any, _: type) -> int:
-        if isinstance(value, bool) or not isinstance(value, int | str):
-            raise _Invalid("expected an integer")
-        try:
-            return int(value)
-        except ValueError:
-            raise _Invalid("expected an integer") from None
+        return _parse(int, value, (int, str), "expected an integer")
 
     def structure_seconds(value: Any, _: type) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float | str):
-            raise _Invalid("expected a number of seconds")
-        try:
-            seconds = float(value)
-        except ValueError:
-            raise _Invalid("expected a number of seconds") from None
+        seconds = _parse(float, value, (int, float, str), "expected a number of seconds")
         if not seconds > 0:
             raise _Invalid("expected a positive number of seconds")
         return seconds
 
     def structure_number(value: Any, _: type) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float | str):
-            raise _Invalid("expected a number")
-        try:
-            number = float(value)
-        except ValueError:
-            raise _Invalid("expected a number") from None
+        number = _parse(float, value, (int, float, str), "expected a number")
         if not number >= 0:
             raise _Invalid("expected a number of at least 0")
         return number
@@ -214,6 +199,16 @@ def _strict_converter() -> cattrs.Converter:
         lambda t: getattr(t, "__origin__", None) is tuple, structure_tuple
     )
     return converter
+
+
+def _parse(kind: type, value: Any, accepted: tuple[type, ...], problem: str) -> Any:
+    """``kind(value)`` for a value of an accepted type (booleans never), else `_Invalid`."""
+    if isinstance(value, bool) or not isinstance(value, accepted):
+        raise _Invalid(problem)
+    try:
+        return kind(value)
+    except ValueError:
+        raise _Invalid(problem) from None
 
 
 _BOOLEANS = {"true": True, "yes": True, "on": True, "1": True,
