@@ -74,6 +74,8 @@ class FakeOpenAI(Resource):
             request.setResponseCode(502)
             request.setHeader(b"content-type", b"text/html")
             return b"<html><body>Bad gateway</body></html>"
+        if model == "cookie-setter":
+            request.addCookie(b"session", b"tenant-a-secret")
         if model == "slow-headers":
             return NOT_DONE_YET
         if model == "stall-body":

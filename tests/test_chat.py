@@ -53,6 +53,12 @@ class PlainAndStreamingTests(GatewayTestCase):
         self.assertEqual(len(answer["choices"]), 2)
         self.assertEqual(self.fake.requests[0][2], request)
 
+    async def test_no_cookies_between_upstream_calls(self) -> None:
+        """A Set-Cookie from an upstream is never sent back on a later call."""
+        for model in ("cookie-setter", "gpt-4o-mini"):
+            await self.sdk(self.client.chat.completions.create, model=model, messages=MESSAGES)
+        self.assertNotIn(b"Cookie", self.fake.requests[1][1])
+
     async def test_model_renamed(self) -> None:
         """A route's upstream model name replaces the caller's, and only that changes."""
         await self.sdk(self.client.chat.completions.create, model="renamed", messages=MESSAGES,
