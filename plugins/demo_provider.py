@@ -20,11 +20,13 @@ from twisted.plugin import IPlugin
 from zope.interface import implementer
 
 from txgateway.dialects.openai import error_body
+from txgateway.plugins.demo_realtime import DemoRealtime
 from txgateway.providers import (
     ApiCall,
     IProvider,
     IProviderPlugin,
     ProviderContext,
+    RealtimeTarget,
     UpstreamRequest,
 )
 from txgateway.providers.local import LocalAgent, LocalAnswer
@@ -59,6 +61,16 @@ class DemoProvider:
 
     def build_request(self, call: ApiCall) -> UpstreamRequest:
         return UpstreamRequest(b"POST", b"demo:///" + call.api.encode(), _NO_HEADERS, call.body)
+
+    def realtime_target(self, model: str | None, intent: str,
+                        beta: bool) -> RealtimeTarget | None:
+        """The in-process demo realtime server (GA events whichever interface was asked)."""
+
+        def local(listener: Any) -> DemoRealtime:
+            return DemoRealtime(self._clock, listener, model or "demo", intent, tokens,
+                                self._settings.chunk_delay)
+
+        return RealtimeTarget("demo:///realtime", local=local)
 
     def _answer(self, method: bytes, url: bytes, body: bytes) -> LocalAnswer:
         try:

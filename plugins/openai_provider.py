@@ -5,6 +5,8 @@ LM Studio, Groq, Together, ...), reached at ``base_url`` with a bearer key.
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 import attrs
 from twisted.plugin import IPlugin
 from twisted.web.http_headers import Headers
@@ -16,6 +18,7 @@ from txgateway.providers import (
     IProvider,
     IProviderPlugin,
     ProviderContext,
+    RealtimeTarget,
     UpstreamRequest,
 )
 
@@ -49,9 +52,30 @@ class OpenAIProvider:
             headers.setRawHeaders(header.encode(), [value.encode()])
         # Shared by every request: the agent copies headers before it adds its own.
         self._headers = headers
+        self._realtime_url = _websocket_url(settings.base_url) + "/realtime"
+        self._realtime_headers = dict(settings.headers)
+        if settings.api_key:
+            self._realtime_headers["Authorization"] = "Bearer " + settings.api_key
 
     def build_request(self, call: ApiCall) -> UpstreamRequest:
         return UpstreamRequest(b"POST", self._urls[call.api], self._headers, call.body)
+
+    def realtime_target(self, model: str | None, intent: str,
+                        beta: bool) -> RealtimeTarget | None:
+        """``<base_url>/realtime`` over ws(s), with this provider's key, never the caller's."""
+        query = {"model": model} if model else {}
+        if intent != "realtime":
+            query["intent"] = intent
+        headers = dict(self._realtime_headers)
+        if beta:
+            headers["OpenAI-Beta"] = "realtime=v1"
+        return RealtimeTarget(self._realtime_url + "?" + urlencode(query), headers)
+
+
+def _websocket_url(base_url: str) -> str:
+    """http -> ws, https -> wss, as the openai SDK derives its realtime URL."""
+    scheme, rest = base_url.split(":", 1)
+    return ("wss" if scheme == "https" else "ws") + ":" + rest
 
 
 @implementer(IPlugin, IProviderPlugin)

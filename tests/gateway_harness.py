@@ -15,6 +15,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
 
+from tests.fake_anthropic import start_fake_anthropic
 from tests.fake_openai import start_fake_openai
 from txgateway.config import load_config
 from txgateway.providers.registry import find_plugins
@@ -41,6 +42,12 @@ providers:
   demo:
     plugin: demo
     chunk_delay: 0
+  claude:
+    plugin: anthropic
+    base_url: http://127.0.0.1:{anthropic_port}
+    api_key: sk-ant-upstream
+    beta: tools-2024-04-04
+    default_max_tokens: 512
 models:
   - name: demo
     provider: demo
@@ -49,6 +56,11 @@ models:
     model: upstream-name
   - name: unreachable
     provider: nowhere
+  - name: "claude-renamed*"
+    provider: claude
+    model: claude-upstream
+  - name: "claude-*"
+    provider: claude
   - name: "*"
     provider: fake
 """
@@ -71,10 +83,12 @@ class GatewayTestCase(TestCase):
 
     async def _start(self) -> None:
         self.fake, self.fake_port, self.fake_site = await start_fake_openai()
+        self.claude, self.claude_port, self.claude_site = await start_fake_anthropic()
         log_dir = tempfile.mkdtemp()
         self.access_log_path = os.path.join(log_dir, "access.log")
         config = load_config(CONFIG.format(
             upstream_port=self.fake_port.getHost().port, closed_port=closed_port(),
+            anthropic_port=self.claude_port.getHost().port,
             access_log=self.access_log_path), find_plugins)
         self.service = GatewayService(config, reactor)
         self.service.startService()
@@ -90,6 +104,8 @@ class GatewayTestCase(TestCase):
         await self.service.stopService()
         await self.fake_port.stopListening()
         await self.fake_site.close_connections()
+        await self.claude_port.stopListening()
+        await self.claude_site.close_connections()
 
     def sdk(self, function: Any, *args: Any, **kwargs: Any) -> Deferred[Any]:
         """Call the (blocking) openai SDK in a thread while the reactor serves."""

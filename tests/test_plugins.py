@@ -97,4 +97,4 @@ class DroppedPluginTests(TestCase):
             env={**os.environ, "PYTHONPATH": os.path.abspath(site)},
             capture_output=True, text=True, check=True, cwd=site,
         )
-        self.assertEqual(found.stdout.split(), ["demo", "openai", "zeta"])
+        self.assertEqual(found.stdout.split(), ["anthropic", "demo", "openai", "zeta"])

@@ -75,6 +75,12 @@ class Accountant:
         if exchange.usage is not None:
             for kind, count in (("input", usage.input_tokens), ("output", usage.output_tokens)):
                 self._metrics.tokens(exchange.route, exchange.provider_kind, model, kind, count)
+            # Parts of the input, observed only when reported: most calls touch no cache.
+            for kind, count in (("cached_input", usage.cached_input_tokens),
+                                ("cache_creation_input", usage.cache_creation_tokens)):
+                if count:
+                    self._metrics.tokens(exchange.route, exchange.provider_kind, model, kind,
+                                         count)
         write_access(
             self._log,
             route=exchange.route,
@@ -86,6 +92,7 @@ class Accountant:
             input_tokens=usage.input_tokens,
             output_tokens=usage.output_tokens,
             cached_input_tokens=usage.cached_input_tokens,
+            cache_creation_input_tokens=usage.cache_creation_tokens,
             reasoning_tokens=usage.reasoning_tokens,
             usage_estimated=usage.estimated,
             duration_ms=round(duration * 1000, 3),

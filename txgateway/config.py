@@ -61,6 +61,34 @@ class UpstreamSettings:
 
 
 @attrs.frozen
+class RealtimeSettings:
+    """Limits of ``/v1/realtime`` sessions; 0 turns a count limit off."""
+
+    #: Sessions open at once, over all callers and per caller key.
+    max_sessions: int = 1000
+    max_sessions_per_key: int = 0
+    #: A session with no frame either way for this long is closed.
+    idle_timeout: Seconds = Seconds(600.0)
+    max_duration: Seconds = Seconds(3600.0)
+    #: Input plus output tokens (realtime and transcription) one session may use.
+    token_budget: int = 0
+    #: The largest message either side may send (input audio appends can be 15 MiB).
+    max_message_bytes: int = 16 * 1024 * 1024
+    #: WebSocket pings toward callers, so idle proxies keep the socket and dead peers are seen.
+    ping_interval: Seconds = Seconds(20.0)
+    ping_timeout: Seconds = Seconds(20.0)
+    #: The model routed for ``?intent=transcription`` sessions that name none.
+    transcription_model: str = "gpt-4o-transcribe"
+
+
+@attrs.frozen
+class AdminSettings:
+    """The admin API; off while ``token`` is empty."""
+
+    token: str = ""
+
+
+@attrs.frozen
 class ProviderConfig:
     """One provider instance: which plugin serves it and that plugin's settings."""
 
@@ -93,6 +121,8 @@ class GatewayConfig:
     #: Extra directories searched for provider plugins.
     plugin_dirs: tuple[str, ...] = ()
     upstream: UpstreamSettings = UpstreamSettings()
+    realtime: RealtimeSettings = RealtimeSettings()
+    admin: AdminSettings = AdminSettings()
 
 
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:-|:\+)([^}]*))?\}")

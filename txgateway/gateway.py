@@ -8,9 +8,11 @@ from typing import Any
 import attrs
 
 from txgateway.accounting import Accountant
+from txgateway.auth import IAuthenticator, OpenGate
 from txgateway.config import GatewayConfig
 from txgateway.metrics import GatewayMetrics
 from txgateway.providers import IProvider, IProviderPlugin, ProviderContext
+from txgateway.realtime.session import SessionBook
 from txgateway.routing import Router
 from txgateway.upstream import pooled_agent
 
@@ -26,6 +28,10 @@ class Gateway:
     metrics: GatewayMetrics
     accountant: Accountant
     pool: Any
+    #: Realtime sessions: admission, the live tally, the admin API's view.
+    realtime: SessionBook
+    #: Checks callers' keys; open until a key store replaces it.
+    authenticator: IAuthenticator = attrs.field(factory=OpenGate)
     #: Set at stop: readiness turns false so load balancers move traffic away.
     draining: bool = False
 
@@ -52,4 +58,5 @@ def build_gateway(
         metrics=metrics,
         accountant=Accountant(reactor, metrics, access_log),
         pool=pool,
+        realtime=SessionBook(reactor, config.realtime, metrics, access_log),
     )

@@ -76,6 +76,7 @@ class GatewayService(MultiService):
         if self._port is not None:
             await self._port.stopListening()
         await gateway.accountant.drained(self._reactor, self.drain_seconds)
+        await gateway.realtime.shut_down(10.0)
         await self.site.close_connections()
         await gateway.pool.closeCachedConnections()
         self._flushing.stop()

@@ -44,3 +44,11 @@ def data_of(event: bytes) -> bytes:
     lines = [line[5:].removeprefix(b" ") for line in event.split(b"\n")
              if line.startswith(b"data:")]
     return b"\n".join(lines)
+
+
+def event_name(event: bytes) -> bytes:
+    """The ``event:`` name of an event, or b"" when it has none."""
+    for line in event.split(b"\n"):
+        if line.startswith(b"event:"):
+            return line[6:].strip()
+    return b""

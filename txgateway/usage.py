@@ -9,11 +9,17 @@ import attrs
 
 @attrs.frozen
 class Usage:
-    """Tokens by kind.  ``estimated`` is true when no provider report was seen."""
+    """
+    Tokens by kind.  ``estimated`` is true when no provider report was seen.
+
+    ``input_tokens`` counts every prompt token, as OpenAI's ``prompt_tokens`` does: cache reads
+    (``cached_input_tokens``) and cache writes (``cache_creation_tokens``) are parts of it.
+    """
 
     input_tokens: int = 0
     output_tokens: int = 0
     cached_input_tokens: int = 0
+    cache_creation_tokens: int = 0
     reasoning_tokens: int = 0
     estimated: bool = False
 
@@ -32,6 +38,33 @@ class Usage:
             cached_input_tokens=_detail(usage, "prompt_tokens_details", "cached_tokens"),
             reasoning_tokens=_detail(usage, "completion_tokens_details", "reasoning_tokens"),
         )
+
+
+    @classmethod
+    def from_anthropic(cls, usage: Any) -> Usage | None:
+        """
+        Read an Anthropic ``Usage`` object, whose ``input_tokens`` excludes cache reads and
+        writes; None when it is absent or malformed.
+        """
+        if not isinstance(usage, dict):
+            return None
+        fresh = usage.get("input_tokens")
+        output = usage.get("output_tokens")
+        if not isinstance(fresh, int) or not isinstance(output, int):
+            return None
+        read = _count(usage.get("cache_read_input_tokens"))
+        written = _count(usage.get("cache_creation_input_tokens"))
+        return cls(
+            input_tokens=fresh + read + written,
+            output_tokens=output,
+            cached_input_tokens=read,
+            cache_creation_tokens=written,
+            reasoning_tokens=_detail(usage, "output_tokens_details", "thinking_tokens"),
+        )
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) else 0
 
 
 def _detail(usage: dict, group: str, name: str) -> int:

@@ -8,6 +8,9 @@ by name; `txgateway.providers.registry` finds them with ``getPlugins``.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from typing import Any
+
 import attrs
 from twisted.web.http_headers import Headers
 from zope.interface import Attribute, Interface
@@ -50,6 +53,23 @@ class UpstreamRequest:
     body: bytes
 
 
+@attrs.frozen
+class RealtimeTarget:
+    """
+    Where a realtime session is relayed: a WebSocket URL with the provider's own credentials
+    in ``headers`` (the caller's key is never forwarded) and the subprotocols to offer.
+
+    A provider that serves realtime sessions itself, with no network (the demo), gives
+    ``local`` instead: called with the relay's upstream listener, it returns the connected
+    in-memory peer (see `txgateway.realtime.peer`).
+    """
+
+    url: str
+    headers: Mapping[str, str] = attrs.field(factory=dict)
+    protocols: tuple[str, ...] = ()
+    local: Callable[[Any], Any] | None = None
+
+
 class IProvider(Interface):
     """A configured provider instance: where and how a call is sent."""
 
@@ -63,6 +83,45 @@ class IProvider(Interface):
 
     def build_request(call: ApiCall) -> UpstreamRequest:  # noqa: N805 (zope interface)
         """Turn a call into the HTTP request to send."""
+
+
+class ITranslatingProvider(IProvider):
+    """
+    A provider whose answers are not in the OpenAI wire format (its ``dialect`` names theirs,
+    e.g. "anthropic"): it turns its chat answers into OpenAI's, the internal shape.
+    """
+
+    dialect = Attribute("The wire format of the provider's answers, e.g. 'anthropic'.")
+
+    def translate_response(body: bytes) -> tuple[bytes, Any]:  # noqa: N805
+        """A successful answer as an OpenAI chat completion, and its `Usage` (or None)."""
+
+    def translate_error(status: int, body: bytes) -> bytes | None:  # noqa: N805
+        """An error answer as an OpenAI error body; None when ``body`` is no error object."""
+
+    def stream_translator(wants_usage: bool) -> Any:  # noqa: N805
+        """
+        A fresh translator for one stream: ``feed(bytes) -> bytes`` of OpenAI chunks, with
+        ``usage``, ``chunks`` (chunks written) and ``error`` ((type, message) of an error
+        event the upstream sent, or None) readable as it goes.
+        """
+
+
+def dialect(provider: IProvider) -> str:
+    """The wire format of a provider's answers: "openai" unless it says otherwise."""
+    return getattr(provider, "dialect", "openai")
+
+
+def realtime_target(provider: IProvider, model: str, intent: str | None,
+                    beta: bool) -> RealtimeTarget | None:
+    """
+    The provider's realtime target, or None when it serves no realtime sessions.
+
+    ``realtime_target(model, intent, beta)`` is optional on a provider: one without it
+    simply does not serve ``/v1/realtime``.
+    """
+    method = getattr(provider, "realtime_target", None)
+    return None if method is None else method(model, intent, beta)
 
 
 class IProviderPlugin(Interface):

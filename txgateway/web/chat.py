@@ -14,7 +14,6 @@ from typing import Any
 import orjson
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET
 
 from txgateway.accounting import Exchange
@@ -30,17 +29,20 @@ from txgateway.dialects.openai import (
     upstream_chat_body,
 )
 from txgateway.gateway import Gateway
-from txgateway.providers import ApiCall
+from txgateway.providers import ApiCall, dialect
 from txgateway.routing import Target
 from txgateway.streams import EventSplitter, data_of, events
-from txgateway.upstream import TimedBody, UpstreamCall, UpstreamError
+from txgateway.upstream import UpstreamCall, UpstreamError
 from txgateway.usage import Usage, estimate_tokens
+from txgateway.web.relay import (
+    CLIENT_CLOSED,
+    StreamRelay,
+    TranslatedStreamRelay,
+    start_event_stream,
+)
 from txgateway.web.resource import JSONResource, openai_error, write_json
 
 log = Logger()
-
-#: nginx's status for "the client closed the connection before the answer was complete".
-CLIENT_CLOSED = 499
 
 
 class ChatCompletions(JSONResource):
@@ -84,17 +86,24 @@ class ChatCompletions(JSONResource):
     async def _proxy(self, request: Any, exchange: Exchange, chat: ChatRequest, target: Target,
                      call: UpstreamCall) -> None:
         provider = target.provider
+        # Providers that answer in another dialect translate the parsed request themselves.
+        translating = dialect(provider) != "openai"
         try:
             upstream_request = provider.build_request(ApiCall(
-                api="chat", body=upstream_chat_body(chat, target.model), parsed=chat.parsed,
-                model=target.model, stream=chat.stream,
+                api="chat",
+                body=chat.raw if translating else upstream_chat_body(chat, target.model),
+                parsed=chat.parsed, model=target.model, stream=chat.stream,
             ))
             response = await call.send(provider.agent, upstream_request)
             if chat.stream and response.code == 200 and _is_event_stream(response):
-                await self._relay(request, exchange, chat, call, response)
+                await self._relay(request, exchange, chat, call, response,
+                                  provider if translating else None)
             else:
                 exchange.first_byte = self._gateway.reactor.seconds()
-                self._answer(request, exchange, response, await call.read(response))
+                body = await call.read(response)
+                if translating:
+                    body = _translated(provider, exchange, response.code, body)
+                self._answer(request, exchange, response, body)
         except CancelledError:
             exchange.status = CLIENT_CLOSED
             exchange.error = "the client disconnected"
@@ -114,7 +123,8 @@ class ChatCompletions(JSONResource):
     def _answer(self, request: Any, exchange: Exchange, response: Any, body: bytes) -> None:
         status = response.code
         if status == 200:
-            exchange.usage = Usage.from_openai(response_usage(body))
+            if exchange.usage is None:  # a translating provider has read it already
+                exchange.usage = Usage.from_openai(response_usage(body))
         elif not is_error_body(body):
             # Not an OpenAI error object (a proxy's HTML page, say): say what happened in one.
             snippet = body[:200].decode("utf-8", "replace")
@@ -131,16 +141,30 @@ class ChatCompletions(JSONResource):
         _finish(request, None, status, body)
 
     async def _relay(self, request: Any, exchange: Exchange, chat: ChatRequest,
-                     call: UpstreamCall, response: Any) -> None:
-        request.setResponseCode(200)
-        request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
-        request.setHeader(b"cache-control", b"no-cache")
-        request.setHeader(b"x-accel-buffering", b"no")
+                     call: UpstreamCall, response: Any, translating: Any) -> None:
+        start_event_stream(request)
         exchange.status = 200
-        relay = ChatStreamRelay(self._gateway.reactor, self._gateway.config.upstream, request,
-                                exchange, call, chat)
+        reactor, settings = self._gateway.reactor, self._gateway.config.upstream
+        if translating is None:
+            relay: StreamRelay = ChatStreamRelay(reactor, settings, request, exchange, call,
+                                                 chat)
+        else:
+            relay = TranslatedStreamRelay(
+                reactor, settings, request, exchange, call, stream_error_event,
+                translating.stream_translator(chat.wants_usage), len(chat.raw))
         call.deliver(response, relay)
         await relay.done
+
+
+def _translated(provider: Any, exchange: Exchange, status: int, body: bytes) -> bytes:
+    """A translating provider's whole answer, in OpenAI's format where it can be."""
+    if status == 200:
+        try:
+            body, exchange.usage = provider.translate_response(body)
+        except (ValueError, TypeError, AttributeError, KeyError):
+            raise UpstreamError("the upstream's answer could not be read") from None
+        return body
+    return provider.translate_error(status, body) or body
 
 
 def _is_event_stream(response: Any) -> bool:
@@ -156,7 +180,7 @@ def _finish(request: Any, call: UpstreamCall | None, status: int, body: bytes) -
     request.finish()
 
 
-class ChatStreamRelay(TimedBody):
+class ChatStreamRelay(StreamRelay):
     """
     Relays an upstream chat completions SSE stream to the client as it arrives.
 
@@ -167,19 +191,10 @@ class ChatStreamRelay(TimedBody):
 
     def __init__(self, reactor: Any, settings: UpstreamSettings, request: Any,
                  exchange: Exchange, call: UpstreamCall, chat: ChatRequest) -> None:
-        super().__init__(reactor, settings)
-        self._request = request
-        self._exchange = exchange
-        self._call = call
+        super().__init__(reactor, settings, request, exchange, call, stream_error_event)
         self._chat = chat
         self._splitter = EventSplitter()
         self._data_events = 0
-        self.done: Deferred[None] = Deferred()
-
-    def connectionMade(self) -> None:
-        super().connectionMade()
-        if not self._call.aborted:
-            self._request.registerProducer(self, True)
 
     def received(self, data: bytes) -> None:
         if self._exchange.first_byte is None:
@@ -210,31 +225,11 @@ class ChatStreamRelay(TimedBody):
             kept.append(event + b"\n\n")
         return b"".join(kept)
 
-    def ended(self, failure: Failure | None) -> None:
-        exchange = self._exchange
-        if exchange.usage is None:
-            # Cut short: count what was seen.  OpenAI streams one token per chunk after a
-            # first chunk that carries only the role.
-            exchange.usage = Usage(
-                input_tokens=estimate_tokens(len(self._chat.raw)),
-                output_tokens=max(self._data_events - 1, 0),
-                estimated=True,
-            )
-        if self._call.aborted:
-            exchange.status = CLIENT_CLOSED
-            exchange.error = "the client disconnected"
-        else:
-            self._request.unregisterProducer()
-            if failure is None:
-                self._request.write(self._splitter.pending)
-            else:
-                error = failure.value
-                status = getattr(error, "status", 502)
-                exchange.status = status
-                exchange.error = str(error)
-                self._request.write(stream_error_event(
-                    status, f"the upstream stream failed: {error}",
-                    getattr(error, "code", "upstream_error"),
-                ))
-            self._request.finish()
-        self.done.callback(None)
+    def tail(self) -> bytes:
+        return self._splitter.pending
+
+    def estimate(self) -> Usage:
+        # Cut short: count what was seen.  OpenAI streams one token per chunk after a first
+        # chunk that carries only the role.
+        return Usage(input_tokens=estimate_tokens(len(self._chat.raw)),
+                     output_tokens=max(self._data_events - 1, 0), estimated=True)

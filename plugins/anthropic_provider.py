@@ -1,0 +1,115 @@
+"""
+The ``anthropic`` provider: Anthropic's Messages API (and servers that speak it), reached at
+``base_url`` with ``x-api-key`` and ``anthropic-version``.
+
+OpenAI chat calls are translated to Messages and their answers back
+(`txgateway.translate.chat_to_messages`); Messages and count_tokens calls from
+Anthropic-speaking callers go through as they came.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import orjson
+from twisted.plugin import IPlugin
+from twisted.web.http_headers import Headers
+from zope.interface import implementer
+
+from txgateway.config import HttpURL
+from txgateway.dialects import anthropic as anthropic_dialect
+from txgateway.dialects.openai import error_body
+from txgateway.providers import (
+    ApiCall,
+    IProvider,
+    IProviderPlugin,
+    ProviderContext,
+    UpstreamRequest,
+)
+from txgateway.translate.chat_to_messages import (
+    MessagesToChatStream,
+    chat_completion,
+    messages_request,
+)
+from txgateway.usage import Usage
+
+#: Paths under ``base_url`` per API family.
+PATHS = {"chat": "/v1/messages", "messages": "/v1/messages",
+         "count_tokens": "/v1/messages/count_tokens"}
+
+
+@attrs.frozen
+class AnthropicSettings:
+    #: Without ``/v1``, as the anthropic SDK's ``base_url``.
+    base_url: HttpURL = HttpURL("https://api.anthropic.com")
+    #: Sent as ``x-api-key``.
+    api_key: str = ""
+    #: Sent as ``anthropic-version``.
+    version: str = "2023-06-01"
+    #: Sent as ``anthropic-beta`` when not empty (a comma-separated list).
+    beta: str = ""
+    #: ``max_tokens`` for OpenAI calls that set none: Anthropic requires it.
+    default_max_tokens: int = 4096
+    #: Extra headers sent with every request.
+    headers: dict[str, str] = attrs.field(factory=dict)
+
+
+@implementer(IProvider)
+class AnthropicProvider:
+    kind = "anthropic"
+    dialect = "anthropic"
+    apis = frozenset(PATHS)
+
+    def __init__(self, name: str, settings: AnthropicSettings,
+                 context: ProviderContext) -> None:
+        self.name = name
+        self.agent = context.http_agent
+        self._clock = context.reactor
+        self._default_max_tokens = settings.default_max_tokens
+        self._urls = {api: (settings.base_url + path).encode() for api, path in PATHS.items()}
+        headers = Headers({b"content-type": [b"application/json"],
+                           b"user-agent": [b"txgateway"],
+                           b"anthropic-version": [settings.version.encode()]})
+        if settings.api_key:
+            headers.setRawHeaders(b"x-api-key", [settings.api_key.encode()])
+        if settings.beta:
+            headers.setRawHeaders(b"anthropic-beta", [settings.beta.encode()])
+        for header, value in settings.headers.items():
+            headers.setRawHeaders(header.encode(), [value.encode()])
+        self._headers = headers
+
+    def build_request(self, call: ApiCall) -> UpstreamRequest:
+        body = call.body
+        if call.api == "chat":
+            body = orjson.dumps(messages_request(call.parsed, call.model,
+                                                 self._default_max_tokens))
+        return UpstreamRequest(b"POST", self._urls[call.api], self._headers, body)
+
+    def translate_response(self, body: bytes) -> tuple[bytes, Usage | None]:
+        completion, usage = chat_completion(orjson.loads(body), int(self._clock.seconds()))
+        return orjson.dumps(completion), usage
+
+    def translate_error(self, status: int, body: bytes) -> bytes | None:
+        """An OpenAI error for an Anthropic one; None when ``body`` is not one."""
+        error = anthropic_dialect.error_of(body)
+        if error is None:
+            return None
+        kind, message = error
+        return error_body(status, message, kind)
+
+    def stream_translator(self, wants_usage: bool) -> Any:
+        return MessagesToChatStream(int(self._clock.seconds()), wants_usage)
+
+
+@implementer(IPlugin, IProviderPlugin)
+class AnthropicPlugin:
+    name = "anthropic"
+    settings_type = AnthropicSettings
+
+    def build(self, name: str, settings: AnthropicSettings,
+              context: ProviderContext) -> AnthropicProvider:
+        return AnthropicProvider(name, settings, context)
+
+
+anthropic = AnthropicPlugin()

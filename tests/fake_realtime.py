@@ -1,0 +1,150 @@
+"""
+A fake OpenAI realtime server on loopback (GA wire format), for tests through the gateway.
+
+It records each handshake and every frame it receives, and answers from a script:
+``response.create`` plays a response whose usage is `USAGE` (the GA spec's example), or, for an
+out-of-band one, `OOB_USAGE`; a committed buffer gets a transcription with `ASR_USAGE`.
+Special models: ``refuse-429`` and ``refuse-401`` refuse the upgrade; a client event
+``test.drop`` makes it drop the TCP connection mid-response, ``test.close`` close with 4321.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import attrs
+import orjson
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionDeny
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+
+USAGE = {"total_tokens": 253, "input_tokens": 132, "output_tokens": 121,
+         "input_token_details": {"text_tokens": 119, "audio_tokens": 13, "image_tokens": 0,
+                                 "cached_tokens": 64,
+                                 "cached_tokens_details": {"text_tokens": 64, "audio_tokens": 0,
+                                                           "image_tokens": 0}},
+         "output_token_details": {"text_tokens": 30, "audio_tokens": 91}}
+OOB_USAGE = {"total_tokens": 20, "input_tokens": 15, "output_tokens": 5,
+             "input_token_details": {"text_tokens": 10, "audio_tokens": 0, "image_tokens": 5,
+                                     "cached_tokens": 0},
+             "output_token_details": {"text_tokens": 5, "audio_tokens": 0}}
+ASR_USAGE = {"type": "tokens", "input_tokens": 13, "output_tokens": 9, "total_tokens": 22,
+             "input_token_details": {"text_tokens": 0, "audio_tokens": 13}}
+#: 20 ms of pcm16 at 24 kHz.
+AUDIO_FRAME = bytes(960)
+
+
+@attrs.define
+class Handshake:
+    path: str
+    params: dict[str, list[str]]
+    headers: dict[str, str]
+    protocols: list[str]
+
+
+@attrs.define
+class FakeRealtime:
+    handshakes: list[Handshake] = attrs.field(factory=list)
+    received: list[Any] = attrs.field(factory=list)
+    closes: list[tuple[bool, int | None, str | None]] = attrs.field(factory=list)
+    connections: list[Any] = attrs.field(factory=list)
+    #: Seconds between a response's deltas.
+    delay: float = 0.0
+    closed: Deferred[None] | None = None
+
+
+class FakeRealtimeProtocol(WebSocketServerProtocol):
+    fake: FakeRealtime
+
+    def onConnect(self, request: Any) -> None:
+        self.fake.handshakes.append(Handshake(request.path, request.params,
+                                              dict(request.headers), request.protocols))
+        model = (request.params.get("model") or [""])[0]
+        if model.startswith("refuse-"):
+            raise ConnectionDeny(int(model[7:]), "refused")
+        self._serial = 0
+        self._timers: list[Any] = []
+
+    def onOpen(self) -> None:
+        self.fake.connections.append(self)
+        self.emit({"type": "session.created", "session": {
+            "type": "realtime", "object": "realtime.session", "id": "sess_fake",
+            "model": "gpt-realtime", "output_modalities": ["audio"],
+            "audio": {"input": {"format": {"type": "audio/pcm", "rate": 24000}},
+                      "output": {"format": {"type": "audio/pcm", "rate": 24000}}}}})
+
+    def emit(self, event: dict[str, Any]) -> None:
+        self._serial += 1
+        self.sendMessage(orjson.dumps({"type": event["type"],
+                                       "event_id": f"event_{self._serial}", **event}))
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if isBinary:
+            self.fake.received.append(payload)
+            self.sendMessage(payload, True)
+            return
+        try:
+            event = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            self.fake.received.append(payload)
+            self.emit({"type": "error", "error": {"type": "invalid_request_error",
+                                                  "code": "invalid_json", "message": "bad json",
+                                                  "param": None, "event_id": None}})
+            return
+        self.fake.received.append(event)
+        kind = event.get("type")
+        if kind == "response.create":
+            self.respond(event.get("response") or {})
+        elif kind == "input_audio_buffer.commit":
+            self.emit({"type": "input_audio_buffer.committed", "item_id": "item_in",
+                       "previous_item_id": None})
+            self.emit({"type": "conversation.item.input_audio_transcription.completed",
+                       "item_id": "item_in", "content_index": 0, "transcript": "hello",
+                       "usage": ASR_USAGE})
+        elif kind == "test.drop":
+            self.transport.abortConnection()
+        elif kind == "test.close":
+            self.sendClose(4321, "fake says bye")
+        elif kind == "test.unknown":
+            self.emit({"type": "future.event", "payload": [1, 2, 3]})
+
+    def respond(self, options: dict[str, Any]) -> None:
+        out_of_band = options.get("conversation") == "none"
+        rid = f"resp_{self._serial}"
+        self.emit({"type": "response.created", "response": {"id": rid, "status": "in_progress"}})
+        steps = []
+        for index in range(3):
+            steps.append({"type": "response.output_audio_transcript.delta", "response_id": rid,
+                          "delta": f"word{index} "})
+            steps.append({"type": "response.output_audio.delta", "response_id": rid,
+                          "delta": base64.b64encode(AUDIO_FRAME * 10).decode()})
+        steps.append({"type": "response.done", "response": {
+            "id": rid, "status": "completed",
+            "usage": OOB_USAGE if out_of_band else USAGE}})
+        self.play(steps)
+
+    def play(self, steps: list[dict[str, Any]]) -> None:
+        if steps and self.state == self.STATE_OPEN:
+            self.emit(steps[0])
+            self._timers.append(reactor.callLater(self.fake.delay, self.play, steps[1:]))
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        for timer in getattr(self, "_timers", []):
+            if timer.active():
+                timer.cancel()
+        if self in self.fake.connections:
+            self.fake.closes.append((wasClean, code, reason))
+            if self.fake.closed is not None:
+                closed, self.fake.closed = self.fake.closed, None
+                closed.callback(None)
+
+
+def start_fake_realtime() -> tuple[FakeRealtime, Any]:
+    """The fake's state and its listening port (on an ephemeral loopback port)."""
+    fake = FakeRealtime()
+    factory = WebSocketServerFactory()
+    factory.protocol = type("Fake", (FakeRealtimeProtocol,), {"fake": fake})
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    return fake, port

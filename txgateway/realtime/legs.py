@@ -1,0 +1,62 @@
+"""
+The two legs of a relayed session, as the session sees them: the caller's WebSocket and the
+upstream one (a network socket, or an in-process server such as the demo's).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.interfaces import IPushProducer
+from zope.interface import Attribute, Interface, implementer
+
+
+class ILeg(Interface):
+    """One side of a session: frames out, a close, and flow control."""
+
+    producer = Attribute(
+        "The IPushProducer that pausing this leg's input pauses: the other leg registers it "
+        "with its own transport, so a side that cannot keep up stops the one feeding it."
+    )
+
+    def send(payload: bytes, is_binary: bool) -> None:  # noqa: N805 (zope interface)
+        """Send one message, as it is."""
+
+    def close(code: int, reason: str) -> None:  # noqa: N805
+        """Start closing with any sendable close code."""
+
+    def pause_source(producer: IPushProducer) -> None:  # noqa: N805
+        """Let ``producer`` (the other leg's input) be paused while this leg's output is full."""
+
+
+class IUpstreamListener(Interface):
+    """What an upstream leg reports to its session."""
+
+    def upstream_message(payload: bytes, is_binary: bool) -> None:  # noqa: N805
+        """A message from the upstream."""
+
+    def upstream_closed(was_clean: bool, code: int | None, reason: str | None) -> None:  # noqa: N805
+        """The upstream connection is gone."""
+
+
+@implementer(IPushProducer)
+class Throttle:
+    """
+    Pauses and resumes a transport for another transport's buffer, and nothing more.
+
+    A transport that loses its connection calls its producer's ``stopProducing``; registering
+    the other leg's transport directly would drop that leg without the close frame and code
+    the session sends it, so the stop is ignored here.
+    """
+
+    def __init__(self, transport: Any) -> None:
+        self._transport = transport
+
+    def pauseProducing(self) -> None:
+        self._transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        """The session closes the other leg itself, with a close code."""

@@ -1,0 +1,189 @@
+"""
+``/v1/realtime``: the caller's leg, an Autobahn server protocol on the gateway's own Site.
+
+The upstream is dialled inside ``onConnect``, before the caller's upgrade is answered, so a bad
+key, an unknown model, a limit or an upstream refusal is an HTTP status with an OpenAI error
+body, never a socket that opens and then closes.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionDeny
+from twisted.internet.defer import Deferred
+from twisted.web.http import RESPONSES
+from zope.interface import implementer
+
+from txgateway.dialects.openai import error_body
+from txgateway.gateway import Gateway
+from txgateway.providers import realtime_target
+from txgateway.realtime import closing
+from txgateway.realtime.handshake import read_upgrade
+from txgateway.realtime.legs import ILeg, Throttle
+from txgateway.realtime.session import Session, SessionInfo, TooManySessions
+from txgateway.realtime.upstream import UpstreamRefused, dial
+
+
+class Refused(Exception):
+    """The upgrade is answered with an HTTP error instead."""
+
+    def __init__(self, status: int, message: str, code: str, param: str | None = None,
+                 model: str = "", provider: Any = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = error_body(status, message, code, param)
+        self.model = model
+        self.provider = provider
+
+
+@implementer(ILeg)
+class RealtimeServerProtocol(WebSocketServerProtocol):
+    """The caller's leg of one session."""
+
+    gateway: Gateway
+    session: Session | None = None
+    _refusal: bytes | None = None
+    _channel: Any = None
+
+    @property
+    def producer(self) -> Any:
+        return Throttle(self.transport)
+
+    def send(self, payload: bytes, is_binary: bool) -> None:
+        self.sendMessage(payload, is_binary)
+
+    def close(self, code: int, reason: str) -> None:
+        closing.close(self, code, reason)
+
+    def pause_source(self, producer: Any) -> None:
+        # WebSocketResource leaves the HTTP channel registered as the transport's producer.
+        self.transport.unregisterProducer()
+        self.transport.registerProducer(producer, True)
+
+    def onConnect(self, request: Any) -> Deferred[str | None]:
+        return Deferred.fromCoroutine(self._handshake(request))
+
+    async def _handshake(self, request: Any) -> str | None:
+        started = self.gateway.reactor.seconds()
+        try:
+            return await self._admit(request)
+        except Refused as refused:
+            self._refusal = refused.body
+            self._log_refusal(started, refused)
+            raise ConnectionDeny(refused.status, RESPONSES.get(refused.status, b"Error").decode())
+
+    def _log_refusal(self, started: float, refused: Refused) -> None:
+        """A refused upgrade is logged and counted like any refused request."""
+        accountant = self.gateway.accountant
+        exchange = accountant.start("realtime")
+        exchange.started = started
+        exchange.status = refused.status
+        exchange.error = str(refused)
+        exchange.model = refused.model
+        if refused.provider is not None:
+            exchange.provider = refused.provider.name
+            exchange.provider_kind = refused.provider.kind
+        accountant.finish(exchange)
+
+    async def _admit(self, request: Any) -> str | None:
+        gateway = self.gateway
+        settings = gateway.config.realtime
+        upgrade = read_upgrade(request.headers, request.params, request.protocols)
+        principal = gateway.authenticator.authenticate(upgrade.key)
+        if principal is None:
+            raise Refused(401, "Incorrect API key provided.", "invalid_api_key")
+        name = upgrade.model
+        if name is None and upgrade.intent == "transcription":
+            name = settings.transcription_model
+        if name is None:
+            raise Refused(400, "Missing required parameter: 'model'.", "missing_model", "model")
+        route = gateway.router.resolve(name)
+        if route is None:
+            raise Refused(404, f"The model `{name}` does not exist or you do not have access "
+                               "to it.", "model_not_found", "model", name)
+        upstream_model = None if upgrade.model is None else route.model
+        target = realtime_target(route.provider, upstream_model, upgrade.intent, upgrade.beta)
+        if target is None:
+            raise Refused(400, f"The model `{name}` is not served for realtime sessions.",
+                          "model_not_realtime", "model", name, route.provider)
+        info = SessionInfo(
+            id="rts_" + secrets.token_hex(12), model=name, provider=route.provider.name,
+            provider_kind=route.provider.kind, upstream_model=upstream_model or "",
+            key_id=principal.key_id, intent=upgrade.intent, beta=upgrade.beta)
+        try:
+            self.session = session = gateway.realtime.admit(info)
+        except TooManySessions as error:
+            raise Refused(429, str(error), "too_many_sessions", None, name,
+                          route.provider) from None
+        try:
+            upstream = await dial(gateway.reactor, target, session, settings,
+                                  gateway.config.upstream.connect_timeout)
+        except UpstreamRefused as error:
+            session.refused()
+            raise Refused(error.status, str(error), error.code, None, name,
+                          route.provider) from None
+        session.upstream_ready(upstream)
+        return upgrade.protocol
+
+    def sendHttpErrorResponse(self, code: int, reason: str, responseHeaders: Any = None) -> None:
+        """A refusal carries an OpenAI error body, not just a status line."""
+        body, self._refusal = self._refusal, None
+        if body is None:
+            return super().sendHttpErrorResponse(code, reason, responseHeaders)
+        self.sendData(b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+                      % (code, reason.encode(), len(body), body))
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._channel = self.factory.upgrading
+
+    def connectionLost(self, reason: Any) -> None:
+        super().connectionLost(reason)
+        # The HTTP channel the upgrade came on never sees its transport close otherwise, and
+        # the site (which closes every connection at stop) waits for that.
+        if self._channel is not None:
+            channel, self._channel = self._channel, None
+            channel.connectionLost(reason)
+
+    def onOpen(self) -> None:
+        self.session.client_opened(self)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.session.from_client(payload, isBinary)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if self.session is not None:
+            self.session.client_closed(wasClean, code, reason)
+
+
+class _RealtimeResource(WebSocketResource):
+    """Lends the upgraded request's HTTP channel to the protocol it is handed to."""
+
+    def render(self, request: Any) -> Any:
+        self._factory.upgrading = request.channel
+        try:
+            return super().render(request)
+        finally:
+            self._factory.upgrading = None
+
+
+def realtime_resource(gateway: Gateway) -> WebSocketResource:
+    """The ``/v1/realtime`` resource, with the config's limits and keepalive."""
+    settings = gateway.config.realtime
+    factory = WebSocketServerFactory(server="txgateway")
+    factory.protocol = type("RealtimeProtocol", (RealtimeServerProtocol,), {"gateway": gateway})
+    factory.setProtocolOptions(
+        maxMessagePayloadSize=settings.max_message_bytes,
+        maxFramePayloadSize=settings.max_message_bytes,
+        autoPingInterval=settings.ping_interval,
+        autoPingTimeout=settings.ping_timeout,
+        # The upstream is dialled inside the handshake.
+        openHandshakeTimeout=gateway.config.upstream.connect_timeout * 2 + 5,
+        closeHandshakeTimeout=5,
+    )
+    return _RealtimeResource(factory)

@@ -1,0 +1,1 @@
+"""Translations between API dialects, through one internal shape: OpenAI chat completions."""

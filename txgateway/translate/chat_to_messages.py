@@ -1,0 +1,324 @@
+"""
+The Anthropic provider's direction: an OpenAI chat completions request becomes a Messages
+request, and the Messages answer (JSON or SSE) becomes a chat completion (JSON or chunks).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from txgateway.dialects.anthropic import ERROR_STATUSES
+from txgateway.dialects.openai import stream_error_event
+from txgateway.streams import EventSplitter, data_of, event_name, events
+from txgateway.usage import Usage
+
+#: Thinking budgets for OpenAI's ``reasoning_effort``; capped below ``max_tokens``.
+THINKING_BUDGETS = {"minimal": 1024, "low": 1024, "medium": 2048, "high": 8192, "xhigh": 16384}
+#: Anthropic's smallest thinking budget.
+MIN_THINKING_BUDGET = 1024
+
+FINISH_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+
+
+def messages_request(chat: dict[str, Any], model: str, default_max_tokens: int) -> dict[str, Any]:
+    """The Messages request for a chat completions request (``model`` is the upstream's)."""
+    system, messages = _conversation(chat.get("messages") or [])
+    request: dict[str, Any] = {"model": model, "messages": messages}
+    if system:
+        request["system"] = system
+    max_tokens = chat.get("max_completion_tokens") or chat.get("max_tokens") or default_max_tokens
+    request["max_tokens"] = max_tokens
+    stop = chat.get("stop")
+    if stop:
+        request["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+    for name in ("temperature", "top_p"):
+        if chat.get(name) is not None:
+            request[name] = chat[name]
+    if chat.get("stream"):
+        request["stream"] = True
+    if chat.get("tools"):
+        request["tools"] = [_tool(tool) for tool in chat["tools"] if tool.get("type") == "function"]
+    choice = _tool_choice(chat.get("tool_choice"), chat.get("parallel_tool_calls"))
+    if choice is not None:
+        request["tool_choice"] = choice
+    if isinstance(chat.get("user"), str):
+        request["metadata"] = {"user_id": chat["user"]}
+    output_format = _output_format(chat.get("response_format"))
+    if output_format is not None:
+        request["output_config"] = {"format": output_format}
+    budget = min(THINKING_BUDGETS.get(chat.get("reasoning_effort") or "", 0), max_tokens - 1)
+    if budget >= MIN_THINKING_BUDGET:
+        request["thinking"] = {"type": "enabled", "budget_tokens": budget}
+    return request
+
+
+def _conversation(chat_messages: list[Any]) -> tuple[str, list[dict[str, Any]]]:
+    """System text, and the turns: tool results in user turns, consecutive ones merged."""
+    system: list[str] = []
+    turns: list[dict[str, Any]] = []
+    for message in chat_messages:
+        role = message.get("role")
+        content = message.get("content")
+        if role in ("system", "developer"):
+            system.append(_text_of(content))
+        elif role == "tool":
+            result = {"type": "tool_result", "tool_use_id": message.get("tool_call_id"),
+                      "content": content if isinstance(content, str) else _blocks(content)}
+            if turns and turns[-1]["role"] == "user" and turns[-1].get("_tool_results"):
+                turns[-1]["content"].append(result)
+            else:
+                turns.append({"role": "user", "content": [result], "_tool_results": True})
+        elif role == "assistant":
+            blocks = _blocks(content)
+            for call in message.get("tool_calls") or []:
+                function = call.get("function") or {}
+                blocks.append({"type": "tool_use", "id": call.get("id"),
+                               "name": function.get("name"),
+                               "input": _arguments(function.get("arguments"))})
+            if blocks:
+                turns.append({"role": "assistant", "content": blocks})
+        else:
+            turns.append({"role": "user", "content": _blocks(content)})
+    for turn in turns:
+        turn.pop("_tool_results", None)
+    return "\n\n".join(text for text in system if text), turns
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    return "\n".join(part.get("text", "") for part in content or []
+                     if isinstance(part, dict) and part.get("type") == "text")
+
+
+def _blocks(content: Any) -> list[dict[str, Any]]:
+    """Chat content (a string or parts) as Messages content blocks."""
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    blocks = []
+    for part in content or []:
+        kind = part.get("type")
+        if kind == "text":
+            blocks.append({"type": "text", "text": part.get("text", "")})
+        elif kind == "image_url":
+            blocks.append({"type": "image", "source": _image_source(part["image_url"]["url"])})
+    return blocks
+
+
+def _image_source(url: str) -> dict[str, Any]:
+    if url.startswith("data:") and ";base64," in url:
+        media_type, data = url[5:].split(";base64,", 1)
+        return {"type": "base64", "media_type": media_type, "data": data}
+    return {"type": "url", "url": url}
+
+
+def _arguments(arguments: Any) -> Any:
+    """A tool call's JSON arguments as an object (Anthropic's ``input`` must be one)."""
+    if not arguments:
+        return {}
+    try:
+        value = orjson.loads(arguments)
+    except orjson.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _tool(tool: dict[str, Any]) -> dict[str, Any]:
+    function = tool["function"]
+    out = {"name": function["name"]}
+    if function.get("description"):
+        out["description"] = function["description"]
+    out["input_schema"] = function.get("parameters") or {"type": "object", "properties": {}}
+    return out
+
+
+def _tool_choice(choice: Any, parallel: Any) -> dict[str, Any] | None:
+    if isinstance(choice, dict):
+        result: dict[str, Any] = {"type": "tool", "name": choice["function"]["name"]}
+    elif choice in ("auto", "none"):
+        result = {"type": choice}
+    elif choice == "required":
+        result = {"type": "any"}
+    elif parallel is False:
+        result = {"type": "auto"}
+    else:
+        return None
+    if parallel is False and result["type"] != "none":
+        result["disable_parallel_tool_use"] = True
+    return result
+
+
+def _output_format(response_format: Any) -> dict[str, Any] | None:
+    if not isinstance(response_format, dict):
+        return None
+    if response_format.get("type") == "json_schema":
+        schema = (response_format.get("json_schema") or {}).get("schema")
+        return {"type": "json_schema", "schema": schema}
+    if response_format.get("type") == "json_object":
+        return {"type": "json_schema",
+                "schema": {"type": "object", "additionalProperties": True}}
+    return None
+
+
+def chat_usage(usage: Usage) -> dict[str, Any]:
+    """An OpenAI usage object: ``prompt_tokens`` counts cache reads and writes too."""
+    return {
+        "prompt_tokens": usage.input_tokens,
+        "completion_tokens": usage.output_tokens,
+        "total_tokens": usage.input_tokens + usage.output_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cached_input_tokens},
+        "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
+    }
+
+
+def chat_completion(message: dict[str, Any], created: int) -> tuple[dict[str, Any], Usage | None]:
+    """A chat completion for a Messages answer, and its usage."""
+    text, reasoning, calls = [], [], []
+    for block in message.get("content") or []:
+        kind = block.get("type")
+        if kind == "text":
+            text.append(block.get("text", ""))
+        elif kind == "thinking":
+            reasoning.append(block.get("thinking", ""))
+        elif kind == "tool_use":
+            calls.append({"id": block.get("id"), "type": "function", "function": {
+                "name": block.get("name"),
+                "arguments": orjson.dumps(block.get("input") or {}).decode()}})
+    answer: dict[str, Any] = {"role": "assistant", "content": "".join(text) if text else None,
+                              "refusal": None}
+    if reasoning:
+        answer["reasoning_content"] = "".join(reasoning)
+    if calls:
+        answer["tool_calls"] = calls
+    usage = Usage.from_anthropic(message.get("usage"))
+    completion = {
+        "id": message.get("id"), "object": "chat.completion", "created": created,
+        "model": message.get("model"),
+        "choices": [{"index": 0, "message": answer, "logprobs": None,
+                     "finish_reason": FINISH_REASONS.get(message.get("stop_reason"), "stop")}],
+    }
+    if usage is not None:
+        completion["usage"] = chat_usage(usage)
+    return completion, usage
+
+
+class MessagesToChatStream:
+    """
+    Turns a Messages SSE stream into chat completion chunks as it arrives.
+
+    Tool calls keep a stable ``index`` (their order among tool calls); the first chunk of a
+    call has its id and name, later ones stream the arguments.  Usage is cumulative in
+    Anthropic's stream, so the latest values win over earlier ones, field by field.
+    """
+
+    def __init__(self, created: int, wants_usage: bool) -> None:
+        self._created = created
+        self._wants_usage = wants_usage
+        self._splitter = EventSplitter()
+        self._id = ""
+        self._model = ""
+        self._tools: dict[int, int] = {}
+        #: Tool calls (by block index) whose arguments have not started yet.
+        self._no_arguments: set[int] = set()
+        self._usage: dict[str, Any] = {}
+        self._finish = "stop"
+        self.usage: Usage | None = None
+        #: An upstream ``error`` event: (status, message).
+        self.error: tuple[int, str] | None = None
+        self.chunks = 0
+
+    def feed(self, data: bytes) -> bytes:
+        out = []
+        for event in events(self._splitter.feed(data)):
+            payload = data_of(event)
+            if not payload:
+                continue
+            out.extend(self._event(event_name(event), orjson.loads(payload)))
+        self.chunks += len(out)
+        return b"".join(out)
+
+    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
+        chunk = {"id": self._id, "object": "chat.completion.chunk", "created": self._created,
+                 "model": self._model, "choices": [
+                     {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+        return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+    def _event(self, name: bytes, data: dict[str, Any]) -> list[bytes]:
+        kind = data.get("type") or name.decode()
+        if kind == "message_start":
+            message = data.get("message") or {}
+            self._id, self._model = message.get("id", ""), message.get("model", "")
+            self._take_usage(message.get("usage"))
+            return [self._chunk({"role": "assistant", "content": ""})]
+        if kind == "content_block_start":
+            block = data.get("content_block") or {}
+            if block.get("type") == "tool_use":
+                index = self._tools[data["index"]] = len(self._tools)
+                self._no_arguments.add(data["index"])
+                return [self._chunk({"tool_calls": [{
+                    "index": index, "id": block.get("id"), "type": "function",
+                    "function": {"name": block.get("name"), "arguments": ""}}]})]
+            if block.get("type") == "text" and block.get("text"):
+                return [self._chunk({"content": block["text"]})]
+            return []
+        if kind == "content_block_delta":
+            return self._delta(data["index"], data.get("delta") or {})
+        if kind == "content_block_stop" and data.get("index") in self._no_arguments:
+            # A call without arguments still gets valid JSON ones.
+            return self._arguments(data["index"], "{}")
+        if kind == "message_delta":
+            self._finish = FINISH_REASONS.get((data.get("delta") or {}).get("stop_reason"),
+                                              "stop")
+            self._take_usage(data.get("usage"))
+            return []
+        if kind == "message_stop":
+            return self._end()
+        if kind == "error":
+            error = data.get("error") or {}
+            kind = error.get("type", "api_error")
+            self.error = (ERROR_STATUSES.get(kind, 502), error.get("message", ""))
+            return [stream_error_event(*self.error, kind)]
+        return []
+
+    def finish(self) -> bytes:
+        """Nothing is held back: a stream without ``message_stop`` ends as it stands."""
+        return b""
+
+    def _delta(self, index: int, delta: dict[str, Any]) -> list[bytes]:
+        kind = delta.get("type")
+        if kind == "text_delta":
+            return [self._chunk({"content": delta.get("text", "")})]
+        if kind == "thinking_delta":
+            return [self._chunk({"reasoning_content": delta.get("thinking", "")})]
+        if kind == "input_json_delta" and delta.get("partial_json"):
+            return self._arguments(index, delta["partial_json"])
+        return []
+
+    def _arguments(self, index: int, fragment: str) -> list[bytes]:
+        self._no_arguments.discard(index)
+        return [self._chunk({"tool_calls": [{"index": self._tools.get(index, 0),
+                                             "function": {"arguments": fragment}}]})]
+
+    def _take_usage(self, usage: Any) -> None:
+        if isinstance(usage, dict):
+            self._usage.update({k: v for k, v in usage.items() if v is not None})
+            self.usage = Usage.from_anthropic(self._usage)
+
+    def _end(self) -> list[bytes]:
+        out = [self._chunk({}, self._finish)]
+        if self._wants_usage and self.usage is not None:
+            chunk = {"id": self._id, "object": "chat.completion.chunk",
+                     "created": self._created, "model": self._model, "choices": [],
+                     "usage": chat_usage(self.usage)}
+            out.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
+        out.append(b"data: [DONE]\n\n")
+        return out
