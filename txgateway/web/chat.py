@@ -12,14 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from twisted.internet.defer import CancelledError, Deferred
-from twisted.logger import Logger
-from twisted.web.server import NOT_DONE_YET
 
 from txgateway.accounting import Exchange
 from txgateway.config import UpstreamSettings
 from txgateway.dialects.openai import (
-    BadRequest,
     ChatRequest,
     error_body,
     is_error_body,
@@ -28,99 +24,47 @@ from txgateway.dialects.openai import (
     stream_error_event,
     upstream_chat_body,
 )
-from txgateway.gateway import Gateway
 from txgateway.providers import ApiCall, dialect
 from txgateway.routing import Target
 from txgateway.streams import EventSplitter, data_of, events
 from txgateway.upstream import UpstreamCall, UpstreamError
 from txgateway.usage import Usage, estimate_tokens
+from txgateway.web.proxy import ProxyEndpoint, finish, is_event_stream, pass_retry_after
 from txgateway.web.relay import (
-    CLIENT_CLOSED,
     StreamRelay,
     TranslatedStreamRelay,
     start_event_stream,
 )
-from txgateway.web.resource import JSONResource, openai_error, write_json
-
-log = Logger()
 
 
-class ChatCompletions(JSONResource):
-    isLeaf = True
+class ChatCompletions(ProxyEndpoint):
+    route = "chat"
+    parse = staticmethod(parse_chat)
+    error_body = staticmethod(error_body)
 
-    def __init__(self, gateway: Gateway) -> None:
-        super().__init__()
-        self._gateway = gateway
-
-    def render_POST(self, request: Any) -> Any:
-        gateway = self._gateway
-        exchange = gateway.accountant.start("chat")
-        try:
-            chat = parse_chat(request.content.getvalue())
-        except BadRequest as error:
-            return self._refuse(request, exchange, 400, str(error), None, error.param)
-        exchange.model = chat.model
-        exchange.stream = chat.stream
-        target = gateway.router.resolve(chat.model)
-        if target is None:
-            return self._refuse(
-                request, exchange, 404,
-                f"The model `{chat.model}` does not exist or you do not have access to it.",
-                "model_not_found", "model",
-            )
-        exchange.provider = target.provider.name
-        exchange.provider_kind = target.provider.kind
-        exchange.upstream_model = target.model
-        call = UpstreamCall(gateway.reactor, gateway.config.upstream)
-        request.notifyFinish().addErrback(lambda _: call.abort())
-        Deferred.fromCoroutine(self._proxy(request, exchange, chat, target, call))
-        return NOT_DONE_YET
-
-    def _refuse(self, request: Any, exchange: Exchange, status: int, message: str,
-                code: str | None, param: str | None) -> bytes:
-        exchange.status = status
-        exchange.error = message
-        self._gateway.accountant.finish(exchange)
-        return openai_error(request, status, message, code, param)
-
-    async def _proxy(self, request: Any, exchange: Exchange, chat: ChatRequest, target: Target,
-                     call: UpstreamCall) -> None:
+    async def proxy(self, request: Any, exchange: Exchange, chat: ChatRequest, target: Target,
+                    call: UpstreamCall) -> None:
         provider = target.provider
         # Providers that answer in another dialect translate the parsed request themselves.
         translating = dialect(provider) != "openai"
-        try:
-            upstream_request = provider.build_request(ApiCall(
-                api="chat",
-                body=chat.raw if translating else upstream_chat_body(chat, target.model),
-                parsed=chat.parsed, model=target.model, stream=chat.stream,
-            ))
-            response = await call.send(provider.agent, upstream_request)
-            if chat.stream and response.code == 200 and _is_event_stream(response):
-                await self._relay(request, exchange, chat, call, response,
-                                  provider if translating else None)
-            else:
-                exchange.first_byte = self._gateway.reactor.seconds()
-                body = await call.read(response)
-                if translating:
-                    body = _translated(provider, exchange, response.code, body)
-                self._answer(request, exchange, response, body)
-        except CancelledError:
-            exchange.status = CLIENT_CLOSED
-            exchange.error = "the client disconnected"
-        except UpstreamError as error:
-            exchange.status = error.status
-            exchange.error = str(error)
-            _finish(request, call, error.status, error_body(error.status, str(error), error.code))
-        except Exception:
-            log.failure("chat completion for {model} failed", model=chat.model)
-            exchange.status = 500
-            exchange.error = "internal error"
-            _finish(request, call, 500, error_body(500, "the gateway failed to answer",
-                                                   "internal_error"))
-        finally:
-            self._gateway.accountant.finish(exchange)
+        upstream_request = provider.build_request(ApiCall(
+            api="chat",
+            body=chat.raw if translating else upstream_chat_body(chat, target.model),
+            parsed=chat.parsed, model=target.model, stream=chat.stream,
+        ))
+        response = await call.send(provider.agent, upstream_request)
+        if chat.stream and response.code == 200 and is_event_stream(response):
+            await self._relay(request, exchange, chat, call, response,
+                              provider if translating else None)
+            return
+        exchange.first_byte = self._gateway.reactor.seconds()
+        body = await call.read(response)
+        if translating:
+            body = _translated(provider, exchange, response.code, body)
+        self._answer(request, exchange, response, call, body)
 
-    def _answer(self, request: Any, exchange: Exchange, response: Any, body: bytes) -> None:
+    def _answer(self, request: Any, exchange: Exchange, response: Any, call: UpstreamCall,
+                body: bytes) -> None:
         status = response.code
         if status == 200:
             if exchange.usage is None:  # a translating provider has read it already
@@ -134,11 +78,8 @@ class ChatCompletions(JSONResource):
         exchange.status = status
         if status != 200:
             exchange.error = f"upstream status {response.code}"
-            # The caller's SDK honours Retry-After when it backs off.
-            retry_after = response.headers.getRawHeaders(b"retry-after")
-            if retry_after:
-                request.setHeader(b"retry-after", retry_after[0])
-        _finish(request, None, status, body)
+            pass_retry_after(request, response)
+        finish(request, call, status, body)
 
     async def _relay(self, request: Any, exchange: Exchange, chat: ChatRequest,
                      call: UpstreamCall, response: Any, translating: Any) -> None:
@@ -165,19 +106,6 @@ def _translated(provider: Any, exchange: Exchange, status: int, body: bytes) -> 
             raise UpstreamError("the upstream's answer could not be read") from None
         return body
     return provider.translate_error(status, body) or body
-
-
-def _is_event_stream(response: Any) -> bool:
-    content_type = response.headers.getRawHeaders(b"content-type", [b""])[0]
-    return content_type.startswith(b"text/event-stream")
-
-
-def _finish(request: Any, call: UpstreamCall | None, status: int, body: bytes) -> None:
-    """Answer with a JSON body, unless the client has already gone."""
-    if call is not None and call.aborted:
-        return
-    request.write(write_json(request, status, body))
-    request.finish()
 
 
 class ChatStreamRelay(StreamRelay):
