@@ -10,6 +10,8 @@ from typing import Any
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import Attribute, Interface, implementer
 
+from txgateway.realtime import closing
+
 
 class ILeg(Interface):
     """One side of a session: frames out, a close, and flow control."""
@@ -60,3 +62,19 @@ class Throttle:
 
     def stopProducing(self) -> None:
         """The session closes the other leg itself, with a close code."""
+
+
+class WebSocketLeg:
+    """What both Autobahn legs (the caller's and the network upstream's) do alike for `ILeg`."""
+
+    transport: Any
+
+    @property
+    def producer(self) -> Any:
+        return Throttle(self.transport)
+
+    def send(self, payload: bytes, is_binary: bool) -> None:
+        self.sendMessage(payload, is_binary)  # type: ignore[attr-defined]
+
+    def close(self, code: int, reason: str) -> None:
+        closing.close(self, code, reason)

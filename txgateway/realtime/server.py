@@ -21,9 +21,8 @@ from zope.interface import implementer
 from txgateway.dialects.openai import error_body
 from txgateway.gateway import Gateway
 from txgateway.providers import realtime_target
-from txgateway.realtime import closing
 from txgateway.realtime.handshake import read_upgrade
-from txgateway.realtime.legs import ILeg, Throttle
+from txgateway.realtime.legs import ILeg, WebSocketLeg
 from txgateway.realtime.session import Session, SessionInfo, TooManySessions
 from txgateway.realtime.upstream import UpstreamRefused, dial
 
@@ -41,23 +40,13 @@ class Refused(Exception):
 
 
 @implementer(ILeg)
-class RealtimeServerProtocol(WebSocketServerProtocol):
+class RealtimeServerProtocol(WebSocketLeg, WebSocketServerProtocol):
     """The caller's leg of one session."""
 
     gateway: Gateway
     session: Session | None = None
     _refusal: bytes | None = None
     _channel: Any = None
-
-    @property
-    def producer(self) -> Any:
-        return Throttle(self.transport)
-
-    def send(self, payload: bytes, is_binary: bool) -> None:
-        self.sendMessage(payload, is_binary)
-
-    def close(self, code: int, reason: str) -> None:
-        closing.close(self, code, reason)
 
     def pause_source(self, producer: Any) -> None:
         # WebSocketResource leaves the HTTP channel registered as the transport's producer.

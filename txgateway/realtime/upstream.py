@@ -16,8 +16,7 @@ from zope.interface import implementer
 
 from txgateway.config import RealtimeSettings
 from txgateway.providers import RealtimeTarget
-from txgateway.realtime import closing
-from txgateway.realtime.legs import ILeg, IUpstreamListener, Throttle
+from txgateway.realtime.legs import ILeg, IUpstreamListener, WebSocketLeg
 
 
 class UpstreamRefused(Exception):
@@ -40,21 +39,11 @@ def caller_status(upstream_status: int | None) -> int:
 
 
 @implementer(ILeg)
-class UpstreamProtocol(WebSocketClientProtocol):
+class UpstreamProtocol(WebSocketLeg, WebSocketClientProtocol):
     """The upstream leg over the network."""
 
     listener: Any = None
     _status: int | None = None
-
-    @property
-    def producer(self) -> Any:
-        return Throttle(self.transport)
-
-    def send(self, payload: bytes, is_binary: bool) -> None:
-        self.sendMessage(payload, is_binary)
-
-    def close(self, code: int, reason: str) -> None:
-        closing.close(self, code, reason)
 
     def pause_source(self, producer: Any) -> None:
         self.transport.registerProducer(producer, True)
