@@ -9,6 +9,7 @@ Anthropic-speaking callers go through as they came.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -45,9 +46,10 @@ class AnthropicSettings:
     base_url: HttpURL = HttpURL("https://api.anthropic.com")
     #: Sent as ``x-api-key``.
     api_key: str = ""
-    #: Sent as ``anthropic-version``.
+    #: Sent as ``anthropic-version``, unless a Messages caller sends its own.
     version: str = "2023-06-01"
-    #: Sent as ``anthropic-beta`` when not empty (a comma-separated list).
+    #: Sent as ``anthropic-beta`` when not empty (a comma-separated list), with the betas a
+    #: Messages caller asks for added.
     beta: str = ""
     #: ``max_tokens`` for OpenAI calls that set none: Anthropic requires it.
     default_max_tokens: int = 4096
@@ -67,6 +69,7 @@ class AnthropicProvider:
         self.agent = context.http_agent
         self._clock = context.reactor
         self._default_max_tokens = settings.default_max_tokens
+        self._betas = _betas(settings.beta)
         self._urls = {api: (settings.base_url + path).encode() for api, path in PATHS.items()}
         headers = Headers({b"content-type": [b"application/json"],
                            b"user-agent": [b"txgateway"],
@@ -81,10 +84,28 @@ class AnthropicProvider:
 
     def build_request(self, call: ApiCall) -> UpstreamRequest:
         body = call.body
+        headers = self._headers
         if call.api == "chat":
             body = orjson.dumps(messages_request(call.parsed, call.model,
                                                  self._default_max_tokens))
-        return UpstreamRequest(b"POST", self._urls[call.api], self._headers, body)
+        elif call.headers:
+            headers = self._with_caller(call.headers)
+        return UpstreamRequest(b"POST", self._urls[call.api], headers, body)
+
+    def _with_caller(self, caller: Mapping[str, str]) -> Headers:
+        """
+        The headers for a caller's own Messages request: its body passes through, so its
+        ``anthropic-version`` and its betas (with the configured ones) must go along.
+        """
+        headers = self._headers.copy()
+        version = caller.get("anthropic-version")
+        if version:
+            headers.setRawHeaders(b"anthropic-version", [version.encode("latin-1")])
+        betas = _betas(caller.get("anthropic-beta", ""))
+        if betas:
+            merged = ",".join(dict.fromkeys(self._betas + betas))
+            headers.setRawHeaders(b"anthropic-beta", [merged.encode("latin-1")])
+        return headers
 
     def translate_response(self, body: bytes) -> tuple[bytes, Usage | None]:
         completion, usage = chat_completion(orjson.loads(body), int(self._clock.seconds()))
@@ -100,6 +121,11 @@ class AnthropicProvider:
 
     def stream_translator(self, wants_usage: bool) -> Any:
         return MessagesToChatStream(int(self._clock.seconds()), wants_usage)
+
+
+def _betas(listed: str) -> list[str]:
+    """The names in a comma-separated ``anthropic-beta`` value, in order."""
+    return [name for name in (part.strip() for part in listed.split(",")) if name]
 
 
 @implementer(IPlugin, IProviderPlugin)

@@ -4,7 +4,9 @@ answers, and SSE streams with ``event:`` lines, ``ping`` events, cumulative ``me
 usage, ``tool_use`` blocks streamed as ``input_json_delta`` fragments, thinking blocks and
 ``error`` events.
 
-What it does is chosen by the request's model name, as in `tests.fake_openai`.
+What it does is chosen by the request's model name, as in `tests.fake_openai`, whose faults
+it shares: a cut stream, a slow one that drips until the client leaves, and a big one faster
+than the client reads.
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ from typing import Any
 
 import orjson
 from twisted.internet import reactor
-from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+from tests.fake_openai import BigStream, Dripper, FakeUpstream
 from txgateway.web.site import GatewaySite
 
 TEXT = ["Hel", "lo", " there", "!"]
@@ -41,18 +43,9 @@ def _behaviour(body: dict[str, Any]) -> str:
     return body["model"].removeprefix("claude-")
 
 
-class FakeAnthropic(Resource):
-    isLeaf = True
-
-    def __init__(self) -> None:
-        super().__init__()
-        #: Every request received: (path, headers as a dict of lists, parsed JSON body).
-        self.requests: list[tuple[bytes, dict[bytes, list[bytes]], Any]] = []
-
+class FakeAnthropic(FakeUpstream):
     def render_POST(self, request: Any) -> Any:
-        body = orjson.loads(request.content.read())
-        self.requests.append((request.path, dict(request.requestHeaders.getAllRawHeaders()),
-                              body))
+        body = self.received(request)
         request.setHeader(b"request-id", b"req_fake")
         model = _behaviour(body)
         if model.startswith("error-"):
@@ -138,6 +131,17 @@ class FakeAnthropic(Resource):
         if model == "cut-stream":
             request.write(b"".join(events[:4]))
             reactor.callLater(0.05, request.channel.transport.abortConnection)
+            return NOT_DONE_YET
+        # Up to events[2] the text block's start, events[3] its first delta, and after the
+        # last delta its stop, message_delta and message_stop.
+        if model == "slow-stream":
+            request.write(b"".join(events[:3]))
+            Dripper(request, events[3]).start()
+            return NOT_DONE_YET
+        if model == "big-stream":
+            request.write(b"".join(events[:3]))
+            request.registerProducer(BigStream(self, request, events[3],
+                                               b"".join(events[-3:])), True)
             return NOT_DONE_YET
         for event in events:
             request.write(event)

@@ -33,7 +33,9 @@ USAGE = {
 }
 
 
-class FakeOpenAI(Resource):
+class FakeUpstream(Resource):
+    """What every fake records: the requests, the clients that left, the big stream's pace."""
+
     isLeaf = True
 
     def __init__(self) -> None:
@@ -46,6 +48,14 @@ class FakeOpenAI(Resource):
         #: Bytes written by the producer-driven big stream, and how often it was paused.
         self.big_stream_bytes = 0
         self.big_stream_pauses = 0
+
+    def received(self, request: Any) -> dict[str, Any]:
+        """The request's body, recorded, with its client's leaving watched for."""
+        body = orjson.loads(request.content.read())
+        self.requests.append((request.path, dict(request.requestHeaders.getAllRawHeaders()),
+                              body))
+        request.notifyFinish().addErrback(lambda _: self._dropped(body["model"]))
+        return body
 
     def wait_for_disconnect(self) -> Deferred[str]:
         """Fires with the model of the first dropped request, at once if it already was."""
@@ -62,12 +72,11 @@ class FakeOpenAI(Resource):
         for waiter in waiters:
             waiter.callback(model)
 
+
+class FakeOpenAI(FakeUpstream):
     def render_POST(self, request: Any) -> Any:
-        body = orjson.loads(request.content.read())
-        self.requests.append((request.path, dict(request.requestHeaders.getAllRawHeaders()),
-                              body))
+        body = self.received(request)
         model = body["model"]
-        request.notifyFinish().addErrback(lambda _: self._dropped(model))
         if model.startswith("error-"):
             return self._error(request, int(model.split("-")[1]))
         if model == "html-502":
@@ -155,9 +164,9 @@ class FakeOpenAI(Resource):
         elif model == "stall-stream":
             request.write(chunks[0])
         elif model == "slow-stream":
-            _Dripper(request, chunks[0]).start()
+            Dripper(request, chunks[0]).start()
         elif model == "big-stream":
-            request.registerProducer(_BigStream(self, request, chunks[1]), True)
+            request.registerProducer(BigStream(self, request, chunks[1], chunks[-1]), True)
         else:
             # One write per event, as a real server flushes them.
             for data in chunks:
@@ -166,7 +175,7 @@ class FakeOpenAI(Resource):
         return NOT_DONE_YET
 
 
-class _Dripper:
+class Dripper:
     """Writes an event every 20 ms until the client leaves."""
 
     def __init__(self, request: Any, event: bytes) -> None:
@@ -180,15 +189,19 @@ class _Dripper:
         self._timer = reactor.callLater(0.02, self.start)
 
 
-class _BigStream:
-    """Streams events as fast as the connection takes them: a push producer that counts."""
+class BigStream:
+    """
+    Streams events as fast as the connection takes them, then ``tail``: a push producer that
+    counts.
+    """
 
     total = 64 * 1024 * 1024
 
-    def __init__(self, fake: FakeOpenAI, request: Any, event: bytes) -> None:
+    def __init__(self, fake: FakeUpstream, request: Any, event: bytes, tail: bytes) -> None:
         self._fake = fake
         self._request = request
         self._event = event * 64
+        self._tail = tail
         self._paused = False
         self._stopped = False
         reactor.callLater(0, self.resumeProducing)
@@ -202,7 +215,7 @@ class _BigStream:
         while not self._paused and not self._stopped:
             if self._fake.big_stream_bytes >= self.total:
                 self._request.unregisterProducer()
-                self._request.write(b"data: [DONE]\n\n")
+                self._request.write(self._tail)
                 self._request.finish()
                 return
             self._fake.big_stream_bytes += len(self._event)

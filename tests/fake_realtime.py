@@ -5,7 +5,9 @@ It records each handshake and every frame it receives, and answers from a script
 ``response.create`` plays a response whose usage is `USAGE` (the GA spec's example), or, for an
 out-of-band one, `OOB_USAGE`; a committed buffer gets a transcription with `ASR_USAGE`.
 Special models: ``refuse-429`` and ``refuse-401`` refuse the upgrade; a client event
-``test.drop`` makes it drop the TCP connection mid-response, ``test.close`` close with 4321.
+``test.drop`` makes it drop the TCP connection mid-response, ``test.close`` close with 4321,
+``test.flood`` write ``count`` audio deltas of ``size`` base64 characters at once (each with its
+index as ``item_id``), then a ``test.flooded``.
 """
 
 from __future__ import annotations
@@ -107,6 +109,12 @@ class FakeRealtimeProtocol(WebSocketServerProtocol):
             self.transport.abortConnection()
         elif kind == "test.close":
             self.sendClose(4321, "fake says bye")
+        elif kind == "test.flood":
+            audio = b"A" * event["size"]
+            for index in range(event["count"]):
+                self.sendMessage(b'{"type":"response.output_audio.delta","item_id":"%d",'
+                                 b'"delta":"%s"}' % (index, audio))
+            self.emit({"type": "test.flooded"})
         elif kind == "test.unknown":
             self.emit({"type": "future.event", "payload": [1, 2, 3]})
 

@@ -9,8 +9,10 @@ from typing import Any
 import openai
 import orjson
 import treq
+from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
@@ -114,6 +116,26 @@ class GatewayTestCase(TestCase):
     async def post(self, path: str, body: bytes, **kwargs: Any) -> Any:
         return await treq.post(self.base_url + path, body, pool=self.pool,
                                headers={b"content-type": [b"application/json"]}, **kwargs)
+
+    async def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """The ``/metrics`` samples by (name, sorted labels)."""
+        response = await treq.get(self.base_url + "/metrics", pool=self.pool)
+        samples = {}
+        for family in text_string_to_metric_families((await response.text()).strip() + "\n"):
+            for sample in family.samples:
+                samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+        return samples
+
+    async def check_upstream_dropped(self, fake: Any, model: str) -> None:
+        """The client just left: the upstream sees it at once, and the log keeps an estimate."""
+        started = reactor.seconds()
+        self.assertEqual(await fake.wait_for_disconnect(), model)
+        self.assertLess(reactor.seconds() - started, 0.5)
+        await deferLater(reactor, 0.05)
+        [record] = self.access_records()
+        self.assertEqual(record["status"], 499)
+        self.assertTrue(record["usage_estimated"])
+        self.assertGreater(record["input_tokens"], 0)
 
     def access_records(self) -> list[dict[str, Any]]:
         self.service.access_log.flush()

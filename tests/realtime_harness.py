@@ -134,10 +134,11 @@ class RealtimeTestCase(TestCase):
                 call.cancel()
 
     async def connect(self, query: str = "model=voice", headers: dict[str, str] | None = None,
-                      protocols: list[str] | None = None) -> Client:
+                      protocols: list[str] | None = None, protocol: type[Client] = Client
+                      ) -> Client:
         url = f"ws://127.0.0.1:{self.port}/v1/realtime?{query}"
         factory = WebSocketClientFactory(url, headers=headers or {}, protocols=protocols)
-        factory.protocol = Client
+        factory.protocol = protocol
         factory.opened = Deferred()
         factory.closed = Deferred()
         self.clients.append((connectWS(factory), factory))

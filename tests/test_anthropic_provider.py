@@ -43,6 +43,20 @@ class AnthropicProviderTests(GatewayTestCase):
             {"route": "chat", "provider": "claude", "input_tokens": PROMPT_TOKENS,
              "output_tokens": 9, "cached_input_tokens": 7, "cache_creation_input_tokens": 5})
 
+    async def test_cache_tokens_metrics(self) -> None:
+        """Cache reads and writes are token types of their own, beside the whole input."""
+        await self.sdk(self.client.chat.completions.create, model="claude-x", messages=MESSAGES)
+        samples = await self.metrics()
+        labels = (("gen_ai_operation_name", "chat"), ("gen_ai_provider_name", "anthropic"),
+                  ("gen_ai_request_model", "claude-x"))
+        counts = {kind: samples[("txgateway_gen_ai_client_token_usage_sum",
+                                 (*labels, ("gen_ai_token_type", kind)))]
+                  for kind in ("input", "output", "cached_input", "cache_creation_input")}
+        self.assertEqual(counts, {
+            "input": PROMPT_TOKENS, "output": FINAL_USAGE["output_tokens"],
+            "cached_input": FINAL_USAGE["cache_read_input_tokens"],
+            "cache_creation_input": FINAL_USAGE["cache_creation_input_tokens"]})
+
     async def test_model_renamed_and_parameters(self) -> None:
         await self.sdk(self.client.chat.completions.create, model="claude-renamed",
                        messages=MESSAGES, max_completion_tokens=99, temperature=0.2,

@@ -55,6 +55,27 @@ class ToAnthropicTests(MessagesTestCase):
         await response.content()
         self.assertEqual(self.claude.requests[0][2], {**request, "model": "claude-upstream"})
 
+    async def test_caller_version_and_betas_forwarded(self) -> None:
+        """
+        The caller's betas reach the upstream with the configured one, each once; its
+        ``anthropic-version`` replaces the configured one, since its body passes through.
+        """
+        caller = {"anthropic-beta": "prompt-caching-2024-07-31, tools-2024-04-04",
+                  "anthropic-version": "2023-01-01"}
+        await self.sdk(self.anthropic.messages.create, model="claude-x", max_tokens=10,
+                       messages=MESSAGES, extra_headers=caller)
+        await self.sdk(self.anthropic.messages.count_tokens, model="claude-x",
+                       messages=MESSAGES, extra_headers={"anthropic-beta": "output-128k"})
+        bare = {"model": "claude-x", "max_tokens": 10, "messages": MESSAGES}
+        await (await self.post("/v1/messages", orjson.dumps(bare))).content()
+        sdk_version = self.anthropic.default_headers["anthropic-version"].encode()
+        sent = [(headers[b"Anthropic-Beta"], headers[b"Anthropic-Version"])
+                for _, headers, _ in self.claude.requests]
+        self.assertEqual(sent, [
+            ([b"tools-2024-04-04,prompt-caching-2024-07-31"], [b"2023-01-01"]),
+            ([b"tools-2024-04-04,output-128k"], [sdk_version]),
+            ([b"tools-2024-04-04"], [b"2023-06-01"])])
+
     async def test_stream_usage_not_summed(self) -> None:
         """Events pass as they came; usage is the last cumulative value."""
         events, message = await self.sdk(final_message, self.anthropic, model="claude-x",
@@ -94,6 +115,18 @@ class ToAnthropicTests(MessagesTestCase):
                                messages=MESSAGES)
         self.assertEqual(count.input_tokens, 1001)
         self.assertEqual(self.claude.requests[0][0], b"/v1/messages/count_tokens")
+
+    async def test_count_tokens_under_anthropic_prefix(self) -> None:
+        """The anthropic SDK's ``base_url`` may end in ``/anthropic``: counting works there."""
+        client = anthropic.Anthropic(base_url=self.base_url + "/anthropic", api_key="sk-caller",
+                                     max_retries=0, timeout=10)
+        self.addCleanup(client.close)
+        count = await self.sdk(client.messages.count_tokens, model="claude-renamed",
+                               messages=MESSAGES * 2)
+        self.assertEqual(count.input_tokens, 1002)
+        path, _, body = self.claude.requests[0]
+        self.assertEqual((path, body["model"]), (b"/v1/messages/count_tokens",
+                                                 "claude-upstream"))
 
 
 class ToOpenAITests(MessagesTestCase):

@@ -10,7 +10,8 @@ import attrs
 @attrs.frozen
 class Usage:
     """
-    Tokens by kind.  ``estimated`` is true when no provider report was seen.
+    Tokens by kind.  ``estimated`` is true when some count is not from a provider's report
+    (none was seen, or the stream was cut short after a partial one).
 
     ``input_tokens`` counts every prompt token, as OpenAI's ``prompt_tokens`` does: cache reads
     (``cached_input_tokens``) and cache writes (``cache_creation_tokens``) are parts of it.

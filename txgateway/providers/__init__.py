@@ -9,6 +9,7 @@ by name; `txgateway.providers.registry` finds them with ``getPlugins``.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 import attrs
@@ -41,6 +42,9 @@ class ApiCall:
     parsed: dict
     model: str
     stream: bool
+    #: Caller headers (lower-case names) a provider of the caller's own dialect may forward,
+    #: e.g. ``anthropic-beta`` on the Messages fast path.  Shared and empty for the rest.
+    headers: Mapping[str, str] = MappingProxyType({})
 
 
 @attrs.frozen

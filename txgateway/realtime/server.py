@@ -174,5 +174,8 @@ def realtime_resource(gateway: Gateway) -> WebSocketResource:
         # The upstream is dialled inside the handshake.
         openHandshakeTimeout=gateway.config.upstream.connect_timeout * 2 + 5,
         closeHandshakeTimeout=5,
+        # A caller breaking a limit (a message over the maximum size) is told why with a close
+        # code (1009), rather than having its connection dropped.
+        failByDrop=False,
     )
     return _RealtimeResource(factory)

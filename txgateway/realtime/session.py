@@ -160,6 +160,10 @@ class Session:
             for timer in self._timers:
                 if timer.active():
                     timer.cancel()
+            # An ended session stays in the recent list for its tally; its sockets' protocols
+            # (tens of kB each) need not.
+            self._client = self._upstream = None
+            self._timers.clear()
             self._book.finished(self)
 
     # Guards --------------------------------------------------------------------------------

@@ -31,9 +31,23 @@ from txgateway.usage import Usage
 from txgateway.web.proxy import ProxyEndpoint, finish, is_event_stream, pass_retry_after
 from txgateway.web.relay import TranslatedStreamRelay, start_event_stream
 
+#: Caller headers that choose the upstream's behaviour on the fast path: the wire version the
+#: caller's SDK speaks, and the beta features (prompt caching, longer output...) it turns on.
+FORWARDED = (b"anthropic-version", b"anthropic-beta")
+
 
 def _stream_error(status: int, message: str, code: str) -> bytes:
     return anthropic.stream_error_event(status, message)
+
+
+def _caller_headers(request: Any) -> dict[str, str]:
+    """The `FORWARDED` headers the caller sent, repeated ones joined with commas."""
+    found = {}
+    for name in FORWARDED:
+        values = request.requestHeaders.getRawHeaders(name)
+        if values:
+            found[name.decode()] = ",".join(value.decode("latin-1") for value in values)
+    return found
 
 
 class _AnthropicEndpoint(ProxyEndpoint):
@@ -51,10 +65,12 @@ class _AnthropicEndpoint(ProxyEndpoint):
     def unknown_model(self, model: str) -> str:
         return f"model: {model}"
 
-    def _native(self, api: str, parsed: anthropic.MessagesRequest, target: Target) -> Any:
+    def _native(self, request: Any, api: str, parsed: anthropic.MessagesRequest,
+                target: Target) -> Any:
         return target.provider.build_request(ApiCall(
             api=api, body=anthropic.upstream_messages_body(parsed, target.model),
-            parsed=parsed.parsed, model=target.model, stream=parsed.stream))
+            parsed=parsed.parsed, model=target.model, stream=parsed.stream,
+            headers=_caller_headers(request)))
 
     def _answer(self, request: Any, exchange: Exchange, response: Any, call: UpstreamCall,
                 body: bytes, native: bool) -> None:
@@ -79,7 +95,7 @@ class Messages(_AnthropicEndpoint):
         provider = target.provider
         native = dialect(provider) == "anthropic"
         if native:
-            upstream_request = self._native("messages", parsed, target)
+            upstream_request = self._native(request, "messages", parsed, target)
         else:
             chat = chat_request(parsed.parsed, target.model)
             upstream_request = provider.build_request(ApiCall(
@@ -127,7 +143,8 @@ class CountTokens(_AnthropicEndpoint):
             finish(request, call, 200, orjson.dumps(
                 {"input_tokens": estimate_messages_tokens(parsed.parsed)}))
             return
-        response = await call.send(provider.agent, self._native("count_tokens", parsed, target))
+        upstream_request = self._native(request, "count_tokens", parsed, target)
+        response = await call.send(provider.agent, upstream_request)
         exchange.first_byte = self._gateway.reactor.seconds()
         body = await call.read(response)
         self._answer(request, exchange, response, call, body, True)

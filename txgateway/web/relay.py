@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
@@ -112,7 +113,20 @@ class TranslatedStreamRelay(StreamRelay):
     def tail(self) -> bytes:
         return self._translator.finish()
 
+    def ended(self, failure: Failure | None) -> None:
+        if self._call.aborted or failure is not None or self._exchange.error is not None:
+            # Cut short: a usage reported so far is partial (Anthropic's message_start gives
+            # the input and one output token), so the output is estimated.
+            self._exchange.usage = self.estimate()
+        super().ended(failure)
+
     def estimate(self) -> Usage:
-        # One token per content chunk, the first (the role alone) aside.
-        return Usage(input_tokens=estimate_tokens(self._request_size),
-                     output_tokens=max(self._translator.chunks - 1, 0), estimated=True)
+        # One token per content chunk, the first (the role alone) aside; the input as the
+        # upstream reported it, when it did.
+        output = max(self._translator.chunks - 1, 0)
+        reported = self._translator.usage
+        if reported is None:
+            return Usage(input_tokens=estimate_tokens(self._request_size),
+                         output_tokens=output, estimated=True)
+        return attrs.evolve(reported, output_tokens=max(reported.output_tokens, output),
+                            estimated=True)

@@ -1,0 +1,182 @@
+"""
+End to end: the relay's bounds. A slow caller pauses the upstream, an oversized message is
+refused with 1009, keepalive pings find a dead caller, and many sessions leave nothing behind.
+"""
+
+from __future__ import annotations
+
+import gc
+import re
+import tracemalloc
+from typing import Any
+
+from autobahn.twisted.websocket import WebSocketClientFactory, connectWS
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.task import deferLater
+
+from tests.realtime_harness import Client, RealtimeTestCase
+
+_ITEM = re.compile(rb'"item_id":"(\d+)"')
+
+
+def buffered(transport: Any) -> int:
+    """Bytes a Twisted transport holds that the kernel has not taken yet."""
+    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+
+
+async def until(condition: Any, timeout: float = 5.0) -> None:
+    """Poll ``condition`` every 10 ms until it holds; fail after ``timeout`` seconds."""
+    deadline = reactor.seconds() + timeout
+    while not condition():
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"still false after {timeout} s: {condition}")
+        await deferLater(reactor, 0.01, lambda: None)
+
+
+class FloodClient(Client):
+    """Keeps only each audio delta's index, since a flood is too big to parse over and over."""
+
+    def onOpen(self) -> None:
+        super().onOpen()
+        self.indices: list[int] = []
+        self.flooded: Deferred[None] = Deferred()
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        match = _ITEM.search(payload, 0, 100)
+        if match is not None:
+            self.indices.append(int(match.group(1)))
+        elif b'"test.flooded"' in payload[:40]:
+            self.flooded.callback(None)
+
+
+class SlowClientTests(RealtimeTestCase):
+    async def test_slow_client_pauses_the_upstream(self) -> None:
+        """
+        A caller that stops reading while the upstream floods 48 MB: the gateway stops reading
+        the upstream and holds little itself; once the caller reads again, every delta arrives
+        in order.
+        """
+        count, size = 500, 96 * 1024
+        client = await self.connect(protocol=FloodClient)
+        [session] = self.service.gateway.realtime.active()
+        upstream, caller = session._upstream.transport, session._client.transport
+        client.transport.pauseProducing()
+        client.send_event(type="test.flood", count=count, size=size)
+        # Paused and resumed while the kernel's socket buffers fill, then paused for good.
+        relayed = -1
+        while session.tally.bytes_out != relayed:
+            relayed = session.tally.bytes_out
+            await deferLater(reactor, 0.3, lambda: None)
+        self.assertNotIn(upstream, reactor.getReaders())
+        # Kernel buffers take some of the flood; the gateway itself holds about one read.
+        self.assertLess(relayed, count * size // 2)
+        self.assertLess(buffered(caller), 2 * 1024 * 1024)
+        client.transport.resumeProducing()
+        await client.flooded
+        self.assertEqual(client.indices, list(range(count)))
+        self.assertIn(upstream, reactor.getReaders())
+
+
+class MessageSizeTests(RealtimeTestCase):
+    realtime = "{max_message_bytes: 65536}"
+
+    async def test_oversized_message_closes_with_1009(self) -> None:
+        """A caller's message over the limit closes it with 1009 and closes the upstream."""
+        client = await self.connect()
+        await client.next("session.created")
+        client.send_event(type="input_audio_buffer.append", audio="A" * 70000)
+        _, code, _ = await self.clients[0][1].closed
+        self.assertEqual(code, 1009)
+        await until(lambda: self.fake.closes)
+        self.assertEqual(self.fake.received, [])
+        await until(lambda: not self.service.gateway.realtime.active())
+        [ended] = self.service.gateway.realtime.recent()
+        self.assertIsNotNone(ended.upstream_close)
+
+
+class PingingClient(Client):
+    pings = 0
+
+    def onPing(self, payload: bytes) -> None:
+        self.pings += 1
+        super().onPing(payload)
+
+
+class KeepaliveTests(RealtimeTestCase):
+    # Autobahn runs ping timers in 200 ms buckets, and intervals under a second misfire.
+    realtime = "{ping_interval: 1, ping_timeout: 1}"
+
+    async def test_pings_keep_a_live_caller_and_find_a_dead_one(self) -> None:
+        """
+        A silent caller that answers pings stays; one that stops reading (so never answers) is
+        dropped at the ping timeout, long before the idle timeout, and its upstream closed.
+        """
+        live = await self.connect(protocol=PingingClient)
+        await deferLater(reactor, 2.5, lambda: None)
+        self.assertGreaterEqual(live.pings, 2)
+        self.assertFalse(self.clients[0][1].closed.called)
+        dead = await self.connect(protocol=PingingClient)
+        await until(lambda: len(self.service.gateway.realtime.active()) == 2)
+        dead.transport.pauseProducing()
+        started = reactor.seconds()
+        await until(lambda: len(self.service.gateway.realtime.active()) == 1, timeout=5)
+        self.assertLess(reactor.seconds() - started, 3.5)
+        [ended] = self.service.gateway.realtime.recent()
+        self.assertEqual(ended.ended_by, "client_lost")
+        await until(lambda: self.fake.closes)
+        self.assertFalse(self.clients[0][1].closed.called)
+        dead.transport.resumeProducing()
+
+
+class LeakTests(RealtimeTestCase):
+    realtime = "{max_sessions: 100000}"
+    timeout = 90
+
+    async def sessions(self, count: int, at_once: int = 25) -> None:
+        """Open and close ``count`` sessions through the fake upstream, ``at_once`` at a time."""
+        url = f"ws://127.0.0.1:{self.port}/v1/realtime?model=voice"
+
+        async def one() -> None:
+            factory = WebSocketClientFactory(url)
+            factory.protocol = Client
+            factory.opened, factory.closed = Deferred(), Deferred()
+            connectWS(factory)
+            client = await factory.opened
+            await client.next("session.created")
+            client.sendClose(1000)
+            await factory.closed
+
+        for _ in range(count // at_once):
+            await gatherResults([Deferred.fromCoroutine(one()) for _ in range(at_once)])
+        await until(lambda: not self.service.gateway.realtime.active())
+        await until(lambda: len(self.fake.closes) == len(self.fake.connections))
+        # The fake keeps what it saw; that is the test's memory, not the gateway's.
+        self.fake.handshakes.clear()
+        self.fake.received.clear()
+        self.fake.closes.clear()
+        self.fake.connections.clear()
+        await deferLater(reactor, 0.05, lambda: None)
+
+    def timers(self) -> list[Any]:
+        return [call for call in reactor.getDelayedCalls()
+                if getattr(call.func, "__name__", "") != "_notify_bucket"]
+
+    async def test_a_thousand_sessions_leave_nothing_behind(self) -> None:
+        """No session, timer, socket or memory stays behind once 1,000 sessions have ended."""
+        tracemalloc.start()
+        self.addCleanup(tracemalloc.stop)
+        # Fills the recent list (kept at 200) and the caches first.
+        await self.sessions(250)
+        timers, sockets = len(self.timers()), len(reactor.getReaders())
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        await self.sessions(1000)
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+        self.assertEqual(self.service.gateway.realtime.active(), [])
+        self.assertEqual(len(self.service.gateway.realtime.recent()), 200)
+        self.assertEqual(len(self.timers()), timers)
+        self.assertEqual(len(reactor.getReaders()), sockets)
+        # A leaked session (legs, protocols, tally) is tens of kB: 1,000 of them would be MBs.
+        self.assertLess(grown, 1024 * 1024, f"{grown} bytes more after 1,000 sessions")
