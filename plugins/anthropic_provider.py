@@ -27,6 +27,7 @@ from txgateway.providers import (
     IProviderPlugin,
     ProviderContext,
     UpstreamRequest,
+    json_request_headers,
 )
 from txgateway.translate.chat_to_messages import (
     MessagesToChatStream,
@@ -71,16 +72,9 @@ class AnthropicProvider:
         self._default_max_tokens = settings.default_max_tokens
         self._betas = _betas(settings.beta)
         self._urls = {api: (settings.base_url + path).encode() for api, path in PATHS.items()}
-        headers = Headers({b"content-type": [b"application/json"],
-                           b"user-agent": [b"txgateway"],
-                           b"anthropic-version": [settings.version.encode()]})
-        if settings.api_key:
-            headers.setRawHeaders(b"x-api-key", [settings.api_key.encode()])
-        if settings.beta:
-            headers.setRawHeaders(b"anthropic-beta", [settings.beta.encode()])
-        for header, value in settings.headers.items():
-            headers.setRawHeaders(header.encode(), [value.encode()])
-        self._headers = headers
+        self._headers = json_request_headers({
+            "anthropic-version": settings.version, "x-api-key": settings.api_key,
+            "anthropic-beta": settings.beta, **settings.headers})
 
     def build_request(self, call: ApiCall) -> UpstreamRequest:
         body = call.body

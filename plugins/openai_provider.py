@@ -5,11 +5,8 @@ LM Studio, Groq, Together, ...), reached at ``base_url`` with a bearer key.
 
 from __future__ import annotations
 
-from urllib.parse import urlencode
-
 import attrs
 from twisted.plugin import IPlugin
-from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
 from txgateway.config import HttpURL
@@ -20,7 +17,9 @@ from txgateway.providers import (
     ProviderContext,
     RealtimeTarget,
     UpstreamRequest,
+    json_request_headers,
 )
+from txgateway.providers.openai_realtime import openai_realtime_target, websocket_url
 
 #: Paths under ``base_url`` per API family.
 PATHS = {"chat": "/chat/completions"}
@@ -44,18 +43,10 @@ class OpenAIProvider:
         self.name = name
         self.agent = context.http_agent
         self._urls = {api: (settings.base_url + path).encode() for api, path in PATHS.items()}
-        headers = Headers({b"content-type": [b"application/json"],
-                           b"user-agent": [b"txgateway"]})
-        if settings.api_key:
-            headers.setRawHeaders(b"authorization", [b"Bearer " + settings.api_key.encode()])
-        for header, value in settings.headers.items():
-            headers.setRawHeaders(header.encode(), [value.encode()])
-        # Shared by every request: the agent copies headers before it adds its own.
-        self._headers = headers
-        self._realtime_url = _websocket_url(settings.base_url) + "/realtime"
-        self._realtime_headers = dict(settings.headers)
-        if settings.api_key:
-            self._realtime_headers["Authorization"] = "Bearer " + settings.api_key
+        auth = {"Authorization": "Bearer " + settings.api_key} if settings.api_key else {}
+        self._realtime_headers = {**settings.headers, **auth}
+        self._headers = json_request_headers(self._realtime_headers)
+        self._realtime_url = websocket_url(settings.base_url) + "/realtime"
 
     def build_request(self, call: ApiCall) -> UpstreamRequest:
         return UpstreamRequest(b"POST", self._urls[call.api], self._headers, call.body)
@@ -64,18 +55,8 @@ class OpenAIProvider:
                         beta: bool) -> RealtimeTarget | None:
         """``<base_url>/realtime`` over ws(s), with this provider's key, never the caller's."""
         query = {"model": model} if model else {}
-        if intent != "realtime":
-            query["intent"] = intent
-        headers = dict(self._realtime_headers)
-        if beta:
-            headers["OpenAI-Beta"] = "realtime=v1"
-        return RealtimeTarget(self._realtime_url + "?" + urlencode(query), headers)
-
-
-def _websocket_url(base_url: str) -> str:
-    """http -> ws, https -> wss, as the openai SDK derives its realtime URL."""
-    scheme, rest = base_url.split(":", 1)
-    return ("wss" if scheme == "https" else "ws") + ":" + rest
+        return openai_realtime_target(self._realtime_url, query, intent, beta,
+                                      self._realtime_headers)
 
 
 @implementer(IPlugin, IProviderPlugin)

@@ -4,7 +4,8 @@ A fake OpenAI server on a loopback port, speaking the real chat completions wire
 What it does is chosen by the request's model name, so one server plays every upstream a
 test needs: well-behaved answers (plain, streamed, tool calls, ``n`` choices), error statuses,
 and the faults a gateway must survive (no answer, a stalled body, a cut stream, a stream
-that never ends, a stream faster than the client reads).
+that never ends, a stream faster than the client reads).  Reached on Azure's ``/openai/...``
+paths, it adds Azure's content filter results to its answers.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ USAGE = {
                                   "accepted_prediction_tokens": 0,
                                   "rejected_prediction_tokens": 0},
 }
+CONTENT_FILTER_RESULTS = {category: {"filtered": False, "severity": "safe"}
+                          for category in ("hate", "self_harm", "sexual", "violence")}
+PROMPT_FILTER_RESULTS = [{"prompt_index": 0, "content_filter_results": CONTENT_FILTER_RESULTS}]
 
 
 class FakeUpstream(Resource):
@@ -42,6 +46,8 @@ class FakeUpstream(Resource):
         super().__init__()
         #: Every request received: (path, headers as a dict of lists, parsed JSON body).
         self.requests: list[tuple[bytes, dict[bytes, list[bytes]], Any]] = []
+        #: The query arguments of each request, in the same order.
+        self.queries: list[dict[bytes, list[bytes]]] = []
         #: Models of the requests whose client left before the answer was complete.
         self.dropped: list[str] = []
         self._drop_waiters: list[Deferred[str]] = []
@@ -54,6 +60,7 @@ class FakeUpstream(Resource):
         body = orjson.loads(request.content.read())
         self.requests.append((request.path, dict(request.requestHeaders.getAllRawHeaders()),
                               body))
+        self.queries.append(request.args)
         request.notifyFinish().addErrback(lambda _: self._dropped(body["model"]))
         return body
 
@@ -124,19 +131,29 @@ class FakeOpenAI(FakeUpstream):
             {"index": index, "message": message, "logprobs": None, "finish_reason": finish}
             for index in range(body.get("n") or 1)
         ], "usage": USAGE}
+        if _azure(request):
+            answer["prompt_filter_results"] = PROMPT_FILTER_RESULTS
+            for choice in answer["choices"]:
+                choice["content_filter_results"] = CONTENT_FILTER_RESULTS
         request.setHeader(b"content-type", b"application/json")
         return orjson.dumps(answer)
 
-    def _chunks(self, body: dict[str, Any]) -> list[bytes]:
+    def _chunks(self, body: dict[str, Any], azure: bool) -> list[bytes]:
         include_usage = (body.get("stream_options") or {}).get("include_usage") is True
         extra = {"usage": None} if include_usage else {}
+        filtered = {"content_filter_results": CONTENT_FILTER_RESULTS} if azure else {}
 
         def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
             event = {**self._envelope(body, "chat.completion.chunk"), **extra, "choices": [
-                {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+                {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish,
+                 **filtered}]}
             return b"data: " + orjson.dumps(event) + b"\n\n"
 
         chunks = [chunk({"role": "assistant", "content": ""})]
+        if azure:  # Azure opens its streams with the prompt's filter results
+            prompt = {"id": "", "object": "", "created": 0, "model": "", "choices": [],
+                      "prompt_filter_results": PROMPT_FILTER_RESULTS}
+            chunks.insert(0, b"data: " + orjson.dumps(prompt) + b"\n\n")
         if body.get("tools"):
             name = body["tools"][0]["function"]["name"]
             chunks.append(chunk({"tool_calls": [{"index": 0, "id": "call_fake1",
@@ -157,7 +174,7 @@ class FakeOpenAI(FakeUpstream):
     def _stream(self, request: Any, body: dict[str, Any]) -> Any:
         request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
         model = body["model"]
-        chunks = self._chunks(body)
+        chunks = self._chunks(body, _azure(request))
         if model == "cut-stream":
             request.write(b"".join(chunks[:2]))
             reactor.callLater(0.05, request.channel.transport.abortConnection)
@@ -173,6 +190,10 @@ class FakeOpenAI(FakeUpstream):
                 request.write(data)
             request.finish()
         return NOT_DONE_YET
+
+
+def _azure(request: Any) -> bool:
+    return request.path.startswith(b"/openai/")
 
 
 class Dripper:

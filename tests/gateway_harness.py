@@ -80,6 +80,9 @@ def closed_port() -> int:
 class GatewayTestCase(TestCase):
     """Each test gets a fresh fake upstream, a fresh gateway and an openai SDK client."""
 
+    #: The gateway's config, formatted with the upstreams' ports and the access log's path.
+    config = CONFIG
+
     def setUp(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._start())
 
@@ -88,7 +91,7 @@ class GatewayTestCase(TestCase):
         self.claude, self.claude_port, self.claude_site = await start_fake_anthropic()
         log_dir = tempfile.mkdtemp()
         self.access_log_path = os.path.join(log_dir, "access.log")
-        config = load_config(CONFIG.format(
+        config = load_config(self.config.format(
             upstream_port=self.fake_port.getHost().port, closed_port=closed_port(),
             anthropic_port=self.claude_port.getHost().port,
             access_log=self.access_log_path), find_plugins)

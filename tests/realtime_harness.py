@@ -98,6 +98,8 @@ class Client(WebSocketClientProtocol):
 class RealtimeTestCase(TestCase):
     """A fresh fake upstream and gateway per test; every socket is closed in cleanup."""
 
+    #: The gateway's config, formatted with the upstream ports, access log and ``realtime``.
+    config = CONFIG
     realtime = "{}"
     timeout = 15
 
@@ -107,7 +109,7 @@ class RealtimeTestCase(TestCase):
     async def _start(self) -> None:
         self.fake, self.fake_port = start_fake_realtime()
         self.access_log_path = os.path.join(tempfile.mkdtemp(), "access.log")
-        config = load_config(CONFIG.format(
+        config = load_config(self.config.format(
             upstream_port=self.fake_port.getHost().port, closed_port=closed_port(),
             access_log=self.access_log_path, realtime=self.realtime), find_plugins)
         self.service = GatewayService(config, reactor)

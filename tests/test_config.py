@@ -82,6 +82,12 @@ models:
             "models[0].provider: no provider named 'nobody'",
         ]))
 
+    def test_choice(self) -> None:
+        self.assertEqual(
+            problems("providers: {a: {plugin: azure, endpoint: 'https://x.example', api: v2}}\n"
+                     "models: [{name: m, provider: a}]"),
+            ["providers.a.api: expected one of 'v1', 'deployments'"])
+
     def test_not_yaml(self) -> None:
         [problem] = problems("providers: [unclosed")
         self.assertTrue(problem.startswith("$: not valid YAML"))

@@ -48,14 +48,19 @@ acme = AcmePlugin()
 '''
 
 
+#: Settings without a default, for the shipped plugins that have some.
+REQUIRED_SETTINGS = {"azure": {"endpoint": "https://x.openai.azure.com"}}
+
+
 class ShippedPluginTests(SynchronousTestCase):
     def test_found_and_complete(self) -> None:
         plugins = find_plugins()
-        self.assertTrue({"openai", "demo"} <= set(plugins))
+        self.assertTrue({"openai", "demo", "azure"} <= set(plugins))
         context = ProviderContext(reactor=reactor, http_agent=object())
-        for plugin in plugins.values():
+        for name, plugin in plugins.items():
             verifyObject(IProviderPlugin, plugin)
-            verifyObject(IProvider, plugin.build("x", plugin.settings_type(), context))
+            settings = plugin.settings_type(**REQUIRED_SETTINGS.get(name, {}))
+            verifyObject(IProvider, plugin.build("x", settings, context))
 
 
 class DroppedPluginTests(TestCase):
@@ -97,4 +102,4 @@ class DroppedPluginTests(TestCase):
             env={**os.environ, "PYTHONPATH": os.path.abspath(site)},
             capture_output=True, text=True, check=True, cwd=site,
         )
-        self.assertEqual(found.stdout.split(), ["anthropic", "demo", "openai", "zeta"])
+        self.assertEqual(found.stdout.split(), ["anthropic", "azure", "demo", "openai", "zeta"])

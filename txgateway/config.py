@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping
-from typing import Any, NewType
+from typing import Any, Literal, NewType, get_args, get_origin
 from urllib.parse import urlsplit
 
 import attrs
@@ -228,6 +228,13 @@ def _strict_converter() -> cattrs.Converter:
     converter.register_structure_hook_func(
         lambda t: getattr(t, "__origin__", None) is tuple, structure_tuple
     )
+
+    def structure_choice(value: Any, type_: Any) -> Any:
+        if value not in get_args(type_):
+            raise _Invalid("expected one of " + ", ".join(map(repr, get_args(type_))))
+        return value
+
+    converter.register_structure_hook_func(lambda t: get_origin(t) is Literal, structure_choice)
     return converter
 
 

@@ -74,6 +74,19 @@ class RealtimeTarget:
     local: Callable[[Any], Any] | None = None
 
 
+def json_request_headers(headers: Mapping[str, str]) -> Headers:
+    """
+    The headers of a provider's JSON requests: content type, user agent, then ``headers``
+    (credentials and the config's extras; empty values are left out).  Built once per
+    provider and shared by its requests: the agent copies headers before adding its own.
+    """
+    built = Headers({b"content-type": [b"application/json"], b"user-agent": [b"txgateway"]})
+    for header, value in headers.items():
+        if value:
+            built.setRawHeaders(header.encode(), [value.encode()])
+    return built
+
+
 class IProvider(Interface):
     """A configured provider instance: where and how a call is sent."""
 

@@ -1,0 +1,97 @@
+"""
+The ``azure`` provider: Azure OpenAI, reached at a resource ``endpoint`` with an ``api-key``.
+
+Azure speaks OpenAI's wire format, so calls go through as they came and answers come back
+untouched (Azure's ``content_filter_results`` and ``prompt_filter_results`` included); what
+differs is where they go.  The route's upstream model is the Azure deployment name.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+from urllib.parse import quote, urlencode
+
+import attrs
+from twisted.plugin import IPlugin
+from zope.interface import implementer
+
+from txgateway.config import HttpURL
+from txgateway.providers import (
+    ApiCall,
+    IProvider,
+    IProviderPlugin,
+    ProviderContext,
+    RealtimeTarget,
+    UpstreamRequest,
+    json_request_headers,
+)
+from txgateway.providers.openai_realtime import openai_realtime_target, websocket_url
+
+
+@attrs.frozen
+class AzureSettings:
+    #: The resource URL, e.g. ``https://myres.openai.azure.com``.
+    endpoint: HttpURL
+    #: Sent as ``api-key``.
+    api_key: str = ""
+    #: For the deployments and preview realtime paths (the v1 ones take none); the latest
+    #: version both accept.
+    api_version: str = "2025-04-01-preview"
+    #: Chat at ``/openai/v1/chat/completions`` (model in the body), or at the older
+    #: ``/openai/deployments/<deployment>/chat/completions?api-version=...``.
+    api: Literal["v1", "deployments"] = "v1"
+    #: Realtime at the GA ``/openai/v1/realtime?model=<deployment>``, or at the preview
+    #: ``/openai/realtime?api-version=...&deployment=<deployment>`` (the beta interface).
+    realtime_api: Literal["ga", "preview"] = "ga"
+    #: Extra headers sent with every request and realtime handshake.
+    headers: dict[str, str] = attrs.field(factory=dict)
+
+
+@implementer(IProvider)
+class AzureProvider:
+    kind = "azure"
+    apis = frozenset({"chat"})
+
+    def __init__(self, name: str, settings: AzureSettings, context: ProviderContext) -> None:
+        self.name = name
+        self.agent = context.http_agent
+        self._settings = settings
+        self._version_query = urlencode({"api-version": settings.api_version})
+        self._chat_url = (settings.endpoint + "/openai/v1/chat/completions").encode()
+        auth = {"api-key": settings.api_key} if settings.api_key else {}
+        self._realtime_headers = {**settings.headers, **auth}
+        self._headers = json_request_headers(self._realtime_headers)
+        path = "/openai/v1/realtime" if settings.realtime_api == "ga" else "/openai/realtime"
+        self._realtime_url = websocket_url(settings.endpoint) + path
+
+    def build_request(self, call: ApiCall) -> UpstreamRequest:
+        url = self._chat_url
+        if self._settings.api == "deployments":
+            url = (f"{self._settings.endpoint}/openai/deployments/{quote(call.model, safe='')}"
+                   f"/chat/completions?{self._version_query}").encode()
+        return UpstreamRequest(b"POST", url, self._headers, call.body)
+
+    def realtime_target(self, model: str | None, intent: str,
+                        beta: bool) -> RealtimeTarget | None:
+        """The GA or preview realtime URL, with this provider's key, never the caller's."""
+        if self._settings.realtime_api == "ga":
+            query = {"model": model} if model else {}
+        else:
+            query = {"api-version": self._settings.api_version}
+            if model:
+                query["deployment"] = model
+        return openai_realtime_target(self._realtime_url, query, intent, beta,
+                                      self._realtime_headers)
+
+
+@implementer(IPlugin, IProviderPlugin)
+class AzurePlugin:
+    name = "azure"
+    settings_type = AzureSettings
+
+    def build(self, name: str, settings: AzureSettings,
+              context: ProviderContext) -> AzureProvider:
+        return AzureProvider(name, settings, context)
+
+
+azure = AzurePlugin()
