@@ -14,7 +14,6 @@ from typing import Any
 
 import attrs
 import orjson
-from twisted.plugin import IPlugin
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
@@ -24,8 +23,8 @@ from txgateway.dialects.openai import error_body
 from txgateway.providers import (
     ApiCall,
     IProvider,
-    IProviderPlugin,
     ProviderContext,
+    ProviderPlugin,
     UpstreamRequest,
     json_request_headers,
 )
@@ -122,14 +121,4 @@ def _betas(listed: str) -> list[str]:
     return [name for name in (part.strip() for part in listed.split(",")) if name]
 
 
-@implementer(IPlugin, IProviderPlugin)
-class AnthropicPlugin:
-    name = "anthropic"
-    settings_type = AnthropicSettings
-
-    def build(self, name: str, settings: AnthropicSettings,
-              context: ProviderContext) -> AnthropicProvider:
-        return AnthropicProvider(name, settings, context)
-
-
-anthropic = AnthropicPlugin()
+anthropic = ProviderPlugin("anthropic", AnthropicSettings, AnthropicProvider)

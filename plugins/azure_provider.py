@@ -12,15 +12,14 @@ from typing import Literal
 from urllib.parse import quote, urlencode
 
 import attrs
-from twisted.plugin import IPlugin
 from zope.interface import implementer
 
 from txgateway.config import HttpURL
 from txgateway.providers import (
     ApiCall,
     IProvider,
-    IProviderPlugin,
     ProviderContext,
+    ProviderPlugin,
     RealtimeTarget,
     UpstreamRequest,
     json_request_headers,
@@ -84,14 +83,4 @@ class AzureProvider:
                                       self._realtime_headers)
 
 
-@implementer(IPlugin, IProviderPlugin)
-class AzurePlugin:
-    name = "azure"
-    settings_type = AzureSettings
-
-    def build(self, name: str, settings: AzureSettings,
-              context: ProviderContext) -> AzureProvider:
-        return AzureProvider(name, settings, context)
-
-
-azure = AzurePlugin()
+azure = ProviderPlugin("azure", AzureSettings, AzureProvider)

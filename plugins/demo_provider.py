@@ -16,7 +16,6 @@ from typing import Any
 
 import attrs
 import orjson
-from twisted.plugin import IPlugin
 from zope.interface import implementer
 
 from txgateway.dialects.openai import error_body
@@ -24,8 +23,8 @@ from txgateway.plugins.demo_realtime import DemoRealtime
 from txgateway.providers import (
     ApiCall,
     IProvider,
-    IProviderPlugin,
     ProviderContext,
+    ProviderPlugin,
     RealtimeTarget,
     UpstreamRequest,
 )
@@ -175,13 +174,4 @@ class _Completion:
         return out
 
 
-@implementer(IPlugin, IProviderPlugin)
-class DemoPlugin:
-    name = "demo"
-    settings_type = DemoSettings
-
-    def build(self, name: str, settings: DemoSettings, context: ProviderContext) -> DemoProvider:
-        return DemoProvider(name, settings, context)
-
-
-demo = DemoPlugin()
+demo = ProviderPlugin("demo", DemoSettings, DemoProvider)

@@ -6,15 +6,14 @@ LM Studio, Groq, Together, ...), reached at ``base_url`` with a bearer key.
 from __future__ import annotations
 
 import attrs
-from twisted.plugin import IPlugin
 from zope.interface import implementer
 
 from txgateway.config import HttpURL
 from txgateway.providers import (
     ApiCall,
     IProvider,
-    IProviderPlugin,
     ProviderContext,
+    ProviderPlugin,
     RealtimeTarget,
     UpstreamRequest,
     json_request_headers,
@@ -59,14 +58,4 @@ class OpenAIProvider:
                                       self._realtime_headers)
 
 
-@implementer(IPlugin, IProviderPlugin)
-class OpenAIPlugin:
-    name = "openai"
-    settings_type = OpenAISettings
-
-    def build(self, name: str, settings: OpenAISettings,
-              context: ProviderContext) -> OpenAIProvider:
-        return OpenAIProvider(name, settings, context)
-
-
-openai = OpenAIPlugin()
+openai = ProviderPlugin("openai", OpenAISettings, OpenAIProvider)

@@ -13,8 +13,9 @@ from types import MappingProxyType
 from typing import Any
 
 import attrs
+from twisted.plugin import IPlugin
 from twisted.web.http_headers import Headers
-from zope.interface import Attribute, Interface
+from zope.interface import Attribute, Interface, implementer
 
 
 @attrs.frozen
@@ -151,3 +152,19 @@ class IProviderPlugin(Interface):
 
     def build(name: str, settings: object, context: ProviderContext) -> IProvider:  # noqa: N805
         """Make the provider instance ``name`` from its loaded settings."""
+
+
+@implementer(IPlugin, IProviderPlugin)
+@attrs.frozen
+class ProviderPlugin:
+    """
+    The usual provider plugin: a name, a settings class, and a provider class built as
+    ``provider_type(name, settings, context)``.  A plugin module exports one instance.
+    """
+
+    name: str
+    settings_type: type
+    provider_type: Callable[[str, Any, ProviderContext], IProvider]
+
+    def build(self, name: str, settings: Any, context: ProviderContext) -> IProvider:
+        return self.provider_type(name, settings, context)
