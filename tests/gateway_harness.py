@@ -6,6 +6,7 @@ import os
 import tempfile
 from typing import Any
 
+import attrs
 import openai
 import orjson
 import treq
@@ -19,7 +20,7 @@ from twisted.web.client import HTTPConnectionPool
 
 from tests.fake_anthropic import start_fake_anthropic
 from tests.fake_openai import start_fake_openai
-from txgateway.config import load_config
+from txgateway.config import GatewayConfig, load_config
 from txgateway.providers.registry import find_plugins
 from txgateway.service import GatewayService
 
@@ -68,6 +69,13 @@ models:
 """
 
 
+def with_own_store(config: GatewayConfig, directory: str) -> GatewayConfig:
+    """A test gateway keeps its ledger and keys in its own SQLite file, unless told otherwise."""
+    if config.store == GatewayConfig.__attrs_attrs__.store.default:
+        config = attrs.evolve(config, store="sqlite:" + os.path.join(directory, "store.db"))
+    return config
+
+
 def closed_port() -> int:
     """A loopback port nothing listens on."""
     import socket
@@ -95,7 +103,7 @@ class GatewayTestCase(TestCase):
             upstream_port=self.fake_port.getHost().port, closed_port=closed_port(),
             anthropic_port=self.claude_port.getHost().port,
             access_log=self.access_log_path), find_plugins)
-        self.service = GatewayService(config, reactor)
+        self.service = GatewayService(with_own_store(config, log_dir), reactor)
         self.service.startService()
         port = (await self.service.listening).getHost().port
         self.base_url = f"http://127.0.0.1:{port}"

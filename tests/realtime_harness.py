@@ -11,11 +11,12 @@ import treq
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol, connectWS
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
 
 from tests.fake_realtime import start_fake_realtime
-from tests.gateway_harness import closed_port
+from tests.gateway_harness import closed_port, with_own_store
 from txgateway.config import load_config
 from txgateway.providers.registry import find_plugins
 from txgateway.service import GatewayService
@@ -51,6 +52,15 @@ models:
   - name: "refuse-*"
     provider: fake
 """
+
+
+async def until(condition: Any, timeout: float = 5.0) -> None:
+    """Poll ``condition`` every 10 ms until it holds; fail after ``timeout`` seconds."""
+    deadline = reactor.seconds() + timeout
+    while not condition():
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"still false after {timeout} s: {condition}")
+        await deferLater(reactor, 0.01, lambda: None)
 
 
 class Client(WebSocketClientProtocol):
@@ -108,11 +118,12 @@ class RealtimeTestCase(TestCase):
 
     async def _start(self) -> None:
         self.fake, self.fake_port = start_fake_realtime()
-        self.access_log_path = os.path.join(tempfile.mkdtemp(), "access.log")
+        directory = tempfile.mkdtemp()
+        self.access_log_path = os.path.join(directory, "access.log")
         config = load_config(self.config.format(
             upstream_port=self.fake_port.getHost().port, closed_port=closed_port(),
             access_log=self.access_log_path, realtime=self.realtime), find_plugins)
-        self.service = GatewayService(config, reactor)
+        self.service = GatewayService(with_own_store(config, directory), reactor)
         self.service.startService()
         self.port = (await self.service.listening).getHost().port
         self.base_url = f"http://127.0.0.1:{self.port}"

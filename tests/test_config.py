@@ -63,7 +63,6 @@ models:
             "upstream.connect_timeout: expected a positive number of seconds",
             "upstream.idle_timeout: expected a number of seconds",
             "models[1].name: required",
-            "models[1].provider: required",
             "models[1].nam: unknown key",
         ]))
         found = problems("""
@@ -81,6 +80,50 @@ models:
             "providers.ghost.plugin: no provider plugin named 'no-such-plugin' is installed",
             "models[0].provider: no provider named 'nobody'",
         ]))
+
+    def test_routes_keys_and_prices(self) -> None:
+        found = problems("""
+providers: {d: {plugin: demo}}
+models:
+  - {name: a}
+  - {name: b, provider: d, targets: [{provider: d}]}
+  - {name: c, targets: [{provider: d, weight: -1}, {provider: gone}]}
+keys:
+  - {name: k}
+  - {name: l, key: x, hash: y, budget_period: week}
+prices:
+  m: {input: cheap}
+""")
+        self.assertEqual(sorted(found), sorted([
+            "models[2].targets[0].weight: expected a number of at least 0",
+            "keys[1].budget_period: expected one of 'day', 'month', 'total'",
+            "prices.m.input: expected a number",
+        ]))
+        found = problems("""
+providers: {d: {plugin: demo}}
+models:
+  - {name: a}
+  - {name: b, provider: d, targets: [{provider: d}]}
+  - {name: c, targets: [{provider: d}, {provider: gone}]}
+keys:
+  - {name: k}
+""")
+        self.assertEqual(sorted(found), sorted([
+            "models[0]: give either provider or targets",
+            "models[1]: give either provider or targets",
+            "models[2].targets[1].provider: no provider named 'gone'",
+            "keys[0]: give either key or hash",
+        ]))
+
+    def test_disabled_providers_leave_their_targets(self) -> None:
+        config = load_config("""
+providers: {d: {plugin: demo}, spare: {plugin: demo, enabled: false}}
+models:
+  - {name: a, targets: [{provider: spare}, {provider: d, model: x}]}
+  - {name: b, targets: [{provider: spare}]}
+""", find_plugins, {})
+        [route] = config.models
+        self.assertEqual([(t.provider, t.model) for t in route.targets], [("d", "x")])
 
     def test_choice(self) -> None:
         self.assertEqual(

@@ -11,15 +11,12 @@ import os
 
 from twisted.application import service
 
-from txgateway.service import GatewayService
-from txgateway.tap import gateway_config
+from txgateway.tap import gateway_service
 
 # twistd execs a .tac with __file__ set to the path it was given, before any --rundir
 # chdir: resolve against it, not the working directory.
 config_path = os.environ.get("TXGATEWAY_CONFIG") or os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "gateway.yaml"
 )
-config = gateway_config(config_path, os.environ.get("TXGATEWAY_LISTEN"))
-
 application = service.Application("txgateway")
-GatewayService(config).setServiceParent(application)
+gateway_service(config_path, os.environ.get("TXGATEWAY_LISTEN")).setServiceParent(application)

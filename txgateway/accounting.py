@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 import attrs
@@ -9,9 +10,15 @@ from twisted.internet.defer import Deferred
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.logger import Logger
 
+from txgateway.limits import ILimiter, Limits
 from txgateway.logs import write_access
 from txgateway.metrics import GatewayMetrics
+from txgateway.pricing import PriceTable
+from txgateway.store import UsageRecord
+from txgateway.store.ledger import Ledger
 from txgateway.usage import Usage
+
+log = Logger()
 
 
 @attrs.define
@@ -20,6 +27,14 @@ class Exchange:
 
     route: str
     started: float
+    #: Unique; the usage ledger's key, and the ``x-request-id`` the caller sees.
+    request_id: str = attrs.field(factory=lambda: "req_" + secrets.token_hex(12))
+    key_id: str | None = None
+    #: The key's limits, when the limiter admitted the call and must hear what it used.
+    limits: Limits | None = None
+    admitted_tokens: int = 0
+    #: Attempts that failed before this one answered (fallbacks and retries).
+    attempts: int = 0
     model: str = ""
     provider: str = ""
     provider_kind: str = ""
@@ -35,10 +50,14 @@ class Exchange:
 class Accountant:
     """Turns finished exchanges into metrics and one access log line each."""
 
-    def __init__(self, clock: Any, metrics: GatewayMetrics, access_log: Logger) -> None:
+    def __init__(self, clock: Any, metrics: GatewayMetrics, access_log: Logger,
+                 ledger: Ledger, limiter: ILimiter, prices: PriceTable) -> None:
         self._clock = clock
         self._metrics = metrics
         self._log = access_log
+        self._ledger = ledger
+        self._limiter = limiter
+        self.prices = prices
         self._in_flight = 0
         self._drain_waiters: list[Deferred[None]] = []
 
@@ -81,8 +100,33 @@ class Accountant:
                 if count:
                     self._metrics.tokens(exchange.route, exchange.provider_kind, model, kind,
                                          count)
+        cost = self._cost(exchange, model, usage)
+        if exchange.limits is not None:
+            self._limiter.commit(
+                exchange.key_id, exchange.limits, exchange.admitted_tokens,
+                usage.input_tokens + usage.output_tokens, cost,
+            ).addErrback(lambda failure: log.failure("limiter commit failed", failure))
+        if exchange.status != 401:  # a caller with no valid key is no one to account for
+            self._ledger.append(UsageRecord(
+                request_id=exchange.request_id, time=exchange.started, kind="request",
+                route=exchange.route, key_id=exchange.key_id, model=exchange.model,
+                provider=exchange.provider, upstream_model=exchange.upstream_model,
+                status=exchange.status, input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                cached_input_tokens=usage.cached_input_tokens,
+                cache_creation_tokens=usage.cache_creation_tokens,
+                reasoning_tokens=usage.reasoning_tokens,
+                input_audio_tokens=usage.input_audio_tokens,
+                input_text_tokens=usage.input_tokens - usage.input_audio_tokens,
+                output_audio_tokens=usage.output_audio_tokens,
+                output_text_tokens=usage.output_tokens - usage.output_audio_tokens,
+                estimated=usage.estimated, cost_usd=cost, duration_ms=duration * 1000,
+                ttft_ms=None if ttft is None else ttft * 1000,
+            ))
         write_access(
             self._log,
+            request_id=exchange.request_id,
+            key_id=exchange.key_id,
             route=exchange.route,
             model=exchange.model,
             provider=exchange.provider,
@@ -94,8 +138,63 @@ class Accountant:
             cached_input_tokens=usage.cached_input_tokens,
             cache_creation_input_tokens=usage.cache_creation_tokens,
             reasoning_tokens=usage.reasoning_tokens,
+            images=usage.images,
+            audio_seconds=usage.audio_seconds,
+            search_units=usage.search_units,
             usage_estimated=usage.estimated,
+            cost_usd=cost,
+            attempts=exchange.attempts + 1,
             duration_ms=round(duration * 1000, 3),
             ttft_ms=None if ttft is None else round(ttft * 1000, 3),
             error=exchange.error,
         )
+
+    def _cost(self, exchange: Exchange, model: str, usage: Usage) -> float:
+        """What the call cost at the price table's rates (0 for unpriced models)."""
+        if exchange.usage is None:
+            return 0.0
+        cost = self.prices.cost(exchange.upstream_model or exchange.model, usage)
+        if not cost:
+            return 0.0
+        self._metrics.cost(exchange.route, exchange.provider, model, cost)
+        return cost
+
+    def session_ended(self, session: Any) -> None:
+        """
+        A realtime session's end: its tally into the ledger as one record, its tokens and cost
+        told to the limiter (`txgateway.realtime.session.SessionBook` calls this).
+        """
+        info, tally = session.info, session.tally
+        usage = tally.usage
+        model = info.upstream_model or info.model
+        # Transcription is priced as its own model: the session's, or a transcription
+        # session's model itself.
+        transcriber = tally.transcription_model or (
+            model if info.intent == "transcription" else None)
+        cost = (self.prices.realtime_cost(
+            model, usage.input_text_tokens, usage.input_audio_tokens, usage.input_image_tokens,
+            usage.cached_text_tokens, usage.cached_audio_tokens, usage.output_text_tokens,
+            usage.output_audio_tokens) or 0.0)
+        if transcriber is not None:
+            cost += self.prices.transcription_cost(
+                transcriber, usage.transcription_input_tokens, usage.transcription_seconds,
+                usage.transcription_output_tokens) or 0.0
+        if cost:
+            self._metrics.cost("realtime", info.provider_kind, info.model, cost)
+        if info.limits is not None:
+            self._limiter.commit(info.key_id, info.limits, 0, usage.total_tokens, cost
+                                 ).addErrback(lambda f: log.failure("limiter commit failed", f))
+        ended = tally.ended or tally.started
+        self._ledger.append(UsageRecord(
+            request_id=info.id, time=tally.started, kind="realtime", route="realtime",
+            key_id=info.key_id, model=info.model, provider=info.provider,
+            upstream_model=info.upstream_model, status=101,
+            input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+            cached_input_tokens=usage.input_cached_tokens,
+            input_text_tokens=usage.input_text_tokens,
+            input_audio_tokens=usage.input_audio_tokens,
+            output_text_tokens=usage.output_text_tokens,
+            output_audio_tokens=usage.output_audio_tokens,
+            estimated=bool(tally.unterminated), cost_usd=cost,
+            duration_ms=(ended - tally.started) * 1000,
+        ))

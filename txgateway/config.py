@@ -29,6 +29,8 @@ from cattrs.errors import (
     IterableValidationNote,
 )
 
+from txgateway.pricing import ModelPrice
+
 HttpURL = NewType("HttpURL", str)
 """A string that must be an absolute http(s) URL."""
 
@@ -77,6 +79,8 @@ class RealtimeSettings:
     #: WebSocket pings toward callers, so idle proxies keep the socket and dead peers are seen.
     ping_interval: Seconds = Seconds(20.0)
     ping_timeout: Seconds = Seconds(20.0)
+    #: A caller that reads nothing for this long while the relay waits on it is dropped.
+    slow_client_timeout: Seconds = Seconds(10.0)
     #: The model routed for ``?intent=transcription`` sessions that name none.
     transcription_model: str = "gpt-4o-transcribe"
 
@@ -98,13 +102,68 @@ class ProviderConfig:
 
 
 @attrs.frozen
-class ModelRoute:
-    """Routes callers' model name (or glob, ``*`` for any) to a provider's model."""
+class RouteTarget:
+    """One provider (and its model name) a route may send a call to."""
 
-    name: str
     provider: str
     #: The upstream model name; by default the name the caller asked for.
     model: str | None = None
+    #: Share of the calls among targets of the same priority.
+    weight: float = 1.0
+    #: Lower priorities are tried first; higher ones only as fallbacks.
+    priority: int = 0
+
+
+@attrs.frozen
+class ModelRoute:
+    """
+    Routes callers' model name (or glob, ``*`` for any) to a provider's model, or to several
+    ``targets`` balanced by weight and tried in turn when one fails.
+    """
+
+    name: str
+    provider: str | None = None
+    #: The upstream model name; by default the name the caller asked for.
+    model: str | None = None
+    targets: tuple[RouteTarget, ...] = ()
+
+    def all_targets(self) -> tuple[RouteTarget, ...]:
+        """``targets``, or the one target ``provider`` and ``model`` name."""
+        if self.targets:
+            return self.targets
+        return (RouteTarget(provider=self.provider or "", model=self.model),)
+
+
+@attrs.frozen
+class RoutingSettings:
+    """How calls fall back between a route's targets."""
+
+    #: Attempts again on the same target (after connect errors, timeouts, 429 and 5xx before
+    #: the first byte) before moving on to the next.
+    retries: int = 0
+    #: The wait before the first retry on a target, doubled for each further one.
+    retry_backoff: Seconds = Seconds(0.25)
+    #: Consecutive failures after which a target cools down (is tried only as a last resort).
+    failures_before_cooldown: int = 3
+    #: How long a target cools down before one call probes it again.
+    cooldown: Seconds = Seconds(30.0)
+
+
+@attrs.frozen
+class KeyConfig:
+    """A virtual key declared in the config: its secret (or its sha256) and what it may do."""
+
+    name: str
+    #: The secret callers send; or give ``hash`` (sha256 hex) to keep it out of the file.
+    key: str = ""
+    hash: str = ""
+    #: Globs of the models the key may call; empty for all.
+    models: tuple[str, ...] = ()
+    requests_per_minute: int = 0
+    tokens_per_minute: int = 0
+    budget_usd: float = 0.0
+    budget_period: Literal["day", "month", "total"] = "month"
+    metadata: dict[str, str] = attrs.field(factory=dict)
 
 
 @attrs.frozen
@@ -121,8 +180,17 @@ class GatewayConfig:
     #: Extra directories searched for provider plugins.
     plugin_dirs: tuple[str, ...] = ()
     upstream: UpstreamSettings = UpstreamSettings()
+    routing: RoutingSettings = RoutingSettings()
     realtime: RealtimeSettings = RealtimeSettings()
     admin: AdminSettings = AdminSettings()
+    #: Where usage records and keys are kept: ``sqlite:PATH`` or ``postgresql://...``.
+    store: str = "sqlite:txgateway.db"
+    #: Where rate limits and budgets are counted: ``memory`` (one process) or ``redis://...``.
+    limiter: str = "memory"
+    #: Virtual keys declared here (more are made through the admin API).
+    keys: tuple[KeyConfig, ...] = ()
+    #: Prices per model name, over the shipped table's (USD per million tokens).
+    prices: dict[str, ModelPrice] = attrs.field(factory=dict)
 
 
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:-|:\+)([^}]*))?\}")
@@ -367,19 +435,31 @@ def _provider(
 
 
 def _route_problems(config: GatewayConfig, known: set[str]) -> list[str]:
-    """Routes to providers that are not in the config at all."""
-    return [
-        f"models[{index}].provider: no provider named {route.provider!r}"
-        for index, route in enumerate(config.models)
-        if route.provider not in known
-    ]
+    """Routes with no target, or to providers that are not in the config at all."""
+    problems = []
+    for index, route in enumerate(config.models):
+        if (route.provider is None) == (not route.targets):
+            problems.append(f"models[{index}]: give either provider or targets")
+            continue
+        if route.targets:
+            problems.extend(
+                f"models[{index}].targets[{number}].provider: no provider named "
+                f"{target.provider!r}"
+                for number, target in enumerate(route.targets) if target.provider not in known)
+        elif route.provider not in known:
+            problems.append(f"models[{index}].provider: no provider named {route.provider!r}")
+    for index, key in enumerate(config.keys):
+        if bool(key.key) == bool(key.hash):
+            problems.append(f"keys[{index}]: give either key or hash")
+    return problems
 
 
 def _without_disabled(config: GatewayConfig) -> GatewayConfig:
-    """Drop disabled providers and the model routes that lead to them."""
+    """Drop disabled providers and the model routes (or route targets) that lead to them."""
     enabled = {name: p for name, p in config.providers.items() if p.enabled}
-    return attrs.evolve(
-        config,
-        providers=enabled,
-        models=tuple(route for route in config.models if route.provider in enabled),
-    )
+    routes = []
+    for route in config.models:
+        targets = tuple(t for t in route.all_targets() if t.provider in enabled)
+        if targets:
+            routes.append(attrs.evolve(route, targets=targets) if route.targets else route)
+    return attrs.evolve(config, providers=enabled, models=tuple(routes))

@@ -2,38 +2,89 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
 
 from txgateway.accounting import Accountant
-from txgateway.auth import IAuthenticator, OpenGate
-from txgateway.config import GatewayConfig
+from txgateway.auth import KeyAuthenticator
+from txgateway.config import ConfigError, GatewayConfig
+from txgateway.limits import ILimiter, open_limiter
 from txgateway.metrics import GatewayMetrics
+from txgateway.pricing import PriceTable, shipped_table
 from txgateway.providers import IProvider, IProviderPlugin, ProviderContext
 from txgateway.realtime.session import SessionBook
 from txgateway.routing import Router
+from txgateway.store import IStore, open_store
+from txgateway.store.ledger import Ledger
 from txgateway.upstream import pooled_agent
+
+#: Settings a reload cannot change: the process must restart for them.
+FIXED_AT_START = ("listen", "store", "limiter", "access_log", "upstream", "plugin_dirs")
 
 
 @attrs.define
 class Gateway:
-    """Everything a request handler needs, in one place."""
+    """
+    Everything a request handler needs, in one place.  A reload (`reload`) swaps the
+    config, providers, router and keys; calls under way keep the ones they started with.
+    """
 
     reactor: Any
     config: GatewayConfig
+    plugins: Mapping[str, IProviderPlugin]
+    context: ProviderContext
     providers: Mapping[str, IProvider]
     router: Router
     metrics: GatewayMetrics
     accountant: Accountant
     pool: Any
+    store: IStore
+    ledger: Ledger
+    limiter: ILimiter
+    prices: PriceTable
+    #: Checks callers' keys (open while no key exists).
+    authenticator: KeyAuthenticator
     #: Realtime sessions: admission, the live tally, the admin API's view.
     realtime: SessionBook
-    #: Checks callers' keys; open until a key store replaces it.
-    authenticator: IAuthenticator = attrs.field(factory=OpenGate)
     #: Set at stop: readiness turns false so load balancers move traffic away.
     draining: bool = False
+    #: Reads the config afresh for `reload_from_source`; None when there is no file.
+    config_source: Callable[[], GatewayConfig] | None = None
+
+    def reload_from_source(self) -> None:
+        if self.config_source is None:
+            raise ConfigError(["$: this gateway has no config file to reload"])
+        self.reload(self.config_source())
+
+    def reload(self, config: GatewayConfig) -> None:
+        """
+        Serve ``config`` from now on; raises `ConfigError` (and changes nothing) when it
+        changes what only a restart can, or names a plugin that is not installed.
+        """
+        fixed = [f"{name}: changing it needs a restart" for name in FIXED_AT_START
+                 if getattr(config, name) != getattr(self.config, name)]
+        if fixed:
+            raise ConfigError(fixed)
+        providers = build_providers(config, self.plugins, self.context)
+        authenticator = KeyAuthenticator(self.reactor.seconds, self.store, config.keys)
+        authenticator.open = self.authenticator.open and authenticator.open
+        self.prices = shipped_table(config.prices)
+        self.accountant.prices = self.prices
+        self.providers = providers
+        self.router = Router(config.models, providers, config.routing, self.reactor.seconds)
+        self.authenticator = authenticator
+        self.realtime.settings = config.realtime
+        self.config = config
+
+
+def build_providers(config: GatewayConfig, plugins: Mapping[str, IProviderPlugin],
+                    context: ProviderContext) -> dict[str, IProvider]:
+    return {
+        name: plugins[provider.plugin].build(name, provider.settings, context)
+        for name, provider in config.providers.items()
+    }
 
 
 def build_gateway(
@@ -45,18 +96,28 @@ def build_gateway(
     """Make the providers the config names and everything that serves requests."""
     agent, pool = pooled_agent(reactor, config.upstream)
     context = ProviderContext(reactor=reactor, http_agent=agent)
-    providers = {
-        name: plugins[provider.plugin].build(name, provider.settings, context)
-        for name, provider in config.providers.items()
-    }
+    providers = build_providers(config, plugins, context)
     metrics = GatewayMetrics()
+    store = open_store(config.store, reactor)
+    ledger = Ledger(store, reactor)
+    limiter = open_limiter(config.limiter, reactor)
+    prices = shipped_table(config.prices)
+    accountant = Accountant(reactor, metrics, access_log, ledger, limiter, prices)
     return Gateway(
         reactor=reactor,
         config=config,
+        plugins=plugins,
+        context=context,
         providers=providers,
-        router=Router(config.models, providers),
+        router=Router(config.models, providers, config.routing, reactor.seconds),
         metrics=metrics,
-        accountant=Accountant(reactor, metrics, access_log),
+        accountant=accountant,
         pool=pool,
-        realtime=SessionBook(reactor, config.realtime, metrics, access_log),
+        store=store,
+        ledger=ledger,
+        limiter=limiter,
+        prices=prices,
+        authenticator=KeyAuthenticator(reactor.seconds, store, config.keys),
+        realtime=SessionBook(reactor, config.realtime, metrics, access_log,
+                             accountant.session_ended),
     )

@@ -83,6 +83,25 @@ class GatewayMetrics:
             buckets=SESSION_BUCKETS,
             registry=self.registry,
         )
+        self._cost = Counter(
+            "txgateway_gen_ai_client_cost_usd",
+            "What calls cost, in US dollars at the price table's rates, by route, provider "
+            "and model.",
+            ["route", "provider", "model"],
+            registry=self.registry,
+        )
+        self._fallbacks = Counter(
+            "txgateway_upstream_fallbacks",
+            "Attempts given up on a target before any answer, so the call moved on (or "
+            "retried), by provider and reason.",
+            ["provider", "reason"],
+            registry=self.registry,
+        )
+        self.ledger_pending = Gauge(
+            "txgateway_ledger_pending_records",
+            "Usage records waiting to be written to the store.",
+            registry=self.registry,
+        )
         self._children: dict[tuple[Any, ...], Any] = {}
 
     def _child(self, metric: Any, *labels: str) -> Any:
@@ -121,3 +140,9 @@ class GatewayMetrics:
 
     def realtime_duration(self, model: str, provider: str, seconds: float) -> None:
         self._child(self._session_duration, model, provider).observe(seconds)
+
+    def cost(self, route: str, provider: str, model: str, usd: float) -> None:
+        self._child(self._cost, route, provider, model).inc(usd)
+
+    def fallback(self, provider: str, reason: str) -> None:
+        self._child(self._fallbacks, provider, reason).inc()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import signal
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.application.service import MultiService
@@ -11,7 +12,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from txgateway.config import GatewayConfig
+from txgateway.config import ConfigError, GatewayConfig
 from txgateway.gateway import build_gateway
 from txgateway.logs import AccessLog
 from txgateway.providers import IProviderPlugin
@@ -31,9 +32,16 @@ class GatewayService(MultiService):
     """
 
     drain_seconds = 30.0
+    #: Under twistd a gateway that cannot start stops the process (tests keep theirs).
+    stop_reactor_on_failure = False
 
     def __init__(self, config: GatewayConfig, reactor: Any = None,
-                 plugins: Mapping[str, IProviderPlugin] | None = None) -> None:
+                 plugins: Mapping[str, IProviderPlugin] | None = None,
+                 config_source: Callable[[], GatewayConfig] | None = None) -> None:
+        """
+        ``config_source`` reads the config afresh, for reloads (``POST /admin/reload``, and
+        SIGHUP when `reload_on_sighup` is called).
+        """
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor
@@ -44,6 +52,7 @@ class GatewayService(MultiService):
         self._flushing = LoopingCall(self.access_log.flush)
         self._flushing.clock = reactor
         self.gateway = build_gateway(reactor, config, plugins, self.access_log.logger)
+        self.gateway.config_source = config_source
         self.site = GatewaySite(build_root(self.gateway), config.max_body_bytes)
         self.listening: Deferred[Any] = Deferred()
         self._port: Any = None
@@ -51,12 +60,36 @@ class GatewayService(MultiService):
     def startService(self) -> None:
         super().startService()
         self._flushing.start(1.0, now=False)
-        config = self.gateway.config
-        failures: list[Any] = []
-        serverFromString(self._reactor, config.listen).listen(self.site).addCallbacks(
-            self._listened, failures.append)
-        if failures:  # a TCP listen fails at once: let twistd report it and exit
-            failures[0].raiseException()
+        started = Deferred.fromCoroutine(self._start())
+        started.addErrback(self._failed_to_start)
+
+    async def _start(self) -> None:
+        """Open (and migrate) the store, learn whether keys exist, then listen."""
+        gateway = self.gateway
+        await gateway.store.start()
+        await gateway.authenticator.start()
+        port = await serverFromString(self._reactor, gateway.config.listen).listen(self.site)
+        self._listened(port)
+
+    def _failed_to_start(self, failure: Any) -> None:
+        log.failure("txgateway could not start", failure)
+        self.listening.errback(failure)
+        if self.stop_reactor_on_failure:
+            self._reactor.stop()
+
+    def reload_on_sighup(self) -> None:
+        """Reload the config on SIGHUP (the signal handler hands over to the reactor)."""
+        signal.signal(signal.SIGHUP, lambda *_: self._reactor.callFromThread(self.reload))
+
+    def reload(self) -> None:
+        """Serve the config as it is now; a bad one is refused (and logged), the old one kept."""
+        try:
+            self.gateway.reload_from_source()
+        except ConfigError as error:
+            log.error("the config was not reloaded:\n  {problems}",
+                      problems="\n  ".join(error.problems))
+        else:
+            log.info("the config was reloaded")
 
     def _listened(self, port: Any) -> None:
         self._port = port
@@ -79,6 +112,9 @@ class GatewayService(MultiService):
         await gateway.realtime.shut_down(10.0)
         await self.site.close_connections()
         await gateway.pool.closeCachedConnections()
+        await gateway.ledger.close()
+        await gateway.store.close()
+        await gateway.limiter.close()
         self._flushing.stop()
         self.access_log.close()
 

@@ -38,5 +38,21 @@ def gateway_config(path: str, listen: str | None = None) -> GatewayConfig:
     return attrs.evolve(config, listen=listen) if listen else config
 
 
+def gateway_service(path: str, listen: str | None = None) -> GatewayService:
+    """
+    The gateway serving the config at ``path`` as twistd runs it: it reloads the file on
+    SIGHUP and ``POST /admin/reload``, and stops the process if it cannot start.
+    """
+
+    def config_source() -> GatewayConfig:
+        config = read_config(path, find_plugins)
+        return attrs.evolve(config, listen=listen) if listen else config
+
+    service = GatewayService(gateway_config(path, listen), config_source=config_source)
+    service.stop_reactor_on_failure = True
+    service.reload_on_sighup()
+    return service
+
+
 def makeService(options: Options) -> GatewayService:
-    return GatewayService(gateway_config(options["config"], options["listen"]))
+    return gateway_service(options["config"], options["listen"])

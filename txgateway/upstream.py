@@ -29,7 +29,12 @@ from twisted.internet.interfaces import IPushProducer, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web._newclient import ResponseFailed, ResponseNeverReceived
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, ResponseDone
+from twisted.web.client import (
+    Agent,
+    BrowserLikePolicyForHTTPS,
+    HTTPConnectionPool,
+    ResponseDone,
+)
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IResponse
 from zope.interface import implementer
@@ -60,6 +65,26 @@ class UpstreamBroken(UpstreamError):
 
 class UpstreamTooLarge(UpstreamError):
     code = "upstream_response_too_large"
+
+
+class UpstreamRefusedAttempt(UpstreamError):
+    """
+    The upstream answered 429 or 5xx while another attempt could still be made: the answer is
+    dropped and the call falls back (``status`` and ``retry_after`` say what it was).
+    """
+
+    def __init__(self, status: int, retry_after: float | None) -> None:
+        super().__init__(f"the upstream answered {status}")
+        self.status = status
+        self.retry_after = retry_after
+
+
+#: Statuses worth another attempt elsewhere: rate limited, or the server failed.
+RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504, 529})
+
+#: Failures before any answer, worth another attempt.
+RETRYABLE_ERRORS = (UpstreamRefusedAttempt, UpstreamUnreachable, UpstreamTimeout,
+                    UpstreamBroken)
 
 
 def pooled_agent(reactor: Any, settings: UpstreamSettings) -> tuple[Agent, HTTPConnectionPool]:
@@ -151,11 +176,14 @@ class UpstreamCall:
         self._waiting: Deferred[Any] | None = None
         self._body: TimedBody | None = None
         self.aborted = False
+        #: Set while another attempt may follow: a 429 or 5xx answer then fails `send` with
+        #: `UpstreamRefusedAttempt` instead of being returned.
+        self.may_fall_back = False
 
     def send(self, agent: Any, request: UpstreamRequest) -> Deferred[IResponse]:
         """The response, once its headers are in; fails with an `UpstreamError`."""
         waiting = agent.request(
-            request.method, request.url, request.headers, BytesProducer(request.body)
+            request.method, request.url, request.headers, _producer(request.body)
         )
         timer = self._reactor.callLater(self._settings.first_byte_timeout, waiting.cancel)
         self._waiting = waiting
@@ -168,6 +196,8 @@ class UpstreamCall:
                     return _classify(result)
             elif isinstance(result, Failure):
                 return Failure(UpstreamTimeout("the upstream did not answer in time"))
+            if self.may_fall_back and result.code in RETRYABLE_STATUSES:
+                return Failure(_dropped(result))
             return result
 
         return waiting.addBoth(settled)
@@ -191,6 +221,22 @@ class UpstreamCall:
             self._waiting.cancel()
         elif self._body is not None:
             self._body.abort()
+
+
+def _dropped(response: IResponse) -> UpstreamRefusedAttempt:
+    """Read and drop a refused answer's body (so its connection is reused); say why."""
+    response.deliverBody(Protocol())
+    retry_after = response.headers.getRawHeaders(b"retry-after", [b""])[0]
+    try:
+        seconds: float | None = float(retry_after)
+    except ValueError:
+        seconds = None
+    return UpstreamRefusedAttempt(response.code, seconds)
+
+
+def _producer(body: Any) -> Any:
+    """An `UpstreamRequest`'s body: bytes, an ``IBodyProducer`` (streamed), or None (none)."""
+    return BytesProducer(body) if isinstance(body, bytes) else body
 
 
 def _classify(failure: Failure) -> Failure:

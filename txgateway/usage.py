@@ -23,6 +23,15 @@ class Usage:
     cache_creation_tokens: int = 0
     reasoning_tokens: int = 0
     estimated: bool = False
+    #: Audio tokens, parts of ``input_tokens`` and ``output_tokens`` (audio-capable models).
+    input_audio_tokens: int = 0
+    output_audio_tokens: int = 0
+    #: Images generated (image APIs), for per-image prices.
+    images: int = 0
+    #: Seconds of audio billed by duration (whisper's ``usage: {type: "duration"}``).
+    audio_seconds: float = 0.0
+    #: Search units billed (Cohere's rerank: one per query of up to 100 documents).
+    search_units: int = 0
 
     @classmethod
     def from_openai(cls, usage: Any) -> Usage | None:
@@ -38,6 +47,8 @@ class Usage:
             output_tokens=completion,
             cached_input_tokens=_detail(usage, "prompt_tokens_details", "cached_tokens"),
             reasoning_tokens=_detail(usage, "completion_tokens_details", "reasoning_tokens"),
+            input_audio_tokens=_detail(usage, "prompt_tokens_details", "audio_tokens"),
+            output_audio_tokens=_detail(usage, "completion_tokens_details", "audio_tokens"),
         )
 
 

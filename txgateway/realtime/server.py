@@ -82,7 +82,7 @@ class RealtimeServerProtocol(WebSocketLeg, WebSocketServerProtocol):
         gateway = self.gateway
         settings = gateway.config.realtime
         upgrade = read_upgrade(request.headers, request.params, request.protocols)
-        principal = gateway.authenticator.authenticate(upgrade.key)
+        principal = await gateway.authenticator.authenticate(upgrade.key)
         if principal is None:
             raise Refused(401, "Incorrect API key provided.", "invalid_api_key")
         name = upgrade.model
@@ -90,6 +90,13 @@ class RealtimeServerProtocol(WebSocketLeg, WebSocketServerProtocol):
             name = settings.transcription_model
         if name is None:
             raise Refused(400, "Missing required parameter: 'model'.", "missing_model", "model")
+        if not principal.may_use(name):
+            raise Refused(403, f"This key may not use the model `{name}`.",
+                          "model_not_allowed", "model", name)
+        if principal.limits is not None:
+            admission = await gateway.limiter.admit(principal.key_id, principal.limits, 0)
+            if not admission.allowed:
+                raise Refused(429, admission.message, "rate_limit_exceeded", None, name)
         route = gateway.router.resolve(name)
         if route is None:
             raise Refused(404, f"The model `{name}` does not exist or you do not have access "
@@ -102,7 +109,8 @@ class RealtimeServerProtocol(WebSocketLeg, WebSocketServerProtocol):
         info = SessionInfo(
             id="rts_" + secrets.token_hex(12), model=name, provider=route.provider.name,
             provider_kind=route.provider.kind, upstream_model=upstream_model or "",
-            key_id=principal.key_id, intent=upgrade.intent, beta=upgrade.beta)
+            key_id=principal.key_id, intent=upgrade.intent, beta=upgrade.beta,
+            limits=principal.limits)
         try:
             self.session = session = gateway.realtime.admit(info)
         except TooManySessions as error:
@@ -144,6 +152,12 @@ class RealtimeServerProtocol(WebSocketLeg, WebSocketServerProtocol):
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         self.session.from_client(payload, isBinary)
+
+    def onAutoPingTimeout(self) -> None:
+        """Autobahn drops a caller that stops answering pings; the session is told why first."""
+        if self.session is not None:
+            self.session.client_unresponsive()
+        super().onAutoPingTimeout()
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         if self.session is not None:

@@ -9,6 +9,7 @@ sockets; the Autobahn protocols in `txgateway.realtime.server` and `.upstream` d
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,6 +25,7 @@ from txgateway.metrics import GatewayMetrics
 from txgateway.realtime import closing
 from txgateway.realtime.events import error_event
 from txgateway.realtime.legs import ILeg, IUpstreamListener
+from txgateway.realtime.stall import StallGuard
 from txgateway.realtime.tally import NO_USAGE, RealtimeUsage, SessionTally
 
 
@@ -43,6 +45,8 @@ class SessionInfo:
     key_id: str | None
     intent: str
     beta: bool
+    #: The key's limits (`txgateway.limits.Limits`), told what the session used at its end.
+    limits: Any = None
 
 
 @implementer(IUpstreamListener)
@@ -67,6 +71,7 @@ class Session:
         self._early: list[tuple[bytes, bool]] = []
         self._last_frame = self.tally.started
         self._timers: list[Any] = []
+        self._stall: StallGuard | None = None
         self._guarded = 0
 
     # The legs arrive -------------------------------------------------------------------------
@@ -80,7 +85,9 @@ class Session:
         self._client = client
         self.opened = True
         self._book.opened(self)
-        client.pause_source(self._upstream.producer)
+        self._stall = StallGuard(self._upstream.producer, self._clock,
+                                 self._settings.slow_client_timeout, self._slow_client)
+        client.pause_source(self._stall)
         self._upstream.pause_source(client.producer)
         early, self._early = self._early, []
         for payload, is_binary in early:
@@ -138,6 +145,10 @@ class Session:
                                  reason or "the client went away")
         self._ended()
 
+    def client_unresponsive(self) -> None:
+        """The caller stopped answering pings; it is dropped next, and closed as lost."""
+        self.ended_by = self.ended_by or "client_ping_timeout"
+
     def refused(self) -> None:
         """The upstream could not be dialled: the session never was."""
         self.upstream_close = (None, None)
@@ -160,9 +171,11 @@ class Session:
             for timer in self._timers:
                 if timer.active():
                     timer.cancel()
+            if self._stall is not None:
+                self._stall.cancel()
             # An ended session stays in the recent list for its tally; its sockets' protocols
             # (tens of kB each) need not.
-            self._client = self._upstream = None
+            self._client = self._upstream = self._stall = None
             self._timers.clear()
             self._book.finished(self)
 
@@ -176,6 +189,23 @@ class Session:
         else:
             self._timers.append(self._clock.callLater(
                 self._settings.idle_timeout - quiet, self._idle))
+
+    def _slow_client(self) -> None:
+        """
+        The caller kept the relay paused too long.  It would read no error event nor close
+        frame, so it is dropped at once and recorded as closed with 4008; the upstream is told
+        the client went away (1001).
+        """
+        if self.ended_by is not None or self.client_close is not None:
+            return
+        self.ended_by = "slow_client_timeout"
+        message = (f"The client read nothing for {self._settings.slow_client_timeout:g} "
+                   "seconds.")
+        self.client_close = (closing.SLOW_CLIENT, message)
+        if self.upstream_close is None:
+            self._upstream.close(closing.GOING_AWAY, message)
+        self._client.drop()
+        self._ended()
 
     def _guard(self, code: str, message: str) -> None:
         """A limit is crossed: say so, cancel what runs upstream, close both with 1008."""
@@ -225,11 +255,14 @@ class SessionBook:
     recent_kept = 200
 
     def __init__(self, clock: Any, settings: RealtimeSettings, metrics: GatewayMetrics,
-                 access_log: Logger) -> None:
+                 access_log: Logger,
+                 on_ended: Callable[[Session], None] = lambda session: None) -> None:
         self._clock = clock
-        self._settings = settings
+        self.settings = settings
         self._metrics = metrics
         self._log = access_log
+        #: Told of each opened session's end, for the usage ledger and the limiter.
+        self._on_ended = on_ended
         self._active: dict[str, Session] = {}
         self._per_key: dict[str | None, int] = {}
         self._recent: deque[Session] = deque(maxlen=self.recent_kept)
@@ -237,7 +270,7 @@ class SessionBook:
 
     def admit(self, info: SessionInfo) -> Session:
         """A new session, counted against the limits at once (dials included)."""
-        settings = self._settings
+        settings = self.settings
         if settings.max_sessions and len(self._active) >= settings.max_sessions:
             raise TooManySessions(f"The gateway has reached its limit of "
                                   f"{settings.max_sessions} realtime sessions.")
@@ -294,6 +327,7 @@ class SessionBook:
         record["session_id"] = record.pop("id")
         write_access(self._log, route="realtime", status=101,
                      duration_ms=round(duration * 1000, 3), **record)
+        self._on_ended(session)
 
     def active(self) -> list[Session]:
         return list(self._active.values())

@@ -160,6 +160,8 @@ class SessionTally:
         self.errors = 0
         self.upstream_session_id: str | None = None
         self.upstream_model: str | None = None
+        #: The input transcription model the session was configured with, for its price.
+        self.transcription_model: str | None = None
         self._open: set[str] = set()
         self._transcribed: set[tuple[Any, Any]] = set()
         self._rate_in = self._rate_out = DEFAULT_RATE
@@ -235,6 +237,10 @@ class SessionTally:
         if isinstance(session.get("model"), str):
             self.upstream_model = session["model"]
         audio = _dict(session.get("audio"))
+        transcription = (_dict(_dict(audio.get("input")).get("transcription"))
+                         or _dict(session.get("input_audio_transcription")))
+        if isinstance(transcription.get("model"), str):
+            self.transcription_model = transcription["model"]
         self._rate_in = _rate(_dict(audio.get("input")).get("format"),
                               session.get("input_audio_format"), self._rate_in)
         self._rate_out = _rate(_dict(audio.get("output")).get("format"),

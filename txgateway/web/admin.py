@@ -1,18 +1,24 @@
 """
 The admin API, behind the bearer token of the config's ``admin.token`` (off without one):
-``GET /admin/realtime/sessions`` and ``GET /admin/realtime/sessions/{id}``.
+
+- ``GET /admin/realtime/sessions`` and ``GET /admin/realtime/sessions/{id}``;
+- virtual keys (`txgateway.web.admin_keys`): ``/admin/keys`` and ``/admin/keys/{id}``;
+- ``GET /admin/usage`` from the ledger, and ``POST /admin/reload``.
 """
 
 from __future__ import annotations
 
 import hmac
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from twisted.web.resource import Resource
 
+from txgateway.config import ConfigError
 from txgateway.gateway import Gateway
-from txgateway.web.resource import JSONResource, openai_error, write_json
+from txgateway.web.admin_keys import Keys
+from txgateway.web.resource import JSONResource, answer_later, openai_error, write_json
 
 
 class Admin(JSONResource):
@@ -20,18 +26,21 @@ class Admin(JSONResource):
 
     def __init__(self, gateway: Gateway) -> None:
         super().__init__()
-        self._token = gateway.config.admin.token.encode()
+        self._gateway = gateway
         realtime = JSONResource()
         realtime.putChild(b"sessions", RealtimeSessions(gateway))
         self.putChild(b"realtime", realtime)
+        self.putChild(b"keys", Keys(gateway))
+        self.putChild(b"usage", UsageReport(gateway))
+        self.putChild(b"reload", Reload(gateway))
 
     def getChildWithDefault(self, path: bytes, request: Any) -> Resource:
-        if not self._token:
+        token = self._gateway.config.admin.token.encode()  # a reload may change it
+        if not token:
             return _Refusal(404, "The admin API is off: set admin.token in the config.",
                             "admin_disabled")
         sent = request.getHeader(b"authorization") or b""
-        if not hmac.compare_digest(sent.encode() if isinstance(sent, str) else sent,
-                                   b"Bearer " + self._token):
+        if not hmac.compare_digest(sent, b"Bearer " + token):
             return _Refusal(401, "The admin API needs the admin token as a bearer token.",
                             "invalid_admin_token")
         return super().getChildWithDefault(path, request)
@@ -82,3 +91,75 @@ class _Refusal(Resource):
         if self._status == 401:
             request.setHeader(b"www-authenticate", b"Bearer")
         return openai_error(request, self._status, self._message, self._code)
+
+
+class UsageReport(JSONResource):
+    """
+    ``GET /admin/usage?group_by=key|model|provider&from=&to=&bucket=hour|day``: the ledger's
+    sums.  ``from`` and ``to`` are unix seconds or ISO 8601 times (UTC unless they say).
+    """
+
+    isLeaf = True
+
+    def __init__(self, gateway: Gateway) -> None:
+        super().__init__()
+        self._gateway = gateway
+
+    def render_GET(self, request: Any) -> Any:
+        args = {name.decode(): values[-1].decode() for name, values in request.args.items()}
+        group_by = args.get("group_by", "model")
+        bucket = args.get("bucket") or None
+        if group_by not in ("key", "model", "provider"):
+            return openai_error(request, 400, "group_by must be key, model or provider.",
+                                "invalid_group_by", "group_by")
+        if bucket not in (None, "hour", "day"):
+            return openai_error(request, 400, "bucket must be hour or day.", "invalid_bucket",
+                                "bucket")
+        try:
+            start, end = _time(args.get("from")), _time(args.get("to"))
+        except ValueError as error:
+            return openai_error(request, 400, str(error), "invalid_time")
+        return answer_later(request, self._report(group_by, start, end, bucket))
+
+    async def _report(self, group_by: str, start: float | None, end: float | None,
+                      bucket: str | None) -> tuple[int, Any]:
+        rows = await self._gateway.store.usage_report(group_by, start, end, bucket)
+        return 200, {"object": "list", "group_by": group_by, "bucket": bucket, "from": start,
+                     "to": end, "data": rows}
+
+
+def _time(value: str | None) -> float | None:
+    """Unix seconds, or an ISO 8601 date or time (UTC when it names no zone)."""
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is neither unix seconds nor an ISO 8601 time") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+class Reload(JSONResource):
+    """``POST /admin/reload``: serve the config file as it is now, or say why not."""
+
+    isLeaf = True
+
+    def __init__(self, gateway: Gateway) -> None:
+        super().__init__()
+        self._gateway = gateway
+
+    def render_POST(self, request: Any) -> bytes:
+        try:
+            self._gateway.reload_from_source()
+        except ConfigError as error:
+            return write_json(request, 400, orjson.dumps({"error": {
+                "message": "The config was not reloaded: " + "; ".join(error.problems),
+                "type": "invalid_request_error", "param": None, "code": "invalid_config",
+                "problems": error.problems}}))
+        return write_json(request, 200, b'{"status":"reloaded"}')

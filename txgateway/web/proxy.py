@@ -9,21 +9,40 @@ An endpoint subclasses `ProxyEndpoint` and says how its dialect parses a request
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.web.server import NOT_DONE_YET
 
 from txgateway.accounting import Exchange
+from txgateway.auth import caller_key
 from txgateway.dialects.openai import BadRequest
 from txgateway.gateway import Gateway
 from txgateway.routing import Target
-from txgateway.upstream import UpstreamCall, UpstreamError
+from txgateway.upstream import (
+    RETRYABLE_ERRORS,
+    RETRYABLE_STATUSES,
+    UpstreamCall,
+    UpstreamError,
+    UpstreamRefusedAttempt,
+)
+from txgateway.usage import estimate_tokens
 from txgateway.web.relay import CLIENT_CLOSED
 from txgateway.web.resource import JSONResource, write_json
 
 log = Logger()
+
+
+class Refusal(Exception):
+    """The gateway itself answers the caller with an error: no key, no route, over a limit."""
+
+    def __init__(self, status: int, message: str, code: str | None = None,
+                 param: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.param = status, code, param
 
 
 class ProxyEndpoint(JSONResource):
@@ -47,43 +66,48 @@ class ProxyEndpoint(JSONResource):
     def unknown_model(self, model: str) -> str:
         return f"The model `{model}` does not exist or you do not have access to it."
 
+    def admission_tokens(self, parsed: Any, size: int) -> int:
+        """What a tokens-per-minute limit counts before the call: the prompt, estimated."""
+        return estimate_tokens(size)
+
     async def proxy(self, request: Any, exchange: Exchange, parsed: Any, target: Target,
                     call: UpstreamCall) -> None:
-        """Send the call and answer the client; errors are turned into answers by the caller."""
+        """
+        Send the call to ``target`` and answer the client; errors are turned into answers by
+        the caller.  Nothing may be written to the client before ``call.send`` returned: a
+        failure before then falls back to the route's next target.
+        """
         raise NotImplementedError
 
     def render_POST(self, request: Any) -> Any:
         gateway = self._gateway
         exchange = gateway.accountant.start(self.route)
+        request.setHeader(b"x-request-id", exchange.request_id.encode())
+        raw = request.content.getvalue()
         try:
-            parsed = self.parse(request.content.getvalue())
+            parsed = self.parse(raw)
         except BadRequest as error:
-            return self._refuse(request, exchange, 400, str(error), None, error.param)
+            exchange.status = 400
+            exchange.error = str(error)
+            gateway.accountant.finish(exchange)
+            return write_json(request, 400, self.error_body(400, str(error), None, error.param))
         exchange.model = parsed.model
         exchange.stream = parsed.stream
-        target = gateway.router.resolve(parsed.model)
-        if target is None:
-            return self._refuse(request, exchange, 404, self.unknown_model(parsed.model),
-                                "model_not_found", "model")
-        exchange.provider = target.provider.name
-        exchange.provider_kind = target.provider.kind
-        exchange.upstream_model = target.model
         call = UpstreamCall(gateway.reactor, gateway.config.upstream)
         request.notifyFinish().addErrback(lambda _: call.abort())
-        Deferred.fromCoroutine(self._guarded(request, exchange, parsed, target, call))
+        Deferred.fromCoroutine(self._guarded(request, exchange, parsed, len(raw), call))
         return NOT_DONE_YET
 
-    def _refuse(self, request: Any, exchange: Exchange, status: int, message: str,
-                code: str | None, param: str | None) -> bytes:
-        exchange.status = status
-        exchange.error = message
-        self._gateway.accountant.finish(exchange)
-        return write_json(request, status, self.error_body(status, message, code, param))
-
-    async def _guarded(self, request: Any, exchange: Exchange, parsed: Any, target: Target,
+    async def _guarded(self, request: Any, exchange: Exchange, parsed: Any, size: int,
                        call: UpstreamCall) -> None:
         try:
-            await self.proxy(request, exchange, parsed, target, call)
+            plan = await self._admit(request, exchange, parsed, size)
+            await self._attempt(request, exchange, parsed, plan, call)
+        except Refusal as refusal:
+            exchange.status = refusal.status
+            exchange.error = str(refusal)
+            finish(request, call, refusal.status, self.error_body(
+                refusal.status, str(refusal), refusal.code, refusal.param))
         except CancelledError:
             exchange.status = CLIENT_CLOSED
             exchange.error = "the client disconnected"
@@ -101,6 +125,80 @@ class ProxyEndpoint(JSONResource):
         finally:
             self._gateway.accountant.finish(exchange)
 
+    async def _admit(self, request: Any, exchange: Exchange, parsed: Any,
+                     size: int) -> list[Target]:
+        """Who calls, whether they may, and where the call goes; or a `Refusal`."""
+        gateway = self._gateway
+        principal = await gateway.authenticator.authenticate(caller_key(request))
+        if principal is None:
+            raise Refusal(401, "Incorrect API key provided.", "invalid_api_key")
+        exchange.key_id = principal.key_id
+        if not principal.may_use(parsed.model):
+            raise Refusal(403, f"This key may not use the model `{parsed.model}`.",
+                          "model_not_allowed", "model")
+        plan = gateway.router.plan(parsed.model)
+        if plan is None:
+            raise Refusal(404, self.unknown_model(parsed.model), "model_not_found", "model")
+        # A full ledger buffer holds new calls back rather than lose their records.
+        await gateway.ledger.room()
+        if principal.limits is not None:
+            tokens = self.admission_tokens(parsed, size)
+            admission = await gateway.limiter.admit(principal.key_id, principal.limits, tokens)
+            for name, value in admission.headers.items():
+                request.setHeader(name, value)
+            if not admission.allowed:
+                request.setHeader(b"retry-after", b"%d" % math.ceil(admission.retry_after))
+                raise Refusal(429, admission.message, _LIMIT_CODES.get(admission.reason))
+            exchange.limits = principal.limits
+            exchange.admitted_tokens = tokens
+        return plan
+
+    async def _attempt(self, request: Any, exchange: Exchange, parsed: Any,
+                       plan: list[Target], call: UpstreamCall) -> None:
+        """
+        Call the plan's targets in turn, each with its retries, until one answers: a failure
+        before anything reached the client (no connection, a timeout, 429 or 5xx) moves on.
+        """
+        gateway = self._gateway
+        router, settings = gateway.router, gateway.config.routing
+        attempts = [(target, retry) for target in plan for retry in range(settings.retries + 1)]
+        skip = None
+        for index, (target, retry) in enumerate(attempts):
+            if target is skip:
+                continue
+            if retry:
+                await deferLater(gateway.reactor, settings.retry_backoff * 2 ** (retry - 1))
+                if call.aborted:
+                    raise CancelledError()
+            exchange.provider = target.provider.name
+            exchange.provider_kind = target.provider.kind
+            exchange.upstream_model = target.model
+            exchange.first_byte = exchange.usage = None
+            request.setHeader(b"x-txgateway-provider", exchange.provider.encode())
+            call.may_fall_back = index + 1 < len(attempts)
+            try:
+                await self.proxy(request, exchange, parsed, target, call)
+            except RETRYABLE_ERRORS as error:
+                router.failed(target)
+                if not call.may_fall_back or request.startedWriting:
+                    raise
+                exchange.attempts += 1
+                gateway.metrics.fallback(target.provider.name, error.code)
+                # A rate-limited target will not be ready by the next retry: move on.
+                if isinstance(error, UpstreamRefusedAttempt) and error.status == 429:
+                    skip = target
+                continue
+            if exchange.status in RETRYABLE_STATUSES:
+                router.failed(target)
+            else:
+                router.succeeded(target)
+            return
+
+
+#: Error codes of limiter refusals, by what was over its limit.
+_LIMIT_CODES = {"requests": "rate_limit_exceeded", "tokens": "rate_limit_exceeded",
+                "budget": "budget_exceeded"}
+
 
 def finish(request: Any, call: UpstreamCall, status: int, body: bytes) -> None:
     """Answer with a JSON body, unless the client has already gone."""
@@ -117,6 +215,11 @@ def pass_retry_after(request: Any, response: Any) -> None:
         request.setHeader(b"retry-after", retry_after[0])
 
 
-def is_event_stream(response: Any) -> bool:
+def is_event_stream(response: Any, provider: Any = None) -> bool:
+    """
+    Whether ``response`` is a stream to relay: SSE, or the content type a translating
+    ``provider`` streams in when it says (``stream_content_type``, e.g. AWS event streams).
+    """
+    expected = getattr(provider, "stream_content_type", b"text/event-stream")
     content_type = response.headers.getRawHeaders(b"content-type", [b""])[0]
-    return content_type.startswith(b"text/event-stream")
+    return content_type.startswith(expected)

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Coroutine
 from typing import Any
 
+import orjson
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.logger import Logger
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
 from txgateway.dialects.openai import error_body
+
+log = Logger()
 
 
 def write_json(request: Any, status: int, body: bytes) -> bytes:
@@ -20,6 +27,33 @@ def write_json(request: Any, status: int, body: bytes) -> bytes:
 def openai_error(request: Any, status: int, message: str, code: str | None = None,
                  param: str | None = None) -> bytes:
     return write_json(request, status, error_body(status, message, code, param))
+
+
+def answer_later(request: Any, work: Coroutine[Any, Any, tuple[int, Any]]) -> Any:
+    """
+    Answer with what ``work`` returns, ``(status, document)`` (JSON-able, or JSON bytes),
+    once it has; a failure is logged and answered with a 500.  For ``render_*`` methods that
+    must wait on a store.
+    """
+
+    def answer(result: tuple[int, Any]) -> None:
+        status, document = result
+        body = document if isinstance(document, bytes) else orjson.dumps(document)
+        request.write(write_json(request, status, body))
+        request.finish()
+
+    def failed(failure: Any) -> None:
+        if failure.check(CancelledError):  # the client left
+            return
+        log.failure("{path} failed", failure, path=request.path)
+        request.write(openai_error(request, 500, "The gateway failed to answer.",
+                                   "internal_error"))
+        request.finish()
+
+    waiting = Deferred.fromCoroutine(work)
+    waiting.addCallbacks(answer, failed)
+    request.notifyFinish().addErrback(lambda _: waiting.cancel())
+    return NOT_DONE_YET
 
 
 class JSONResource(Resource):
