@@ -111,8 +111,12 @@ class ITranslatingProvider(IProvider):
 
     dialect = Attribute("The wire format of the provider's answers, e.g. 'anthropic'.")
 
-    def translate_response(body: bytes) -> tuple[bytes, Any]:  # noqa: N805
-        """A successful answer as an OpenAI chat completion, and its `Usage` (or None)."""
+    def translate_response(body: bytes, api: str = "chat") -> tuple[bytes, Any]:  # noqa: N805
+        """
+        A successful answer in OpenAI's format for ``api`` (a chat completion, or for
+        "embeddings" an embeddings list with float vectors), and its `Usage` (or None).  For
+        "rerank", the one API not in OpenAI's format, the answer is Cohere's v2 rerank shape.
+        """
 
     def translate_error(status: int, body: bytes) -> bytes | None:  # noqa: N805
         """An error answer as an OpenAI error body; None when ``body`` is no error object."""
@@ -125,9 +129,27 @@ class ITranslatingProvider(IProvider):
         """
 
 
-def dialect(provider: IProvider) -> str:
-    """The wire format of a provider's answers: "openai" unless it says otherwise."""
+def dialect(provider: IProvider, model: str | None = None) -> str:
+    """
+    The wire format of a provider's answers: "openai" unless it says otherwise.  A provider
+    whose models differ (Vertex AI: Gemini and Claude) says per ``model`` with an optional
+    ``dialect_of(model)``.
+    """
+    if model is not None:
+        dialect_of = getattr(provider, "dialect_of", None)
+        if dialect_of is not None:
+            return dialect_of(model)
     return getattr(provider, "dialect", "openai")
+
+
+def prepare(provider: IProvider) -> Any:
+    """
+    What to await before ``build_request``, or None: the optional ``prepare()`` of a provider
+    that needs an asynchronous step first (minting an OAuth token); it fails with an
+    ``UpstreamError`` when that step fails.
+    """
+    method = getattr(provider, "prepare", None)
+    return None if method is None else method()
 
 
 def realtime_target(provider: IProvider, model: str, intent: str | None,

@@ -17,9 +17,10 @@ import orjson
 from txgateway.accounting import Exchange
 from txgateway.dialects import anthropic
 from txgateway.gateway import Gateway
-from txgateway.providers import ApiCall, dialect
+from txgateway.providers import ApiCall, dialect, prepare
 from txgateway.routing import Target
 from txgateway.tokens import estimate_messages_tokens
+from txgateway.translate.chain import ChainedStream
 from txgateway.translate.messages_to_chat import (
     ChatToMessagesStream,
     chat_request,
@@ -93,7 +94,13 @@ class Messages(_AnthropicEndpoint):
     async def proxy(self, request: Any, exchange: Exchange, parsed: anthropic.MessagesRequest,
                      target: Target, call: UpstreamCall) -> None:
         provider = target.provider
-        native = dialect(provider) == "anthropic"
+        kind = dialect(provider, target.model)
+        native = kind == "anthropic"
+        # A provider of a third dialect (Gemini...) translates to OpenAI chat and back first.
+        translating = not native and kind != "openai"
+        preparing = prepare(provider)
+        if preparing is not None:
+            await preparing
         if native:
             upstream_request = self._native(request, "messages", parsed, target)
         else:
@@ -102,11 +109,13 @@ class Messages(_AnthropicEndpoint):
                 api="chat", body=orjson.dumps(chat), parsed=chat, model=target.model,
                 stream=parsed.stream))
         response = await call.send(provider.agent, upstream_request)
-        if parsed.stream and response.code == 200 and is_event_stream(response):
+        if parsed.stream and response.code == 200 and is_event_stream(response, provider):
             start_event_stream(request)
             exchange.status = 200
             translator = (anthropic.MessagesPassthrough() if native
                           else ChatToMessagesStream(target.model))
+            if translating:
+                translator = ChainedStream(provider.stream_translator(True), translator)
             relay = TranslatedStreamRelay(
                 self._gateway.reactor, self._gateway.config.upstream, request, exchange, call,
                 _stream_error, translator, len(parsed.raw))
@@ -115,8 +124,12 @@ class Messages(_AnthropicEndpoint):
             return
         exchange.first_byte = self._gateway.reactor.seconds()
         body = await call.read(response)
+        if translating and response.code != 200:
+            body = provider.translate_error(response.code, body) or body
         if response.code == 200:
             try:
+                if translating:
+                    body = provider.translate_response(body)[0]
                 answer = orjson.loads(body)
                 if native:
                     exchange.usage = Usage.from_anthropic(answer.get("usage"))

@@ -1,0 +1,79 @@
+"""
+The ``gemini`` provider: Google AI Studio's Gemini API at ``base_url``, with ``x-goog-api-key``.
+
+OpenAI chat and embeddings calls are translated to ``generateContent`` /
+``streamGenerateContent`` and ``embedContent`` / ``batchEmbedContents``, and the answers back
+(`txgateway.translate.gemini`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import orjson
+from zope.interface import implementer
+
+from txgateway.config import HttpURL
+from txgateway.providers import (
+    ApiCall,
+    ITranslatingProvider,
+    ProviderContext,
+    ProviderPlugin,
+    UpstreamRequest,
+    json_request_headers,
+)
+from txgateway.translate import gemini
+from txgateway.usage import Usage
+
+
+@attrs.frozen
+class GeminiSettings:
+    base_url: HttpURL = HttpURL("https://generativelanguage.googleapis.com")
+    #: Sent as ``x-goog-api-key``.
+    api_key: str = ""
+    api_version: str = "v1beta"
+    #: Extra headers sent with every request.
+    headers: dict[str, str] = attrs.field(factory=dict)
+
+
+@implementer(ITranslatingProvider)
+class GeminiProvider:
+    kind = "gemini"
+    dialect = "gemini"
+    apis = frozenset(("chat", "embeddings"))
+
+    def __init__(self, name: str, settings: GeminiSettings, context: ProviderContext) -> None:
+        self.name = name
+        self.agent = context.http_agent
+        self._clock = context.reactor
+        self._models_url = f"{settings.base_url}/{settings.api_version}/models/"
+        self._headers = json_request_headers({"x-goog-api-key": settings.api_key,
+                                              **settings.headers})
+
+    def build_request(self, call: ApiCall) -> UpstreamRequest:
+        model = call.model.removeprefix("models/")
+        if call.api == "embeddings":
+            method, body = gemini.embed_request(call.parsed, model)
+        else:
+            method = ("streamGenerateContent?alt=sse" if call.stream else "generateContent")
+            body = gemini.generate_request(call.parsed)
+        return UpstreamRequest(b"POST", f"{self._models_url}{model}:{method}".encode(),
+                               self._headers, orjson.dumps(body))
+
+    def translate_response(self, body: bytes, api: str = "chat") -> tuple[bytes, Usage | None]:
+        answer = orjson.loads(body)
+        if api == "embeddings":
+            translated, usage = gemini.embeddings(answer, "")
+        else:
+            translated, usage = gemini.chat_completion(answer, int(self._clock.seconds()))
+        return orjson.dumps(translated), usage
+
+    def translate_error(self, status: int, body: bytes) -> bytes | None:
+        return gemini.openai_error(status, body)
+
+    def stream_translator(self, wants_usage: bool) -> Any:
+        return gemini.GeminiToChatStream(int(self._clock.seconds()), wants_usage)
+
+
+gemini_plugin = ProviderPlugin("gemini", GeminiSettings, GeminiProvider)

@@ -1,0 +1,446 @@
+"""
+The Bedrock provider's direction: an OpenAI chat completions request becomes a Converse
+request, and the Converse answer (JSON, or a ConverseStream AWS event stream) becomes a chat
+completion (JSON or chunks); OpenAI embeddings requests become Titan or Cohere ``invoke``
+bodies, and their answers OpenAI's.
+
+Converse's ``usage.inputTokens`` counts only the input neither read from nor written to the
+prompt cache (AWS: total input = inputTokens + cacheReadInputTokens + cacheWriteInputTokens),
+as Anthropic's ``input_tokens`` does; OpenAI's ``prompt_tokens`` counts all three.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import orjson
+
+from txgateway.dialects.openai import stream_error_event
+from txgateway.streams import AwsEventStreamDecoder, EventStreamCorrupt
+from txgateway.translate.chat_to_messages import chat_usage
+from txgateway.upstream import UpstreamError
+from txgateway.usage import Usage, estimate_tokens
+
+FINISH_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "guardrail_intervened": "content_filter",
+    "content_filtered": "content_filter",
+}
+#: Converse's image formats by the media type of a data URL.
+IMAGE_FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/jpg": "jpeg",
+                 "image/gif": "gif", "image/webp": "webp"}
+#: The HTTP status of each Bedrock runtime exception, by its event-stream ``:exception-type``.
+EXCEPTION_STATUSES = {
+    "validationException": 400,
+    "serviceQuotaExceededException": 400,
+    "accessDeniedException": 403,
+    "resourceNotFoundException": 404,
+    "modelTimeoutException": 408,
+    "modelErrorException": 424,
+    "modelStreamErrorException": 424,
+    "throttlingException": 429,
+    "modelNotReadyException": 429,
+    "internalServerException": 500,
+    "serviceUnavailableException": 503,
+}
+
+
+class Untranslatable(UpstreamError):
+    """The request asks for what Bedrock cannot be given: the caller's mistake, a 400."""
+
+    status = 400
+    code = "unsupported_by_provider"
+
+
+def converse_request(chat: dict[str, Any]) -> dict[str, Any]:
+    """The Converse (or ConverseStream) body for a chat completions request."""
+    system, messages = _conversation(chat.get("messages") or [])
+    request: dict[str, Any] = {"messages": messages}
+    if system:
+        request["system"] = system
+    inference: dict[str, Any] = {}
+    max_tokens = chat.get("max_completion_tokens") or chat.get("max_tokens")
+    if max_tokens:
+        inference["maxTokens"] = max_tokens
+    for ours, theirs in (("temperature", "temperature"), ("top_p", "topP")):
+        if chat.get(ours) is not None:
+            inference[theirs] = chat[ours]
+    stop = chat.get("stop")
+    if stop:
+        inference["stopSequences"] = [stop] if isinstance(stop, str) else list(stop)
+    if inference:
+        request["inferenceConfig"] = inference
+    tool_config = _tool_config(chat, messages)
+    if tool_config is not None:
+        request["toolConfig"] = tool_config
+    return request
+
+
+def _conversation(chat_messages: list[Any]) -> tuple[list[dict], list[dict[str, Any]]]:
+    """System blocks, and the turns: tool results in user turns, same-role turns merged."""
+    system: list[dict[str, Any]] = []
+    turns: list[dict[str, Any]] = []
+    for message in chat_messages:
+        role = message.get("role")
+        content = message.get("content")
+        if role in ("system", "developer"):
+            system.extend(block for block in _blocks(content) if "text" in block)
+            continue
+        if role == "tool":
+            role, blocks = "user", [{"toolResult": {
+                "toolUseId": message.get("tool_call_id"), "content": _blocks(content)}}]
+        elif role == "assistant":
+            blocks = _blocks(content)
+            for call in message.get("tool_calls") or []:
+                function = call.get("function") or {}
+                blocks.append({"toolUse": {"toolUseId": call.get("id"),
+                                           "name": function.get("name"),
+                                           "input": _arguments(function.get("arguments"))}})
+        else:
+            role, blocks = "user", _blocks(content)
+        if not blocks:
+            continue
+        if turns and turns[-1]["role"] == role:
+            turns[-1]["content"].extend(blocks)
+        else:
+            turns.append({"role": role, "content": blocks})
+    return system, turns
+
+
+def _blocks(content: Any) -> list[dict[str, Any]]:
+    """Chat content (a string or parts) as Converse content blocks; blank text dropped."""
+    if isinstance(content, str):
+        return [{"text": content}] if content else []
+    blocks = []
+    for part in content or []:
+        kind = part.get("type")
+        if kind == "text" and part.get("text"):
+            blocks.append({"text": part["text"]})
+        elif kind == "image_url":
+            blocks.append({"image": _image(part["image_url"]["url"])})
+    return blocks
+
+
+def _image(url: str) -> dict[str, Any]:
+    """An image block's body: Converse takes the bytes (base64 on the wire), never a URL."""
+    if not (url.startswith("data:") and ";base64," in url):
+        raise Untranslatable("Bedrock Converse takes images as data URLs "
+                             "(data:image/png;base64,...), not http(s) URLs")
+    media_type, data = url[5:].split(";base64,", 1)
+    image_format = IMAGE_FORMATS.get(media_type.lower())
+    if image_format is None:
+        raise Untranslatable(f"Bedrock Converse takes png, jpeg, gif or webp images, "
+                             f"not {media_type}")
+    return {"format": image_format, "source": {"bytes": data}}
+
+
+def _arguments(arguments: Any) -> Any:
+    """A tool call's JSON arguments as an object (Converse's ``input`` must be a document)."""
+    if not arguments:
+        return {}
+    try:
+        value = orjson.loads(arguments)
+    except orjson.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _tool_config(chat: dict[str, Any], turns: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """
+    ``toolConfig``: Converse has no "none" choice, so then the tools are left out, unless the
+    conversation holds tool blocks, which Converse refuses without a ``toolConfig``.
+    """
+    tools = [{"toolSpec": {
+        "name": tool["function"]["name"],
+        **({"description": tool["function"]["description"]}
+           if tool["function"].get("description") else {}),
+        "inputSchema": {"json": tool["function"].get("parameters")
+                        or {"type": "object", "properties": {}}}}}
+        for tool in chat.get("tools") or [] if tool.get("type") == "function"]
+    if not tools:
+        return None
+    choice = chat.get("tool_choice")
+    if choice == "none":
+        used = any("toolUse" in block or "toolResult" in block
+                   for turn in turns for block in turn["content"])
+        return {"tools": tools} if used else None
+    config: dict[str, Any] = {"tools": tools}
+    if isinstance(choice, dict):
+        config["toolChoice"] = {"tool": {"name": choice["function"]["name"]}}
+    elif choice == "required":
+        config["toolChoice"] = {"any": {}}
+    elif choice == "auto":
+        config["toolChoice"] = {"auto": {}}
+    return config
+
+
+def converse_usage(usage: Any) -> Usage | None:
+    """A Converse ``TokenUsage`` as a `Usage` (cache reads and writes part of the input)."""
+    if not isinstance(usage, dict):
+        return None
+    fresh, output = usage.get("inputTokens"), usage.get("outputTokens")
+    if not isinstance(fresh, int) or not isinstance(output, int):
+        return None
+    read = usage.get("cacheReadInputTokens")
+    written = usage.get("cacheWriteInputTokens")
+    read = read if isinstance(read, int) else 0
+    written = written if isinstance(written, int) else 0
+    return Usage(input_tokens=fresh + read + written, output_tokens=output,
+                 cached_input_tokens=read, cache_creation_tokens=written)
+
+
+def completion_id() -> str:
+    """Converse answers carry no id: one of OpenAI's form, made up."""
+    return "chatcmpl-" + os.urandom(12).hex()
+
+
+def chat_completion(answer: dict[str, Any], created: int,
+                    model: str = "") -> tuple[dict[str, Any], Usage | None]:
+    """A chat completion for a Converse answer, and its usage."""
+    text, reasoning, calls = [], [], []
+    for block in ((answer.get("output") or {}).get("message") or {}).get("content") or []:
+        if "text" in block:
+            text.append(block["text"])
+        elif "toolUse" in block:
+            use = block["toolUse"]
+            calls.append({"id": use.get("toolUseId"), "type": "function", "function": {
+                "name": use.get("name"),
+                "arguments": orjson.dumps(use.get("input") or {}).decode()}})
+        elif "reasoningContent" in block:
+            reasoning.append(((block["reasoningContent"] or {}).get("reasoningText") or {})
+                             .get("text", ""))
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(text) if text else None,
+                               "refusal": None}
+    if reasoning:
+        message["reasoning_content"] = "".join(reasoning)
+    if calls:
+        message["tool_calls"] = calls
+    usage = converse_usage(answer.get("usage"))
+    completion: dict[str, Any] = {
+        "id": completion_id(), "object": "chat.completion", "created": created, "model": model,
+        "choices": [{"index": 0, "message": message, "logprobs": None,
+                     "finish_reason": FINISH_REASONS.get(answer.get("stopReason"), "stop")}],
+    }
+    if usage is not None:
+        completion["usage"] = chat_usage(usage)
+    return completion, usage
+
+
+def error_message(body: bytes) -> tuple[str, str | None] | None:
+    """
+    The message of a Bedrock JSON error (``{"message": ...}``; the type, when the body holds
+    it in ``__type``, else it travels in the ``x-amzn-ErrorType`` header), or None.
+    """
+    try:
+        error = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(error, dict):
+        return None
+    message = error.get("message", error.get("Message"))
+    if not isinstance(message, str):
+        return None
+    kind = error.get("__type")
+    if isinstance(kind, str):
+        kind = kind.split(":", 1)[0].rsplit("#", 1)[-1]
+    return message, kind if isinstance(kind, str) else None
+
+
+class ConverseStreamToChat:
+    """
+    Turns a ConverseStream AWS event stream into chat completion chunks as it arrives.
+
+    Tool calls keep a stable ``index`` (their order among tool calls); the first chunk of a
+    call has its id and name, later ones stream the argument fragments.  The stream ends with
+    ``messageStop`` (the finish chunk) then ``metadata`` (usage, the usage chunk, [DONE]); an
+    exception frame, or a corrupt frame, ends it with an error event the openai SDK raises.
+    """
+
+    def __init__(self, created: int, wants_usage: bool, model: str = "") -> None:
+        self._created = created
+        self._wants_usage = wants_usage
+        self._model = model
+        self._id = completion_id()
+        self._decoder = AwsEventStreamDecoder()
+        #: Tool call index by content block index.
+        self._tools: dict[int, int] = {}
+        #: Tool calls (by block index) whose arguments have not started yet.
+        self._no_arguments: set[int] = set()
+        self._stopped = False
+        self._done = False
+        self.usage: Usage | None = None
+        #: An exception the upstream sent, or a corrupt frame: (status, message).
+        self.error: tuple[int, str] | None = None
+        self.chunks = 0
+
+    def feed(self, data: bytes) -> bytes:
+        if self.error is not None or self._done:
+            return b""
+        out: list[bytes] = []
+        try:
+            messages = self._decoder.feed(data)
+        except EventStreamCorrupt as corrupt:
+            messages = corrupt.messages
+            failure: tuple[int, str, str] | None = (
+                502, f"the upstream's event stream is corrupt: {corrupt}", "upstream_error")
+        else:
+            failure = None
+        for message in messages:
+            out.extend(self._message(message.headers, message.payload))
+            if self.error is not None:
+                break
+        if failure is not None and self.error is None:
+            self.error = failure[:2]
+            out.append(stream_error_event(*failure))
+        self.chunks += len(out)
+        return b"".join(out)
+
+    def finish(self) -> bytes:
+        """A stream cut after ``messageStop`` but before ``metadata`` still ends properly."""
+        if self._stopped and not self._done and self.error is None:
+            self._done = True
+            return b"data: [DONE]\n\n"
+        return b""
+
+    def _message(self, headers: dict[str, Any], payload: bytes) -> list[bytes]:
+        kind = headers.get(":message-type")
+        if kind == "exception":
+            exception = headers.get(":exception-type", "internalServerException")
+            return self._fail(exception, payload)
+        if kind == "error":
+            code = headers.get(":error-code", "internalServerException")
+            self.error = (EXCEPTION_STATUSES.get(code, 502), headers.get(":error-message", ""))
+            return [stream_error_event(*self.error, code)]
+        try:
+            data = orjson.loads(payload) if payload else {}
+        except orjson.JSONDecodeError:
+            self.error = (502, "the upstream sent an event that is not JSON")
+            return [stream_error_event(*self.error, "upstream_error")]
+        return self._event(headers.get(":event-type"), data)
+
+    def _fail(self, exception: str, payload: bytes) -> list[bytes]:
+        error = error_message(payload)
+        self.error = (EXCEPTION_STATUSES.get(exception, 502),
+                      error[0] if error else payload.decode("utf-8", "replace"))
+        return [stream_error_event(*self.error, exception)]
+
+    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
+        chunk = {"id": self._id, "object": "chat.completion.chunk", "created": self._created,
+                 "model": self._model, "choices": [
+                     {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+        return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+    def _event(self, name: str | None, data: dict[str, Any]) -> list[bytes]:
+        if name == "messageStart":
+            return [self._chunk({"role": data.get("role", "assistant"), "content": ""})]
+        if name == "contentBlockStart":
+            use = (data.get("start") or {}).get("toolUse")
+            if not use:
+                return []
+            block = data.get("contentBlockIndex", 0)
+            index = self._tools[block] = len(self._tools)
+            self._no_arguments.add(block)
+            return [self._chunk({"tool_calls": [{
+                "index": index, "id": use.get("toolUseId"), "type": "function",
+                "function": {"name": use.get("name"), "arguments": ""}}]})]
+        if name == "contentBlockDelta":
+            return self._delta(data.get("contentBlockIndex", 0), data.get("delta") or {})
+        if name == "contentBlockStop" and data.get("contentBlockIndex") in self._no_arguments:
+            # A call without arguments still gets valid JSON ones.
+            return self._arguments(data["contentBlockIndex"], "{}")
+        if name == "messageStop":
+            self._stopped = True
+            return [self._chunk({}, FINISH_REASONS.get(data.get("stopReason"), "stop"))]
+        if name == "metadata":
+            self.usage = converse_usage(data.get("usage"))
+            return self._end()
+        return []
+
+    def _delta(self, block: int, delta: dict[str, Any]) -> list[bytes]:
+        if "text" in delta:
+            return [self._chunk({"content": delta["text"]})]
+        if "toolUse" in delta:
+            fragment = (delta["toolUse"] or {}).get("input")
+            return self._arguments(block, fragment) if fragment else []
+        reasoning = delta.get("reasoningContent")
+        if isinstance(reasoning, dict) and reasoning.get("text"):
+            return [self._chunk({"reasoning_content": reasoning["text"]})]
+        return []
+
+    def _arguments(self, block: int, fragment: str) -> list[bytes]:
+        self._no_arguments.discard(block)
+        return [self._chunk({"tool_calls": [{"index": self._tools.get(block, 0),
+                                             "function": {"arguments": fragment}}]})]
+
+    def _end(self) -> list[bytes]:
+        self._done = True
+        out = []
+        if self._wants_usage and self.usage is not None:
+            chunk = {"id": self._id, "object": "chat.completion.chunk",
+                     "created": self._created, "model": self._model, "choices": [],
+                     "usage": chat_usage(self.usage)}
+            out.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
+        out.append(b"data: [DONE]\n\n")
+        return out
+
+
+def is_titan_embedding(model: str) -> bool:
+    return "amazon.titan-embed" in model
+
+
+def is_cohere_embedding(model: str) -> bool:
+    return "cohere.embed" in model
+
+
+def embeddings_request(request: dict[str, Any], model: str) -> dict[str, Any]:
+    """
+    The ``invoke`` body of an OpenAI embeddings request: Titan's (one text per call, so one
+    input only) or Cohere's (a list of texts).  Token-array inputs are not translatable.
+    """
+    given = request.get("input")
+    texts = [given] if isinstance(given, str) else given
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+        raise Untranslatable("Bedrock embeddings take text inputs, not token arrays")
+    if is_cohere_embedding(model):
+        return {"texts": texts, "input_type": "search_document"}
+    if is_titan_embedding(model):
+        if len(texts) != 1:
+            raise Untranslatable("Amazon Titan embeds one input per call: send one input, "
+                                 "not a list of several")
+        body: dict[str, Any] = {"inputText": texts[0]}
+        if request.get("dimensions"):
+            body["dimensions"] = request["dimensions"]
+        return body
+    raise Untranslatable(f"{model} is not a Bedrock embedding model the gateway translates "
+                         "(amazon.titan-embed-*, cohere.embed-*)")
+
+
+def embeddings_response(answer: dict[str, Any],
+                        model: str = "") -> tuple[dict[str, Any], Usage | None]:
+    """
+    An OpenAI embeddings response for a Titan or Cohere answer.  Cohere's body gives no token
+    count (Bedrock sends it in a header), so its usage is estimated from the texts.
+    """
+    if "embedding" in answer:
+        vectors = [answer["embedding"]]
+        count = answer.get("inputTextTokenCount")
+        usage = Usage(input_tokens=count) if isinstance(count, int) else None
+    else:
+        vectors = answer["embeddings"]
+        if isinstance(vectors, dict):  # embedding_types asked: by type
+            vectors = vectors["float"]
+        size = sum(len(text.encode()) for text in answer.get("texts") or [])
+        usage = Usage(input_tokens=estimate_tokens(size), estimated=True)
+    response: dict[str, Any] = {
+        "object": "list", "model": model,
+        "data": [{"object": "embedding", "index": index, "embedding": vector}
+                 for index, vector in enumerate(vectors)]}
+    if usage is not None:
+        response["usage"] = {"prompt_tokens": usage.input_tokens,
+                             "total_tokens": usage.input_tokens}
+    return response, usage

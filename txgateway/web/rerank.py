@@ -1,0 +1,84 @@
+"""
+``POST /v2/rerank`` (also ``/cohere/v2/rerank`` and ``/v1/rerank``): Cohere's rerank API,
+proxied to the provider behind the model.
+
+Every rerank server the gateway reaches answers in Cohere's shape (Cohere itself, and the
+vLLM-style servers of the openai plugin with a ``rerank_path``), so the answer goes back as it
+came; usage (search units, tokens) is read on the side.  A provider in another dialect that
+serves rerank gives its answer through ``translate_response(body, "rerank")``.  Errors are
+Cohere's ``{"message": ...}`` with the HTTP status the Cohere SDK maps.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from txgateway.accounting import Exchange
+from txgateway.dialects.cohere import (
+    RerankRequest,
+    error_body,
+    parse_rerank,
+    rerank_usage,
+    upstream_error,
+    upstream_rerank_body,
+)
+from txgateway.providers import ApiCall, dialect, prepare
+from txgateway.routing import Target
+from txgateway.upstream import UpstreamCall, UpstreamError
+from txgateway.web.proxy import ProxyEndpoint, Refusal, finish, pass_retry_after
+
+
+class Rerank(ProxyEndpoint):
+    route = "rerank"
+    parse = staticmethod(parse_rerank)
+    error_body = staticmethod(error_body)
+
+    def unknown_model(self, model: str) -> str:
+        return f"model '{model}' not found"
+
+    async def proxy(self, request: Any, exchange: Exchange, rerank: RerankRequest,
+                    target: Target, call: UpstreamCall) -> None:
+        provider = target.provider
+        if "rerank" not in provider.apis:
+            raise Refusal(400, f"the model '{rerank.model}' is served by the provider "
+                          f"'{provider.name}', which does not offer the rerank API")
+        preparing = prepare(provider)
+        if preparing is not None:
+            await preparing
+        upstream_request = provider.build_request(ApiCall(
+            api="rerank", body=upstream_rerank_body(rerank, target.model),
+            parsed=rerank.parsed, model=target.model, stream=False,
+        ))
+        response = await call.send(provider.agent, upstream_request)
+        exchange.first_byte = self._gateway.reactor.seconds()
+        body = await call.read(response)
+        status = response.code
+        if status == 200:
+            body = self._answer(provider, exchange, rerank, body)
+        else:
+            exchange.error = f"upstream status {status}"
+            if not 400 <= status < 600:
+                status = 502
+            body = upstream_error(status, body)
+            pass_retry_after(request, response)
+        exchange.status = status
+        finish(request, call, status, body)
+
+    def _answer(self, provider: Any, exchange: Exchange, rerank: RerankRequest,
+                body: bytes) -> bytes:
+        """The answer to send back, with its usage counted; unreadable ones are a 502."""
+        try:
+            if dialect(provider) != "openai":
+                body, usage = provider.translate_response(body, "rerank")
+                if usage is not None:
+                    exchange.usage = usage
+                    return body
+            answer = orjson.loads(body)
+        except (ValueError, TypeError, AttributeError, KeyError):
+            raise UpstreamError("the upstream's answer could not be read") from None
+        if not isinstance(answer, dict) or not isinstance(answer.get("results"), list):
+            raise UpstreamError("the upstream's answer has no rerank results")
+        exchange.usage = rerank_usage(answer, rerank)
+        return body
