@@ -74,6 +74,11 @@ class AnthropicProvider:
         self._headers = json_request_headers({
             "anthropic-version": settings.version, "x-api-key": settings.api_key,
             "anthropic-beta": settings.beta, **settings.headers})
+        #: ``/p/<name>/...`` stands for ``base_url``/..., with these headers.
+        self.passthrough_base = settings.base_url
+        self.passthrough_headers = {
+            "anthropic-version": settings.version, "x-api-key": settings.api_key,
+            "anthropic-beta": settings.beta, **settings.headers}
 
     def build_request(self, call: ApiCall) -> UpstreamRequest:
         body = call.body

@@ -26,6 +26,13 @@ from txgateway.providers import (
 )
 from txgateway.providers.openai_realtime import openai_realtime_target, websocket_url
 
+#: Paths per API family, under ``/openai/v1`` or ``/openai/deployments/<deployment>``.
+PATHS = {"chat": "/chat/completions", "completions": "/completions",
+         "embeddings": "/embeddings", "images": "/images/generations",
+         "image_edits": "/images/edits", "speech": "/audio/speech",
+         "transcriptions": "/audio/transcriptions", "translations": "/audio/translations",
+         "responses": "/responses"}
+
 
 @attrs.frozen
 class AzureSettings:
@@ -49,25 +56,30 @@ class AzureSettings:
 @implementer(IProvider)
 class AzureProvider:
     kind = "azure"
-    apis = frozenset({"chat"})
+    apis = frozenset(PATHS)
 
     def __init__(self, name: str, settings: AzureSettings, context: ProviderContext) -> None:
         self.name = name
         self.agent = context.http_agent
         self._settings = settings
         self._version_query = urlencode({"api-version": settings.api_version})
-        self._chat_url = (settings.endpoint + "/openai/v1/chat/completions").encode()
+        self._v1_urls = {api: (settings.endpoint + "/openai/v1" + path).encode()
+                         for api, path in PATHS.items()}
         auth = {"api-key": settings.api_key} if settings.api_key else {}
         self._realtime_headers = {**settings.headers, **auth}
+        #: ``/p/<name>/...`` stands for the resource's ``endpoint``/..., with these headers.
+        self.passthrough_base = settings.endpoint
+        self.passthrough_headers = self._realtime_headers
         self._headers = json_request_headers(self._realtime_headers)
         path = "/openai/v1/realtime" if settings.realtime_api == "ga" else "/openai/realtime"
         self._realtime_url = websocket_url(settings.endpoint) + path
 
     def build_request(self, call: ApiCall) -> UpstreamRequest:
-        url = self._chat_url
-        if self._settings.api == "deployments":
+        url = self._v1_urls[call.api]
+        # The Responses API has no per-deployment path: v1 it is, the model in the body.
+        if self._settings.api == "deployments" and call.api != "responses":
             url = (f"{self._settings.endpoint}/openai/deployments/{quote(call.model, safe='')}"
-                   f"/chat/completions?{self._version_query}").encode()
+                   f"{PATHS[call.api]}?{self._version_query}").encode()
         return UpstreamRequest(b"POST", url, self._headers, call.body)
 
     def realtime_target(self, model: str | None, intent: str,

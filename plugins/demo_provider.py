@@ -19,6 +19,7 @@ import orjson
 from zope.interface import implementer
 
 from txgateway.dialects.openai import error_body
+from txgateway.plugins import demo_apis
 from txgateway.plugins.demo_realtime import DemoRealtime
 from txgateway.providers import (
     ApiCall,
@@ -50,7 +51,7 @@ class DemoSettings:
 @implementer(IProvider)
 class DemoProvider:
     kind = "demo"
-    apis = frozenset({"chat"})
+    apis = frozenset({"chat", "completions", "embeddings"})
 
     def __init__(self, name: str, settings: DemoSettings, context: ProviderContext) -> None:
         self.name = name
@@ -72,6 +73,8 @@ class DemoProvider:
         return RealtimeTarget("demo:///realtime", local=local)
 
     def _answer(self, method: bytes, url: bytes, body: bytes) -> LocalAnswer:
+        if url != b"demo:///chat":
+            return self._answer_api(url, body)
         try:
             request = orjson.loads(body)
             messages = request["messages"]
@@ -104,6 +107,20 @@ class DemoProvider:
             return LocalAnswer(200, b"text/event-stream", completion.chunks(
                 bool(options.get("include_usage"))), self._settings.chunk_delay)
         return LocalAnswer(200, b"application/json", [completion.whole()])
+
+
+    def _answer_api(self, url: bytes, body: bytes) -> LocalAnswer:
+        """Legacy completions and embeddings (`txgateway.plugins.demo_apis`)."""
+        try:
+            request = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            request = None
+        if not isinstance(request, dict):
+            return demo_apis.refusal("a JSON object")
+        if url == b"demo:///completions":
+            return demo_apis.completion(request, body, int(self._clock.seconds()), tokens,
+                                        self._settings.reply, self._settings.chunk_delay)
+        return demo_apis.embeddings(request, tokens)
 
 
 def _text(content: Any) -> str:

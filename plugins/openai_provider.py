@@ -21,7 +21,11 @@ from txgateway.providers import (
 from txgateway.providers.openai_realtime import openai_realtime_target, websocket_url
 
 #: Paths under ``base_url`` per API family.
-PATHS = {"chat": "/chat/completions"}
+PATHS = {"chat": "/chat/completions", "completions": "/completions",
+         "embeddings": "/embeddings", "images": "/images/generations",
+         "image_edits": "/images/edits", "speech": "/audio/speech",
+         "transcriptions": "/audio/transcriptions", "translations": "/audio/translations",
+         "responses": "/responses"}
 
 
 @attrs.frozen
@@ -31,6 +35,10 @@ class OpenAISettings:
     api_key: str = ""
     #: Extra headers sent with every request (``OpenAI-Organization``, a proxy's token, ...).
     headers: dict[str, str] = attrs.field(factory=dict)
+    #: Where a server that implements Cohere's rerank serves it, under ``base_url``: vLLM
+    #: serves ``/v1/rerank``, so ``/rerank`` with a base URL ending in ``/v1``.  Empty: the
+    #: server does no rerank (OpenAI's does not).
+    rerank_path: str = ""
 
 
 @implementer(IProvider)
@@ -41,11 +49,22 @@ class OpenAIProvider:
     def __init__(self, name: str, settings: OpenAISettings, context: ProviderContext) -> None:
         self.name = name
         self.agent = context.http_agent
-        self._urls = {api: (settings.base_url + path).encode() for api, path in PATHS.items()}
+        self._urls = {api: (settings.base_url + path).encode()
+                      for api, path in self.paths(settings).items()}
+        self.apis = frozenset(self._urls)
         auth = {"Authorization": "Bearer " + settings.api_key} if settings.api_key else {}
         self._realtime_headers = {**settings.headers, **auth}
         self._headers = json_request_headers(self._realtime_headers)
         self._realtime_url = websocket_url(settings.base_url) + "/realtime"
+        #: ``/p/<name>/...`` stands for ``base_url``/..., with these headers.
+        self.passthrough_base = settings.base_url
+        self.passthrough_headers = self._realtime_headers
+
+    def paths(self, settings: OpenAISettings) -> dict[str, str]:
+        """The path under ``base_url`` of each API family this server serves."""
+        if not settings.rerank_path:
+            return PATHS
+        return {**PATHS, "rerank": "/" + settings.rerank_path.lstrip("/")}
 
     def build_request(self, call: ApiCall) -> UpstreamRequest:
         return UpstreamRequest(b"POST", self._urls[call.api], self._headers, call.body)

@@ -19,6 +19,8 @@ from twisted.internet.defer import Deferred
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+from tests.fake_openai_responses import ResponsesFakes
+from tests.fake_openai_rest import RestFakes
 from txgateway.web.site import GatewaySite
 
 CONTENT = ["Hel", "lo", " there", "!"]
@@ -80,7 +82,9 @@ class FakeUpstream(Resource):
             waiter.callback(model)
 
 
-class FakeOpenAI(FakeUpstream):
+class FakeOpenAI(ResponsesFakes, RestFakes, FakeUpstream):
+    """Chat completions here; the other REST APIs in `tests.fake_openai_rest`."""
+
     def render_POST(self, request: Any) -> Any:
         body = self.received(request)
         model = body["model"]

@@ -51,6 +51,21 @@ class Usage:
             output_audio_tokens=_detail(usage, "completion_tokens_details", "audio_tokens"),
         )
 
+    @classmethod
+    def from_responses(cls, usage: Any) -> Usage | None:
+        """Read a Responses API ``ResponseUsage`` object; None when absent or malformed."""
+        if not isinstance(usage, dict):
+            return None
+        prompt = usage.get("input_tokens")
+        output = usage.get("output_tokens")
+        if not isinstance(prompt, int) or not isinstance(output, int):
+            return None
+        return cls(
+            input_tokens=prompt,
+            output_tokens=output,
+            cached_input_tokens=_detail(usage, "input_tokens_details", "cached_tokens"),
+            reasoning_tokens=_detail(usage, "output_tokens_details", "reasoning_tokens"),
+        )
 
     @classmethod
     def from_anthropic(cls, usage: Any) -> Usage | None:

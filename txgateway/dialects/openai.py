@@ -44,7 +44,10 @@ class BadRequest(Exception):
 
 @attrs.frozen
 class ChatRequest:
-    """A chat completions request: the caller's bytes, parsed once."""
+    """
+    A chat completions request (or a legacy completions one, routed and streamed the same
+    way): the caller's bytes, parsed once.
+    """
 
     raw: bytes
     parsed: dict[str, Any]
@@ -57,11 +60,40 @@ class ChatRequest:
 def parse_chat(raw: bytes) -> ChatRequest:
     """Check what the gateway routes on; everything else is the upstream's to judge."""
     parsed = parse_object(raw)
+    model = model_of(parsed)
+    if not isinstance(parsed.get("messages"), list):
+        raise BadRequest("'messages' is a required property and must be an array", "messages")
+    return _streamable(raw, parsed, model)
+
+
+def parse_completion(raw: bytes) -> ChatRequest:
+    """A legacy completions request: a prompt as a string, strings or token arrays."""
+    parsed = parse_object(raw)
+    model = model_of(parsed)
+    prompt = parsed.get("prompt")
+    if not (isinstance(prompt, str) or _is_list_of(prompt, str) or _is_list_of(prompt, int)
+            or (_is_list_of(prompt, list) and all(_is_list_of(p, int) for p in prompt))):
+        raise BadRequest("'prompt' must be a string, an array of strings or of token arrays",
+                         "prompt")
+    n = parsed.get("n")
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+        raise BadRequest("'n' must be a positive integer", "n")
+    return _streamable(raw, parsed, model)
+
+
+def model_of(parsed: dict[str, Any]) -> str:
     model = parsed.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequest("you must provide a model parameter", "model")
-    if not isinstance(parsed.get("messages"), list):
-        raise BadRequest("'messages' is a required property and must be an array", "messages")
+    return model
+
+
+def _is_list_of(value: Any, kind: type) -> bool:
+    return (isinstance(value, list) and bool(value)
+            and all(type(item) is kind for item in value))
+
+
+def _streamable(raw: bytes, parsed: dict[str, Any], model: str) -> ChatRequest:
     stream = parsed.get("stream", False)
     if stream is not None and not isinstance(stream, bool):
         raise BadRequest("'stream' must be a boolean", "stream")

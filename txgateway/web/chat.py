@@ -24,7 +24,7 @@ from txgateway.dialects.openai import (
     stream_error_event,
     upstream_chat_body,
 )
-from txgateway.providers import ApiCall, dialect
+from txgateway.providers import ApiCall, dialect, prepare
 from txgateway.routing import Target
 from txgateway.streams import EventSplitter, data_of, events
 from txgateway.upstream import UpstreamCall, UpstreamError
@@ -39,6 +39,8 @@ from txgateway.web.relay import (
 
 class ChatCompletions(ProxyEndpoint):
     route = "chat"
+    #: The API family asked of the provider (legacy completions share this endpoint's code).
+    api = "chat"
     parse = staticmethod(parse_chat)
     error_body = staticmethod(error_body)
 
@@ -47,13 +49,16 @@ class ChatCompletions(ProxyEndpoint):
         provider = target.provider
         # Providers that answer in another dialect translate the parsed request themselves.
         translating = dialect(provider) != "openai"
+        preparing = prepare(provider)
+        if preparing is not None:
+            await preparing
         upstream_request = provider.build_request(ApiCall(
-            api="chat",
+            api=self.api,
             body=chat.raw if translating else upstream_chat_body(chat, target.model),
             parsed=chat.parsed, model=target.model, stream=chat.stream,
         ))
         response = await call.send(provider.agent, upstream_request)
-        if chat.stream and response.code == 200 and is_event_stream(response):
+        if chat.stream and response.code == 200 and is_event_stream(response, provider):
             await self._relay(request, exchange, chat, call, response,
                               provider if translating else None)
             return

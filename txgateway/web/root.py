@@ -7,11 +7,18 @@ from twisted.web.resource import Resource
 from txgateway.gateway import Gateway
 from txgateway.realtime.server import realtime_resource
 from txgateway.web.admin import Admin
+from txgateway.web.audio import audio_tree
 from txgateway.web.chat import ChatCompletions
+from txgateway.web.completions import Completions
+from txgateway.web.embeddings import Embeddings
 from txgateway.web.health import Health, Metrics, Ready
+from txgateway.web.images import images_tree
 from txgateway.web.messages import messages_tree
 from txgateway.web.models import Models
+from txgateway.web.passthrough import Passthrough
+from txgateway.web.rerank import Rerank
 from txgateway.web.resource import JSONResource
+from txgateway.web.responses import Responses
 
 
 def build_root(gateway: Gateway) -> Resource:
@@ -21,6 +28,13 @@ def build_root(gateway: Gateway) -> Resource:
     root.putChild(b"v1", v1)
     v1.putChild(b"chat", chat)
     chat.putChild(b"completions", ChatCompletions(gateway))
+    v1.putChild(b"completions", Completions(gateway))
+    v1.putChild(b"embeddings", Embeddings(gateway))
+    v1.putChild(b"responses", Responses(gateway))
+    v1.putChild(b"images", images_tree(gateway))
+    v1.putChild(b"audio", audio_tree(gateway))
+    # Any call to a configured provider's own API, with the gateway's credentials.
+    root.putChild(b"p", Passthrough(gateway))
     v1.putChild(b"models", Models(gateway, int(gateway.reactor.seconds())))
     # The Messages API, also under /anthropic for clients whose base URL must differ.
     messages = messages_tree(gateway)
@@ -30,6 +44,14 @@ def build_root(gateway: Gateway) -> Resource:
     anthropic.putChild(b"v1", anthropic_v1)
     anthropic_v1.putChild(b"messages", messages)
     v1.putChild(b"realtime", realtime_resource(gateway))
+    # Cohere's rerank, at Cohere's path, under /cohere for clients whose base URL must
+    # differ, and at /v1/rerank where vLLM- and Jina-style clients call it.
+    rerank, v2, cohere = Rerank(gateway), JSONResource(), JSONResource()
+    root.putChild(b"v2", v2)
+    v2.putChild(b"rerank", rerank)
+    root.putChild(b"cohere", cohere)
+    cohere.putChild(b"v2", v2)
+    v1.putChild(b"rerank", rerank)
     root.putChild(b"admin", Admin(gateway))
     health = Health()
     health.putChild(b"ready", Ready(gateway))

@@ -1,0 +1,153 @@
+"""End to end: speech, transcriptions and translations through the gateway, with the SDK."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from typing import Any
+
+import orjson
+import treq
+
+from tests.fake_openai_rest import SPEECH_CHUNKS, TRANSCRIPT
+from tests.gateway_harness import CONFIG, GatewayTestCase
+
+LIMIT = 4 * 1024 * 1024
+
+
+def speech_streamed(client: Any, fake: Any) -> tuple[bytes, bool, str]:
+    """Reads a speech answer; says whether its first bytes came before the upstream was done."""
+    with client.audio.speech.with_streaming_response.create(
+            model="renamed", voice="alloy", input="Say it") as response:
+        chunks = response.iter_bytes(1024)
+        first = next(chunks)
+        early = not fake.speech_finished
+        rest = b"".join(chunks)
+        return first + rest, early, response.headers["content-type"]
+
+
+def translate(client: Any, **arguments: Any) -> Any:
+    """The SDK marks translations deprecated (OpenAI still serves them): call it quietly."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return client.audio.translations.create(**arguments)
+
+
+class AudioTests(GatewayTestCase):
+    config = CONFIG.replace("max_body_bytes: 65536", f"max_body_bytes: {LIMIT}")
+
+    async def test_speech_streamed_as_it_arrives(self) -> None:
+        """The first audio bytes reach the caller while the upstream is still sending."""
+        audio, early, content_type = await self.sdk(speech_streamed, self.client, self.fake)
+        self.assertEqual(audio, b"".join(SPEECH_CHUNKS))
+        self.assertTrue(early)
+        self.assertEqual(content_type, "audio/mpeg")
+        path, _, body = self.fake.requests[0]
+        self.assertEqual((path, body["model"]), (b"/v1/audio/speech", "upstream-name"))
+        [record] = self.access_records()
+        self.assertEqual((record["route"], record["status"]), ("speech", 200))
+
+    async def test_transcription_big_file_model_rewritten(self) -> None:
+        """A multi-MB file arrives intact; only the model field was rewritten."""
+        audio = os.urandom(3 * 1024 * 1024) + b"\r\n--not-a-boundary\r\n"
+        answer = await self.sdk(self.client.audio.transcriptions.create, model="renamed",
+                                file=("speech.wav", audio, "audio/wav"), language="en")
+        self.assertEqual(answer.text, TRANSCRIPT)
+        self.assertEqual(answer.usage.input_tokens, 120)
+        path, fields, files = self.fake.forms[0]
+        self.assertEqual(path, b"/v1/audio/transcriptions")
+        self.assertEqual(fields, {"model": "upstream-name", "language": "en"})
+        self.assertEqual(files["file"], ("speech.wav", "audio/wav",
+                                         hashlib.sha256(audio).hexdigest(), len(audio)))
+        [record] = self.access_records()
+        self.assertEqual((record["route"], record["input_tokens"], record["output_tokens"]),
+                         ("transcriptions", 120, 9))
+        self.assertFalse(record["usage_estimated"])
+
+    async def test_whisper_duration_and_text_format(self) -> None:
+        """Duration-billed usage is recorded in seconds; a text answer passes as text."""
+        answer = await self.sdk(self.client.audio.transcriptions.create, model="whisper-1",
+                                file=("a.mp3", b"ID3 fake", "audio/mpeg"))
+        self.assertEqual(answer.usage.seconds, 12.5)
+        text = await self.sdk(self.client.audio.transcriptions.create, model="whisper-1",
+                              file=("a.mp3", b"ID3 fake", "audio/mpeg"), response_format="text")
+        self.assertEqual(text.strip(), TRANSCRIPT)
+        records = self.access_records()
+        self.assertEqual([r["audio_seconds"] for r in records], [12.5, 0.0])
+
+    async def test_transcription_stream(self) -> None:
+        stream = await self.sdk(self.client.audio.transcriptions.create,
+                                model="gpt-4o-transcribe", file=("a.wav", b"RIFF", "audio/wav"),
+                                stream=True)
+        events = await self.sdk(list, stream)
+        self.assertEqual([event.type for event in events][-1], "transcript.text.done")
+        self.assertEqual("".join(e.delta for e in events[:-1]).strip(), TRANSCRIPT)
+        [record] = self.access_records()
+        self.assertEqual((record["input_tokens"], record["output_tokens"], record["stream"]),
+                         (120, 9, True))
+
+    async def test_translation(self) -> None:
+        answer = await self.sdk(translate, self.client, model="whisper-1",
+                                file=("a.mp3", b"ID3 fake", "audio/mpeg"))
+        self.assertEqual(answer.text, TRANSCRIPT)
+        self.assertEqual(self.fake.forms[0][0], b"/v1/audio/translations")
+
+    async def _post_form(self, body: bytes, content_type: bytes) -> tuple[int, dict]:
+        response = await treq.post(self.base_url + "/v1/audio/transcriptions", body,
+                                   pool=self.pool, headers={b"content-type": [content_type]})
+        return response.code, await response.json()
+
+    async def test_bad_multipart(self) -> None:
+        def form(*parts: tuple[str, bytes, str | None]) -> bytes:
+            out = b""
+            for name, value, filename in parts:
+                disposition = f'form-data; name="{name}"'
+                if filename:
+                    disposition += f'; filename="{filename}"'
+                out += b"--XyZ\r\nContent-Disposition: " + disposition.encode() + b"\r\n\r\n"
+                out += value + b"\r\n"
+            return out + b"--XyZ--\r\n"
+
+        multipart = b"multipart/form-data; boundary=XyZ"
+        cases = [
+            (orjson.dumps({"model": "whisper-1"}), b"application/json", None),
+            (form(("file", b"abc", "a.wav")), multipart, "model"),
+            (form(("model", b"whisper-1", None)), multipart, "file"),
+            (form(("model", b"whisper-1", None), ("file", b"abc", "a.wav"))[:-12], multipart,
+             None),
+            (form(("model", b"whisper-1", None), ("file", b"abc", "a.wav")),
+             b"multipart/form-data; boundary=Other", None),
+            (form(("model", b"whisper-1", None), ("file", b"abc", "a.wav")),
+             b"text/plain", None),
+        ]
+        for body, content_type, param in cases:
+            status, answer = await self._post_form(body, content_type)
+            self.assertEqual(status, 400, (body[:60], content_type))
+            self.assertEqual(answer["error"]["param"], param)
+            self.assertEqual(answer["error"]["type"], "invalid_request_error")
+        self.assertEqual(self.fake.forms, [])
+
+    async def test_oversized_upload(self) -> None:
+        body = (b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a\"\r\n\r\n"
+                + b"x" * (LIMIT + 1) + b"\r\n--XyZ--\r\n")
+        status, answer = await self._post_form(body, b"multipart/form-data; boundary=XyZ")
+        self.assertEqual(status, 413)
+        self.assertEqual(answer["error"]["code"], "request_too_large")
+
+    async def test_speech_bad_and_unsupported(self) -> None:
+        response = await self.post("/v1/audio/speech", orjson.dumps(
+            {"model": "tts-1", "input": "hi"}))
+        self.assertEqual(response.code, 400)
+        self.assertEqual((await response.json())["error"]["param"], "voice")
+        response = await self.post("/v1/audio/speech", orjson.dumps(
+            {"model": "demo", "input": "hi", "voice": "alloy"}))
+        self.assertEqual(response.code, 400)
+        self.assertEqual((await response.json())["error"]["code"], "unsupported_api")
+
+    async def test_speech_upstream_error(self) -> None:
+        response = await self.post("/v1/audio/speech", orjson.dumps(
+            {"model": "error-400", "input": "hi", "voice": "alloy"}))
+        self.assertEqual(response.code, 400)
+        self.assertEqual(response.headers.getRawHeaders(b"content-type"), [b"application/json"])
+        self.assertEqual((await response.json())["error"]["code"], "fake_400")

@@ -1,0 +1,268 @@
+"""
+``/p/{provider}/{path}``: any method and path, forwarded to a configured provider's own API
+with the gateway's credentials for it, for the calls the gateway has no endpoint for.
+
+A provider offers this by having ``passthrough_base`` (its API's base URL, str or bytes: the
+URL ``/p/{provider}`` stands for) and ``passthrough_headers`` (its credentials and configured
+headers, a mapping).  The caller's credentials are never forwarded, only configured providers
+are reachable, paths that try to leave the base URL are refused, redirects are relayed and
+never followed (the gateway's agent follows none), hop-by-hop headers are dropped both ways.
+The answer is relayed as it arrives; the usage of a JSON answer in OpenAI's or Anthropic's
+shape is read on the side.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import unquote
+
+import orjson
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH
+from twisted.web.server import NOT_DONE_YET
+
+from txgateway.accounting import Exchange
+from txgateway.auth import caller_key
+from txgateway.config import UpstreamSettings
+from txgateway.dialects.multipart import SegmentsProducer
+from txgateway.dialects.openai import error_body
+from txgateway.dialects.openai_rest import usage_of
+from txgateway.gateway import Gateway
+from txgateway.providers import UpstreamRequest
+from txgateway.upstream import TimedBody, UpstreamCall, UpstreamError
+from txgateway.web.relay import CLIENT_CLOSED
+from txgateway.web.resource import JSONResource, write_json
+
+log = Logger()
+
+#: Headers of one connection only (RFC 9110 section 7.6.1), never forwarded either way.
+HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+                        b"transfer-encoding", b"upgrade", b"proxy-authenticate",
+                        b"proxy-authorization"})
+#: Caller headers not forwarded: set anew for the upstream, or the caller's credentials.
+NOT_FORWARDED = HOP_BY_HOP | {b"host", b"content-length", b"authorization", b"x-api-key",
+                              b"api-key", b"cookie", b"x-goog-api-key"}
+#: Upstream headers the gateway's own response sets.
+NOT_RELAYED = HOP_BY_HOP | {b"date", b"server"}
+#: The largest JSON answer read for its usage (the rest is relayed all the same).
+USAGE_PEEK_LIMIT = 1024 * 1024
+
+
+class Passthrough(JSONResource):
+    isLeaf = True
+    route = "passthrough"
+
+    def __init__(self, gateway: Gateway) -> None:
+        super().__init__()
+        self._gateway = gateway
+
+    def render(self, request: Any) -> Any:
+        gateway = self._gateway
+        exchange = gateway.accountant.start(self.route)
+        request.setHeader(b"x-request-id", exchange.request_id.encode())
+        try:
+            provider, url = self._target(request)
+        except _Refused as refused:
+            exchange.status, exchange.error = refused.status, str(refused)
+            gateway.accountant.finish(exchange)
+            return write_json(request, refused.status,
+                              error_body(refused.status, str(refused), refused.code))
+        exchange.provider = provider.name
+        exchange.provider_kind = provider.kind
+        raw = request.content.getvalue()
+        exchange.model = _model_in(raw, request)
+        call = UpstreamCall(gateway.reactor, gateway.config.upstream)
+        request.notifyFinish().addErrback(lambda _: call.abort())
+        Deferred.fromCoroutine(self._guarded(request, exchange, provider, url, raw, call))
+        return NOT_DONE_YET
+
+    def _target(self, request: Any) -> tuple[Any, bytes]:
+        """The provider and the upstream URL the request names, or `_Refused`."""
+        if not request.postpath or not request.postpath[0]:
+            raise _Refused(404, "name a provider: /p/{provider}/{path}", "unknown_url")
+        name = unquote(request.postpath[0].decode("utf-8", "replace"))
+        provider = self._gateway.providers.get(name)
+        base = getattr(provider, "passthrough_base", None)
+        if base is None:
+            raise _Refused(404, f"no configured provider `{name}` offers passthrough",
+                           "unknown_provider")
+        segments = request.postpath[1:]
+        for segment in segments:
+            decoded = unquote(segment.decode("latin-1"))
+            if (decoded in (".", "..") or "/" in decoded or "\\" in decoded
+                    or decoded.endswith(":")):
+                raise _Refused(400, "the path must stay under the provider's base URL",
+                               "invalid_path")
+        if b"" in segments[:-1]:
+            raise _Refused(400, "the path must not contain empty segments", "invalid_path")
+        if isinstance(base, str):
+            base = base.encode()
+        url = base.rstrip(b"/") + b"/" + b"/".join(segments)
+        _, question, query = request.uri.partition(b"?")
+        return provider, url + question + query
+
+    async def _guarded(self, request: Any, exchange: Exchange, provider: Any, url: bytes,
+                       raw: bytes, call: UpstreamCall) -> None:
+        gateway = self._gateway
+        try:
+            principal = await gateway.authenticator.authenticate(caller_key(request))
+            if principal is None:
+                raise _Refused(401, "Incorrect API key provided.", "invalid_api_key")
+            exchange.key_id = principal.key_id
+            if principal.models and not principal.may_use(exchange.model):
+                raise _Refused(403, "This key may not use passthrough for this model.",
+                               "model_not_allowed")
+            response = await call.send(provider.agent, UpstreamRequest(
+                request.method, url, _forwarded(request, provider),
+                SegmentsProducer([memoryview(raw)]) if raw else None))
+            _start(request, response)
+            exchange.status = response.code
+            relay = PassthroughRelay(gateway.reactor, gateway.config.upstream, request,
+                                     exchange, call, _is_json(response))
+            call.deliver(response, relay)
+            await relay.done
+        except _Refused as refused:
+            exchange.status, exchange.error = refused.status, str(refused)
+            _answer(request, call, refused.status,
+                    error_body(refused.status, str(refused), refused.code))
+        except CancelledError:
+            exchange.status = CLIENT_CLOSED
+            exchange.error = "the client disconnected"
+        except UpstreamError as error:
+            exchange.status = error.status
+            exchange.error = str(error)
+            _answer(request, call, error.status, error_body(error.status, str(error),
+                                                              error.code))
+        except Exception:
+            log.failure("passthrough to {provider} failed", provider=provider.name)
+            exchange.status = 500
+            exchange.error = "internal error"
+            _answer(request, call, 500,
+                    error_body(500, "the gateway failed to answer", "internal_error"))
+        finally:
+            gateway.accountant.finish(exchange)
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, message: str, code: str) -> None:
+        super().__init__(message)
+        self.status, self.code = status, code
+
+
+def _answer(request: Any, call: UpstreamCall, status: int, body: bytes) -> None:
+    if not call.aborted:
+        request.write(write_json(request, status, body))
+        request.finish()
+
+
+def _model_in(raw: bytes, request: Any) -> str:
+    """The ``model`` of a JSON request body, for the record; "" for anything else."""
+    content_type = request.getHeader(b"content-type") or b""
+    if not raw or b"json" not in content_type or len(raw) > USAGE_PEEK_LIMIT:
+        return ""
+    try:
+        model = orjson.loads(raw).get("model")
+    except (orjson.JSONDecodeError, AttributeError):
+        return ""
+    return model if isinstance(model, str) else ""
+
+
+def _forwarded(request: Any, provider: Any) -> Headers:
+    """The caller's headers for the upstream: its credentials out, the provider's in."""
+    headers = Headers()
+    dropped = NOT_FORWARDED | _connection_tokens(request.requestHeaders)
+    for name, values in request.requestHeaders.getAllRawHeaders():
+        if name.lower() not in dropped:
+            headers.setRawHeaders(name, values)
+    for name, value in getattr(provider, "passthrough_headers", {}).items():
+        if value:
+            headers.setRawHeaders(name.encode(), [value.encode()])
+    return headers
+
+
+def _connection_tokens(headers: Headers) -> frozenset[bytes]:
+    """Headers a ``Connection`` header names as hop-by-hop."""
+    listed = b",".join(headers.getRawHeaders(b"connection", []))
+    return frozenset(token.strip().lower() for token in listed.split(b",") if token.strip())
+
+
+def _start(request: Any, response: Any) -> None:
+    """
+    The upstream's status and headers.  Twisted's client has already taken the connection
+    headers (Connection, Content-Length, Transfer-Encoding ...) out of ``response.headers``;
+    the length is given back when it is known.
+    """
+    request.setResponseCode(response.code, response.phrase)
+    for name, values in response.headers.getAllRawHeaders():
+        if name.lower() not in NOT_RELAYED:
+            request.responseHeaders.setRawHeaders(name, values)
+    if response.length is not UNKNOWN_LENGTH and request.method != b"HEAD":
+        request.setHeader(b"content-length", b"%d" % response.length)
+
+
+def _is_json(response: Any) -> bool:
+    content_type = response.headers.getRawHeaders(b"content-type", [b""])[0]
+    return b"json" in content_type.lower() and not response.headers.hasHeader(
+        b"content-encoding")
+
+
+class PassthroughRelay(TimedBody):
+    """
+    Relays the upstream's body as it arrives, with backpressure, keeping the start of a JSON
+    answer to read its usage.  A body that breaks drops the client's connection, so that it
+    cannot take a truncated answer for a whole one.
+    """
+
+    def __init__(self, reactor: Any, settings: UpstreamSettings, request: Any,
+                 exchange: Exchange, call: UpstreamCall, peek: bool) -> None:
+        super().__init__(reactor, settings)
+        self._request = request
+        self._exchange = exchange
+        self._call = call
+        self._peeked: list[bytes] | None = [] if peek else None
+        self._peeked_size = 0
+        self.done: Deferred[None] = Deferred()
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        if not self._call.aborted:
+            self._request.registerProducer(self, True)
+
+    def received(self, data: bytes) -> None:
+        if self._exchange.first_byte is None:
+            self._exchange.first_byte = self._reactor.seconds()
+        if self._peeked is not None:
+            self._peeked_size += len(data)
+            if self._peeked_size > USAGE_PEEK_LIMIT:
+                self._peeked = None
+            else:
+                self._peeked.append(data)
+        self._request.write(data)
+
+    def ended(self, failure: Failure | None) -> None:
+        exchange = self._exchange
+        if self._call.aborted:
+            exchange.status = CLIENT_CLOSED
+            exchange.error = "the client disconnected"
+        elif failure is not None:
+            exchange.status = getattr(failure.value, "status", 502)
+            exchange.error = str(failure.value)
+            self._request.unregisterProducer()
+            self._request.loseConnection()
+        else:
+            if self._peeked and exchange.status == 200:
+                exchange.usage = _usage_in(b"".join(self._peeked))
+            self._request.unregisterProducer()
+            self._request.finish()
+        self.done.callback(None)
+
+
+def _usage_in(body: bytes) -> Any:
+    try:
+        answer = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return usage_of(answer.get("usage")) if isinstance(answer, dict) else None

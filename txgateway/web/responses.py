@@ -1,0 +1,506 @@
+"""
+``POST /v1/responses`` and the stored responses under ``/v1/responses/{id}``: OpenAI's
+Responses API, for any provider.
+
+A provider that serves the Responses API itself (``"responses"`` in its ``apis``) gets the
+caller's body as it came (the model aside) and its answer comes back untouched, usage read on
+the side; the gateway only remembers which provider made each response id, so that follow-ups
+(``previous_response_id``, retrieve, delete) reach the upstream that holds it.  Any other
+provider is called through chat completions (`txgateway.translate.responses_to_chat`), and
+the gateway keeps the response in its store so that the stored-response API works there too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import orjson
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from txgateway.accounting import Exchange
+from txgateway.auth import caller_key
+from txgateway.dialects.openai import (
+    BadRequest,
+    error_body,
+    is_error_body,
+    model_of,
+    parse_object,
+)
+from txgateway.gateway import Gateway
+from txgateway.providers import ApiCall, UpstreamRequest, dialect, prepare
+from txgateway.routing import Target
+from txgateway.streams import EventSplitter, data_of, events
+from txgateway.translate.chain import ChainedStream
+from txgateway.translate.responses_to_chat import (
+    ChatToResponsesStream,
+    UntranslatableRequest,
+    chat_request,
+    input_items,
+    new_id,
+    response_from_chat,
+    stored_items,
+)
+from txgateway.upstream import UpstreamCall, UpstreamError
+from txgateway.usage import Usage, estimate_tokens
+from txgateway.web.proxy import (
+    ProxyEndpoint,
+    Refusal,
+    finish,
+    is_event_stream,
+    pass_retry_after,
+)
+from txgateway.web.relay import StreamRelay, TranslatedStreamRelay, start_event_stream
+from txgateway.web.resource import JSONResource, answer_later, openai_error
+
+log = Logger()
+
+#: Store kinds: a response the gateway made (translated), and which provider made one.
+RESPONSE, ROUTE = "response", "response_route"
+
+
+@attrs.define
+class ResponsesRequest:
+    """
+    A Responses request, parsed once.  Mutable in one field only: ``history``, set when the
+    request is admitted (the caller's key is known then) to the items of the gateway-held
+    chain ``previous_response_id`` names.
+    """
+
+    raw: bytes
+    parsed: dict[str, Any]
+    model: str
+    stream: bool
+    store: bool
+    history: list[dict[str, Any]] | None = None
+
+
+def parse_responses(raw: bytes) -> ResponsesRequest:
+    parsed = parse_object(raw)
+    model = model_of(parsed)
+    if not isinstance(parsed.get("input", ""), (str, list)):
+        raise BadRequest("'input' must be a string or an array of input items", "input")
+    for name in ("stream", "store"):
+        if parsed.get(name) is not None and not isinstance(parsed[name], bool):
+            raise BadRequest(f"'{name}' must be a boolean", name)
+    previous = parsed.get("previous_response_id")
+    if previous is not None and not isinstance(previous, str):
+        raise BadRequest("'previous_response_id' must be a string", "previous_response_id")
+    return ResponsesRequest(raw=raw, parsed=parsed, model=model,
+                            stream=bool(parsed.get("stream")),
+                            store=parsed.get("store") is not False)
+
+
+def chain_items(held: dict[str, Any]) -> list[dict[str, Any]]:
+    """The conversation a stored response ends: its history, its input, its output."""
+    return [*held["history"], *held["input"], *held["response"]["output"]]
+
+
+def native_responses(target: Target) -> bool:
+    provider = target.provider
+    return "responses" in provider.apis and dialect(provider, target.model) == "openai"
+
+
+class Responses(ProxyEndpoint):
+    isLeaf = False  # the stored responses hang below it
+    route = "responses"
+    parse = staticmethod(parse_responses)
+    error_body = staticmethod(error_body)
+
+    def getChild(self, path: bytes, request: Any) -> Any:
+        return StoredResponse(self._gateway, path.decode("utf-8", "replace"))
+
+    async def _admit(self, request: Any, exchange: Exchange, parsed: ResponsesRequest,
+                     size: int) -> list[Target]:
+        """As every endpoint, then: a previous response pins the call or lends its history."""
+        plan = await super()._admit(request, exchange, parsed, size)
+        previous = parsed.parsed.get("previous_response_id")
+        if not previous:
+            return plan
+        store = self._gateway.store
+        held = await store.get_object(RESPONSE, previous)
+        if held is not None and held["owner"] == exchange.key_id:
+            parsed.history = chain_items(held)
+            return plan
+        route = await store.get_object(ROUTE, previous)
+        if route is None or route["owner"] != exchange.key_id:
+            return plan  # not one the gateway knows: the upstream judges it
+        pinned = [target for target in plan if target.provider.name == route["provider"]]
+        if not pinned:
+            raise Refusal(400, f"the previous response was made by the provider "
+                          f"`{route['provider']}`, which the model `{parsed.model}` does "
+                          "not route to", "invalid_previous_response", "previous_response_id")
+        return pinned
+
+    async def proxy(self, request: Any, exchange: Exchange, parsed: ResponsesRequest,
+                    target: Target, call: UpstreamCall) -> None:
+        preparing = prepare(target.provider)
+        if preparing is not None:
+            await preparing
+        if native_responses(target):
+            await self._native(request, exchange, parsed, target, call)
+        else:
+            await self._translated(request, exchange, parsed, target, call)
+
+    async def _native(self, request: Any, exchange: Exchange, parsed: ResponsesRequest,
+                      target: Target, call: UpstreamCall) -> None:
+        provider = target.provider
+        response = await call.send(provider.agent, provider.build_request(ApiCall(
+            api="responses", body=_native_body(parsed, target.model), parsed=parsed.parsed,
+            model=target.model, stream=parsed.stream)))
+
+        def remember(response_id: str | None) -> Deferred[None] | None:
+            if not parsed.store or not response_id:
+                return None
+            return self._gateway.store.put_object(
+                ROUTE, response_id, exchange.key_id,
+                {"provider": provider.name, "owner": exchange.key_id},
+                self._gateway.reactor.seconds())
+
+        if parsed.stream and response.code == 200 and is_event_stream(response, provider):
+            start_event_stream(request)
+            exchange.status = 200
+            relay = NativeResponsesRelay(self._gateway.reactor, self._gateway.config.upstream,
+                                         request, exchange, call, len(parsed.raw), remember)
+            call.deliver(response, relay)
+            await relay.done
+            return
+        exchange.first_byte = self._gateway.reactor.seconds()
+        body = await call.read(response)
+        if response.code == 200:
+            answer = _loads(body)
+            if isinstance(answer, dict):
+                exchange.usage = Usage.from_responses(answer.get("usage"))
+                saving = remember(answer.get("id"))
+                if saving is not None:
+                    await saving
+        self._answer(request, exchange, response, call, body)
+
+    async def _translated(self, request: Any, exchange: Exchange, parsed: ResponsesRequest,
+                          target: Target, call: UpstreamCall) -> None:
+        provider = target.provider
+        if "chat" not in provider.apis:
+            raise Refusal(400, f"the model `{parsed.model}` is served by the provider "
+                          f"`{provider.name}`, which offers neither the responses nor the "
+                          "chat API", "unsupported_api", "model")
+        try:
+            chat = chat_request(parsed.parsed, parsed.history or [], target.model)
+        except UntranslatableRequest as error:
+            raise Refusal(400, str(error), "unsupported_parameter", error.param) from None
+        translating = dialect(provider, target.model) != "openai"
+        response = await call.send(provider.agent, provider.build_request(ApiCall(
+            api="chat", body=orjson.dumps(chat), parsed=chat, model=target.model,
+            stream=parsed.stream)))
+        response_id = new_id("resp")
+        if parsed.stream and response.code == 200 and is_event_stream(response, provider):
+            start_event_stream(request)
+            exchange.status = 200
+            events_out = ChatToResponsesStream(parsed.parsed, response_id, target.model)
+            translator: Any = events_out
+            if translating:
+                translator = ChainedStream(provider.stream_translator(True), events_out)
+
+            def save() -> Deferred[None] | None:
+                if events_out.response is None:
+                    return None
+                return self._save(exchange, parsed, events_out.response)
+
+            relay = StoringStreamRelay(
+                self._gateway.reactor, self._gateway.config.upstream, request, exchange, call,
+                _stream_error, translator, len(parsed.raw), save=save)
+            call.deliver(response, relay)
+            await relay.done
+            return
+        exchange.first_byte = self._gateway.reactor.seconds()
+        body = await call.read(response)
+        if response.code != 200:
+            if translating:
+                body = provider.translate_error(response.code, body) or body
+            self._answer(request, exchange, response, call, body)
+            return
+        try:
+            if translating:
+                body = provider.translate_response(body)[0]
+            answer, exchange.usage = response_from_chat(
+                parsed.parsed, orjson.loads(body), response_id, target.model)
+        except (ValueError, TypeError, AttributeError, KeyError):
+            raise UpstreamError("the upstream's answer could not be read") from None
+        await self._save(exchange, parsed, answer)
+        exchange.status = 200
+        finish(request, call, 200, orjson.dumps(answer))
+
+    def _save(self, exchange: Exchange, parsed: ResponsesRequest,
+              answer: dict[str, Any]) -> Deferred[None]:
+        if not parsed.store:
+            return succeed(None)
+        document = {"owner": exchange.key_id, "response": answer,
+                    "input": stored_items(input_items(parsed.parsed.get("input"))),
+                    "history": parsed.history or []}
+        return self._gateway.store.put_object(RESPONSE, answer["id"], exchange.key_id,
+                                              document, answer["created_at"])
+
+    def _answer(self, request: Any, exchange: Exchange, response: Any, call: UpstreamCall,
+                body: bytes) -> None:
+        status = response.code
+        if status != 200:
+            if not is_error_body(body):
+                snippet = body[:200].decode("utf-8", "replace")
+                status = status if 400 <= status < 500 else 502
+                body = error_body(status, f"the upstream answered {response.code}: {snippet}",
+                                  "upstream_error")
+            exchange.error = f"upstream status {response.code}"
+            pass_retry_after(request, response)
+        exchange.status = status
+        finish(request, call, status, body)
+
+
+def _native_body(parsed: ResponsesRequest, upstream_model: str) -> bytes:
+    """The caller's bytes, unless the model is renamed or a gateway-held chain is inlined."""
+    changes: dict[str, Any] = {}
+    if upstream_model != parsed.model:
+        changes["model"] = upstream_model
+    if parsed.history is not None:
+        # The upstream never saw the previous response: send the conversation itself.
+        history = [{key: value for key, value in item.items() if key not in ("id", "status")}
+                   for item in parsed.history]
+        changes["input"] = [*history, *input_items(parsed.parsed.get("input"))]
+        changes["previous_response_id"] = None
+    if not changes:
+        return parsed.raw
+    body = {**parsed.parsed, **changes}
+    if body.get("previous_response_id", 0) is None:
+        del body["previous_response_id"]
+    return orjson.dumps(body)
+
+
+def _stream_error(status: int, message: str, code: str) -> bytes:
+    """A Responses ``error`` event: the openai SDK raises ``APIError`` when it reads one."""
+    event = {"type": "error", "code": code, "message": message, "param": None,
+             "sequence_number": 0}
+    return b"event: error\ndata: " + orjson.dumps(event) + b"\n\n"
+
+
+def _loads(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+
+
+class _SavesBeforeEnd:
+    """
+    Mixed into a relay: on a clean end, what must be stored is stored before the stream's
+    end reaches the client, so that a follow-up the client sends at once finds it.
+    """
+
+    _call: UpstreamCall
+
+    def saving(self) -> Deferred[None] | None:
+        raise NotImplementedError
+
+    def ended(self, failure: Failure | None) -> None:
+        saving = None if failure is not None or self._call.aborted else self.saving()
+        if saving is None:
+            super().ended(failure)  # type: ignore[misc]
+            return
+        saving.addErrback(lambda reason: log.failure("storing a response failed", reason))
+        saving.addBoth(lambda _: super(_SavesBeforeEnd, self).ended(failure))  # type: ignore
+
+
+class StoringStreamRelay(_SavesBeforeEnd, TranslatedStreamRelay):
+    """A translated Responses stream, whose final response is stored before the end."""
+
+    def __init__(self, *args: Any, save: Callable[[], Deferred[None] | None]) -> None:
+        super().__init__(*args)
+        self._save = save
+        self._tail: bytes | None = None
+
+    def saving(self) -> Deferred[None] | None:
+        self._tail = self._translator.finish()  # completes the response, if it was not yet
+        return self._save()
+
+    def tail(self) -> bytes:
+        return super().tail() if self._tail is None else self._tail
+
+
+class NativeResponsesRelay(_SavesBeforeEnd, StreamRelay):
+    """
+    Relays an upstream Responses stream as it arrives, looking into events only where the
+    bytes say the response id (``response.created``) or the usage (the final event) is.
+    """
+
+    def __init__(self, reactor: Any, settings: Any, request: Any, exchange: Exchange,
+                 call: UpstreamCall, request_size: int,
+                 remember: Callable[[str | None], Deferred[None] | None]) -> None:
+        super().__init__(reactor, settings, request, exchange, call, _stream_error)
+        self._splitter = EventSplitter()
+        self._request_size = request_size
+        self._remember = remember
+        self._response_id: str | None = None
+        self._deltas = 0
+
+    def received(self, data: bytes) -> None:
+        if self._exchange.first_byte is None:
+            self._exchange.first_byte = self._reactor.seconds()
+        run = self._splitter.feed(data)
+        if not run:
+            return
+        self._deltas += run.count(b'"response.output_text.delta"')
+        if b'"response.created"' in run or b'"usage"' in run:
+            self._look_into(run)
+        self._request.write(run)
+
+    def _look_into(self, run: bytes) -> None:
+        for event in events(run):
+            payload = _loads(data_of(event))
+            if not isinstance(payload, dict) or not isinstance(payload.get("response"), dict):
+                continue
+            response = payload["response"]
+            if payload.get("type") == "response.created":
+                self._response_id = response.get("id")
+            usage = Usage.from_responses(response.get("usage"))
+            if usage is not None:
+                self._exchange.usage = usage
+
+    def saving(self) -> Deferred[None] | None:
+        return self._remember(self._response_id)
+
+    def tail(self) -> bytes:
+        return self._splitter.pending
+
+    def estimate(self) -> Usage:
+        return Usage(input_tokens=estimate_tokens(self._request_size),
+                     output_tokens=self._deltas, estimated=True)
+
+
+class StoredResponse(JSONResource):
+    """
+    ``/v1/responses/{id}`` (GET, DELETE), ``.../input_items`` (GET) and ``.../cancel``
+    (POST): answered from the store for responses the gateway made, forwarded to the
+    provider that made it for the others, to the caller's key only.
+    """
+
+    isLeaf = True
+
+    def __init__(self, gateway: Gateway, response_id: str) -> None:
+        super().__init__()
+        self._gateway = gateway
+        self._id = response_id
+
+    def render_GET(self, request: Any) -> Any:
+        if request.postpath in ([], [b""]):
+            return answer_later(request, self._retrieve(request))
+        if request.postpath == [b"input_items"]:
+            return answer_later(request, self._input_items(request))
+        return openai_error(request, 404, "Invalid URL", "unknown_url")
+
+    def render_DELETE(self, request: Any) -> Any:
+        if request.postpath not in ([], [b""]):
+            return openai_error(request, 404, "Invalid URL", "unknown_url")
+        return answer_later(request, self._delete(request))
+
+    def render_POST(self, request: Any) -> Any:
+        if request.postpath != [b"cancel"]:
+            return openai_error(request, 404, "Invalid URL", "unknown_url")
+        return answer_later(request, self._cancel(request))
+
+    async def _find(self, request: Any) -> tuple[str, Any] | tuple[int, bytes]:
+        """("held", document), ("route", provider), or an error answer (status, body)."""
+        principal = await self._gateway.authenticator.authenticate(caller_key(request))
+        if principal is None:
+            return 401, error_body(401, "Incorrect API key provided.", "invalid_api_key")
+        store = self._gateway.store
+        held = await store.get_object(RESPONSE, self._id)
+        if held is not None and held["owner"] == principal.key_id:
+            return "held", held
+        route = await store.get_object(ROUTE, self._id)
+        if route is not None and route["owner"] == principal.key_id:
+            provider = self._gateway.providers.get(route["provider"])
+            if provider is not None:
+                return "route", provider
+        return 404, error_body(404, f"No response found with id '{self._id}'.", None)
+
+    async def _retrieve(self, request: Any) -> tuple[int, Any]:
+        kind, found = await self._find(request)
+        if kind == "held":
+            return 200, found["response"]
+        if kind == "route":
+            return await self._forward(request, found)
+        return kind, found
+
+    async def _delete(self, request: Any) -> tuple[int, Any]:
+        kind, found = await self._find(request)
+        if kind == "held":
+            await self._gateway.store.delete_object(RESPONSE, self._id)
+            return 200, {"id": self._id, "object": "response", "deleted": True}
+        if kind == "route":
+            status, body = await self._forward(request, found)
+            if status == 200:
+                await self._gateway.store.delete_object(ROUTE, self._id)
+            return status, body
+        return kind, found
+
+    async def _input_items(self, request: Any) -> tuple[int, Any]:
+        kind, found = await self._find(request)
+        if kind == "route":
+            return await self._forward(request, found)
+        if kind != "held":
+            return kind, found
+        items = list(found["input"])
+        order = _argument(request, b"order") or "desc"
+        if order not in ("asc", "desc"):
+            return 400, error_body(400, "'order' must be 'asc' or 'desc'", None, "order")
+        if order == "desc":
+            items.reverse()
+        after = _argument(request, b"after")
+        if after:
+            ids = [item.get("id") for item in items]
+            items = items[ids.index(after) + 1:] if after in ids else []
+        try:
+            limit = int(_argument(request, b"limit") or 20)
+        except ValueError:
+            return 400, error_body(400, "'limit' must be an integer", None, "limit")
+        page = items[:max(1, min(limit, 100))]
+        return 200, {"object": "list", "data": page,
+                     "first_id": page[0]["id"] if page else None,
+                     "last_id": page[-1]["id"] if page else None,
+                     "has_more": len(items) > len(page)}
+
+    async def _cancel(self, request: Any) -> tuple[int, Any]:
+        kind, found = await self._find(request)
+        if kind == "held":
+            return 400, error_body(400, "cancelling a response is not supported for this "
+                                   "provider: it makes no background responses", None)
+        if kind == "route":
+            return await self._forward(request, found)
+        return kind, found
+
+    async def _forward(self, request: Any, provider: Any) -> tuple[int, bytes]:
+        """The same call on the provider's own ``/responses/{id}...``, its answer as is."""
+        base = provider.build_request(ApiCall(api="responses", body=b"", parsed={},
+                                              model="", stream=False))
+        url, _, query = base.url.partition(b"?")
+        path = b"/".join([url, self._id.encode(), *request.postpath])
+        own_query = request.uri.partition(b"?")[2]
+        joined = b"&".join(part for part in (query, own_query) if part)
+        call = UpstreamCall(self._gateway.reactor, self._gateway.config.upstream)
+        request.notifyFinish().addErrback(lambda _: call.abort())
+        try:
+            response = await call.send(provider.agent, UpstreamRequest(
+                request.method, path + (b"?" + joined if joined else b""), base.headers, b""))
+            body = await call.read(response)
+        except UpstreamError as error:
+            return error.status, error_body(error.status, str(error), error.code)
+        if response.code != 200 and not is_error_body(body):
+            status = response.code if 400 <= response.code < 500 else 502
+            return status, error_body(status, f"the upstream answered {response.code}",
+                                      "upstream_error")
+        return response.code, body
+
+
+def _argument(request: Any, name: bytes) -> str | None:
+    values = request.args.get(name)
+    return values[0].decode("utf-8", "replace") if values else None
