@@ -146,6 +146,21 @@ class KeyTests(GatewayTestCase):
         self.assertEqual(caught.exception.code, "rate_limit_exceeded")
         self.assertEqual(len(self.fake.requests), 2)
 
+    async def test_passthrough_is_under_the_same_keys_and_limits(self) -> None:
+        _, made = await self.admin("POST", "/admin/keys", {"requests_per_minute": 1})
+        url = self.base_url + "/p/fake/echo"
+        response = await treq.get(url, pool=self.pool)
+        self.assertEqual(response.code, 401)
+        headers = {b"authorization": [b"Bearer " + made["key"].encode()]}
+        response = await treq.get(url, headers=headers, pool=self.pool)
+        self.assertEqual(response.code, 200)
+        self.assertEqual(response.headers.getRawHeaders(b"x-ratelimit-remaining-requests"),
+                         [b"0"])
+        await response.content()
+        response = await treq.get(url, headers=headers, pool=self.pool)
+        self.assertEqual(response.code, 429)
+        self.assertEqual((await response.json())["error"]["code"], "rate_limit_exceeded")
+
     async def test_a_spent_budget_refuses_further_calls(self) -> None:
         _, made = await self.admin("POST", "/admin/keys", {"budget_usd": 5,
                                                            "budget_period": "day"})

@@ -25,7 +25,6 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 from twisted.web.server import NOT_DONE_YET
 
 from txgateway.accounting import Exchange
-from txgateway.auth import caller_key
 from txgateway.config import UpstreamSettings
 from txgateway.dialects.multipart import SegmentsProducer
 from txgateway.dialects.openai import error_body
@@ -33,6 +32,8 @@ from txgateway.dialects.openai_rest import usage_of
 from txgateway.gateway import Gateway
 from txgateway.providers import UpstreamRequest
 from txgateway.upstream import TimedBody, UpstreamCall, UpstreamError
+from txgateway.usage import estimate_tokens
+from txgateway.web.proxy import Refusal, authenticate, within_limits
 from txgateway.web.relay import CLIENT_CLOSED
 from txgateway.web.resource import JSONResource, write_json
 
@@ -65,7 +66,7 @@ class Passthrough(JSONResource):
         request.setHeader(b"x-request-id", exchange.request_id.encode())
         try:
             provider, url = self._target(request)
-        except _Refused as refused:
+        except Refusal as refused:
             exchange.status, exchange.error = refused.status, str(refused)
             gateway.accountant.finish(exchange)
             return write_json(request, refused.status,
@@ -80,24 +81,24 @@ class Passthrough(JSONResource):
         return NOT_DONE_YET
 
     def _target(self, request: Any) -> tuple[Any, bytes]:
-        """The provider and the upstream URL the request names, or `_Refused`."""
+        """The provider and the upstream URL the request names, or a `Refusal`."""
         if not request.postpath or not request.postpath[0]:
-            raise _Refused(404, "name a provider: /p/{provider}/{path}", "unknown_url")
+            raise Refusal(404, "name a provider: /p/{provider}/{path}", "unknown_url")
         name = unquote(request.postpath[0].decode("utf-8", "replace"))
         provider = self._gateway.providers.get(name)
         base = getattr(provider, "passthrough_base", None)
         if base is None:
-            raise _Refused(404, f"no configured provider `{name}` offers passthrough",
+            raise Refusal(404, f"no configured provider `{name}` offers passthrough",
                            "unknown_provider")
         segments = request.postpath[1:]
         for segment in segments:
             decoded = unquote(segment.decode("latin-1"))
             if (decoded in (".", "..") or "/" in decoded or "\\" in decoded
                     or decoded.endswith(":")):
-                raise _Refused(400, "the path must stay under the provider's base URL",
+                raise Refusal(400, "the path must stay under the provider's base URL",
                                "invalid_path")
         if b"" in segments[:-1]:
-            raise _Refused(400, "the path must not contain empty segments", "invalid_path")
+            raise Refusal(400, "the path must not contain empty segments", "invalid_path")
         if isinstance(base, str):
             base = base.encode()
         url = base.rstrip(b"/") + b"/" + b"/".join(segments)
@@ -108,13 +109,9 @@ class Passthrough(JSONResource):
                        raw: bytes, call: UpstreamCall) -> None:
         gateway = self._gateway
         try:
-            principal = await gateway.authenticator.authenticate(caller_key(request))
-            if principal is None:
-                raise _Refused(401, "Incorrect API key provided.", "invalid_api_key")
-            exchange.key_id = principal.key_id
-            if principal.models and not principal.may_use(exchange.model):
-                raise _Refused(403, "This key may not use passthrough for this model.",
-                               "model_not_allowed")
+            principal = await authenticate(gateway, request, exchange, exchange.model)
+            await within_limits(gateway, request, exchange, principal,
+                                estimate_tokens(len(raw)))
             response = await call.send(provider.agent, UpstreamRequest(
                 request.method, url, _forwarded(request, provider),
                 SegmentsProducer([memoryview(raw)]) if raw else None))
@@ -124,7 +121,7 @@ class Passthrough(JSONResource):
                                      exchange, call, _is_json(response))
             call.deliver(response, relay)
             await relay.done
-        except _Refused as refused:
+        except Refusal as refused:
             exchange.status, exchange.error = refused.status, str(refused)
             _answer(request, call, refused.status,
                     error_body(refused.status, str(refused), refused.code))
@@ -144,12 +141,6 @@ class Passthrough(JSONResource):
                     error_body(500, "the gateway failed to answer", "internal_error"))
         finally:
             gateway.accountant.finish(exchange)
-
-
-class _Refused(Exception):
-    def __init__(self, status: int, message: str, code: str) -> None:
-        super().__init__(message)
-        self.status, self.code = status, code
 
 
 def _answer(request: Any, call: UpstreamCall, status: int, body: bytes) -> None:

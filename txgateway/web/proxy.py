@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from twisted.web.server import NOT_DONE_YET
 
 from txgateway.accounting import Exchange
-from txgateway.auth import caller_key
+from txgateway.auth import Principal, caller_key
 from txgateway.dialects.openai import BadRequest
 from txgateway.gateway import Gateway
 from txgateway.routing import Target
@@ -101,7 +101,7 @@ class ProxyEndpoint(JSONResource):
     async def _guarded(self, request: Any, exchange: Exchange, parsed: Any, size: int,
                        call: UpstreamCall) -> None:
         try:
-            plan = await self._admit(request, exchange, parsed, size)
+            plan = await self.admit(request, exchange, parsed, size)
             await self._attempt(request, exchange, parsed, plan, call)
         except Refusal as refusal:
             exchange.status = refusal.status
@@ -125,32 +125,19 @@ class ProxyEndpoint(JSONResource):
         finally:
             self._gateway.accountant.finish(exchange)
 
-    async def _admit(self, request: Any, exchange: Exchange, parsed: Any,
-                     size: int) -> list[Target]:
-        """Who calls, whether they may, and where the call goes; or a `Refusal`."""
+    async def admit(self, request: Any, exchange: Exchange, parsed: Any,
+                    size: int) -> list[Target]:
+        """
+        Who calls, whether they may, and the targets to try, in order; or a `Refusal`.
+        Endpoints may extend it (the Responses API pins follow-ups to a provider).
+        """
         gateway = self._gateway
-        principal = await gateway.authenticator.authenticate(caller_key(request))
-        if principal is None:
-            raise Refusal(401, "Incorrect API key provided.", "invalid_api_key")
-        exchange.key_id = principal.key_id
-        if not principal.may_use(parsed.model):
-            raise Refusal(403, f"This key may not use the model `{parsed.model}`.",
-                          "model_not_allowed", "model")
+        principal = await authenticate(gateway, request, exchange, parsed.model)
         plan = gateway.router.plan(parsed.model)
         if plan is None:
             raise Refusal(404, self.unknown_model(parsed.model), "model_not_found", "model")
-        # A full ledger buffer holds new calls back rather than lose their records.
-        await gateway.ledger.room()
-        if principal.limits is not None:
-            tokens = self.admission_tokens(parsed, size)
-            admission = await gateway.limiter.admit(principal.key_id, principal.limits, tokens)
-            for name, value in admission.headers.items():
-                request.setHeader(name, value)
-            if not admission.allowed:
-                request.setHeader(b"retry-after", b"%d" % math.ceil(admission.retry_after))
-                raise Refusal(429, admission.message, _LIMIT_CODES.get(admission.reason))
-            exchange.limits = principal.limits
-            exchange.admitted_tokens = tokens
+        await within_limits(gateway, request, exchange, principal,
+                            self.admission_tokens(parsed, size))
         return plan
 
     async def _attempt(self, request: Any, exchange: Exchange, parsed: Any,
@@ -193,6 +180,39 @@ class ProxyEndpoint(JSONResource):
             else:
                 router.succeeded(target)
             return
+
+
+async def authenticate(gateway: Gateway, request: Any, exchange: Exchange,
+                       model: str) -> Principal:
+    """The caller, if their key is good and lets them use ``model``; else a `Refusal`."""
+    principal = await gateway.authenticator.authenticate(caller_key(request))
+    if principal is None:
+        raise Refusal(401, "Incorrect API key provided.", "invalid_api_key")
+    exchange.key_id = principal.key_id
+    if not principal.may_use(model):
+        raise Refusal(403, f"This key may not use the model `{model}`.",
+                      "model_not_allowed", "model")
+    return principal
+
+
+async def within_limits(gateway: Gateway, request: Any, exchange: Exchange,
+                        principal: Principal, tokens: int) -> None:
+    """
+    Admit the call under the caller's limits (counting one request and ``tokens``), with the
+    ``x-ratelimit-*`` headers set; or a 429 `Refusal`.  A full ledger buffer holds new calls
+    back here rather than lose their records.
+    """
+    await gateway.ledger.room()
+    if principal.limits is None:
+        return
+    admission = await gateway.limiter.admit(principal.key_id, principal.limits, tokens)
+    for name, value in admission.headers.items():
+        request.setHeader(name, value)
+    if not admission.allowed:
+        request.setHeader(b"retry-after", b"%d" % math.ceil(admission.retry_after))
+        raise Refusal(429, admission.message, _LIMIT_CODES.get(admission.reason))
+    exchange.limits = principal.limits
+    exchange.admitted_tokens = tokens
 
 
 #: Error codes of limiter refusals, by what was over its limit.

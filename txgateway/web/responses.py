@@ -113,10 +113,10 @@ class Responses(ProxyEndpoint):
     def getChild(self, path: bytes, request: Any) -> Any:
         return StoredResponse(self._gateway, path.decode("utf-8", "replace"))
 
-    async def _admit(self, request: Any, exchange: Exchange, parsed: ResponsesRequest,
-                     size: int) -> list[Target]:
+    async def admit(self, request: Any, exchange: Exchange, parsed: ResponsesRequest,
+                    size: int) -> list[Target]:
         """As every endpoint, then: a previous response pins the call or lends its history."""
-        plan = await super()._admit(request, exchange, parsed, size)
+        plan = await super().admit(request, exchange, parsed, size)
         previous = parsed.parsed.get("previous_response_id")
         if not previous:
             return plan
