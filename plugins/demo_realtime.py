@@ -104,6 +104,10 @@ class DemoRealtime:
             self._outbox.clear()
             self._listener.upstream_closed(True, code, reason)
 
+    def drop(self) -> None:
+        """In process there is no connection to drop: the session just ends."""
+        self.close(1001, "the session was dropped")
+
     # IPushProducer: the caller's transport pauses us --------------------------------------
 
     def pauseProducing(self) -> None:

@@ -3,7 +3,10 @@ A fake OpenAI realtime server on loopback (GA wire format), for tests through th
 
 It records each handshake and every frame it receives, and answers from a script:
 ``response.create`` plays a response whose usage is `USAGE` (the GA spec's example), or, for an
-out-of-band one, `OOB_USAGE`; a committed buffer gets a transcription with `ASR_USAGE`.
+out-of-band one, `OOB_USAGE`; ``response.cancel`` stops the one playing (the named one, else the
+latest) with a ``cancelled`` ``response.done`` carrying `CANCELLED_USAGE`, or answers OpenAI's
+``response_cancel_not_active`` error when none plays; a committed buffer gets a transcription
+with `ASR_USAGE`.
 Special models: ``refuse-429`` and ``refuse-401`` refuse the upgrade; a client event
 ``test.drop`` makes it drop the TCP connection mid-response, ``test.close`` close with 4321,
 ``test.flood`` write ``count`` audio deltas of ``size`` base64 characters at once (each with its
@@ -32,6 +35,14 @@ OOB_USAGE = {"total_tokens": 20, "input_tokens": 15, "output_tokens": 5,
              "input_token_details": {"text_tokens": 10, "audio_tokens": 0, "image_tokens": 5,
                                      "cached_tokens": 0},
              "output_token_details": {"text_tokens": 5, "audio_tokens": 0}}
+#: What a response cancelled after its first deltas used: all its input, a little output.
+CANCELLED_USAGE = {"total_tokens": 167, "input_tokens": 150, "output_tokens": 17,
+                   "input_token_details": {"text_tokens": 125, "audio_tokens": 25,
+                                           "image_tokens": 0, "cached_tokens": 100,
+                                           "cached_tokens_details": {"text_tokens": 96,
+                                                                     "audio_tokens": 4,
+                                                                     "image_tokens": 0}},
+                   "output_token_details": {"text_tokens": 5, "audio_tokens": 12}}
 ASR_USAGE = {"type": "tokens", "input_tokens": 13, "output_tokens": 9, "total_tokens": 22,
              "input_token_details": {"text_tokens": 0, "audio_tokens": 13}}
 #: 20 ms of pcm16 at 24 kHz.
@@ -67,7 +78,8 @@ class FakeRealtimeProtocol(WebSocketServerProtocol):
         if model.startswith("refuse-"):
             raise ConnectionDeny(int(model[7:]), "refused")
         self._serial = 0
-        self._timers: list[Any] = []
+        #: Responses being played: their id and the call that plays their next event.
+        self._playing: dict[str, Any] = {}
 
     def onOpen(self) -> None:
         self.fake.connections.append(self)
@@ -99,6 +111,8 @@ class FakeRealtimeProtocol(WebSocketServerProtocol):
         kind = event.get("type")
         if kind == "response.create":
             self.respond(event.get("response") or {})
+        elif kind == "response.cancel":
+            self.cancel(event.get("response_id") or next(reversed(self._playing), None))
         elif kind == "input_audio_buffer.commit":
             self.emit({"type": "input_audio_buffer.committed", "item_id": "item_in",
                        "previous_item_id": None})
@@ -131,15 +145,33 @@ class FakeRealtimeProtocol(WebSocketServerProtocol):
         steps.append({"type": "response.done", "response": {
             "id": rid, "status": "completed",
             "usage": OOB_USAGE if out_of_band else USAGE}})
-        self.play(steps)
+        self.play(rid, steps)
 
-    def play(self, steps: list[dict[str, Any]]) -> None:
+    def play(self, rid: str, steps: list[dict[str, Any]]) -> None:
+        self._playing.pop(rid, None)
         if steps and self.state == self.STATE_OPEN:
             self.emit(steps[0])
-            self._timers.append(reactor.callLater(self.fake.delay, self.play, steps[1:]))
+            if steps[1:]:
+                self._playing[rid] = reactor.callLater(self.fake.delay, self.play, rid,
+                                                       steps[1:])
+
+    def cancel(self, rid: str | None) -> None:
+        """Stop a playing response the way OpenAI does: a cancelled ``response.done``."""
+        playing = self._playing.pop(rid, None) if rid is not None else None
+        if playing is None:
+            self.emit({"type": "error", "error": {
+                "type": "invalid_request_error", "code": "response_cancel_not_active",
+                "message": "Cancellation failed: no active response found",
+                "param": None, "event_id": None}})
+            return
+        playing.cancel()
+        self.emit({"type": "response.done", "response": {
+            "id": rid, "status": "cancelled",
+            "status_details": {"type": "cancelled", "reason": "client_cancelled"},
+            "usage": CANCELLED_USAGE}})
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        for timer in getattr(self, "_timers", []):
+        for timer in getattr(self, "_playing", {}).values():
             if timer.active():
                 timer.cancel()
         if self in self.fake.connections:

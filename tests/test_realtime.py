@@ -15,8 +15,8 @@ from twisted.internet.threads import deferToThread
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as sync_connect
 
-from tests.fake_realtime import AUDIO_FRAME, USAGE
-from tests.realtime_harness import RealtimeTestCase
+from tests.fake_realtime import AUDIO_FRAME, CANCELLED_USAGE, USAGE
+from tests.realtime_harness import RealtimeTestCase, until
 
 AUDIO = base64.b64encode(AUDIO_FRAME * 50).decode()  # one second of pcm16
 
@@ -325,3 +325,95 @@ class SDKTests(RealtimeTestCase):
         self.assertEqual(usage.output_tokens,
                          voice.usage.output_tokens + text.usage.output_tokens)
         self.assertEqual(usage.transcription_input_tokens, 10)
+
+
+def sdk_cancelled_turn(base_url: str) -> list:
+    """
+    With the openai SDK: a response cancelled at its first audio delta, one played through,
+    then a cancel with nothing running (which OpenAI answers with an error).
+    """
+
+    async def run() -> list:
+        client = openai.AsyncOpenAI(base_url=base_url, api_key="sk-caller")
+        seen = []
+        async with client.realtime.connect(model="voice") as connection:
+            await connection.response.create()
+            cancelled = False
+            async for event in connection:
+                seen.append(event)
+                if event.type == "response.output_audio.delta" and not cancelled:
+                    await connection.response.cancel()
+                    cancelled = True
+                if event.type == "response.done":
+                    break
+            await connection.response.create()
+            async for event in connection:
+                seen.append(event)
+                if event.type == "response.done":
+                    break
+            await connection.response.cancel()
+            async for event in connection:
+                seen.append(event)
+                if event.type == "error":
+                    break
+        await client.close()
+        return seen
+
+    return asyncio.run(run())
+
+
+class SDKCancelTests(RealtimeTestCase):
+    async def test_cancelled_response_counts_once(self) -> None:
+        """
+        A caller's ``response.cancel`` through the gateway: the upstream's cancelled
+        ``response.done`` reaches the SDK and its partial usage is tallied once, beside the
+        completed response's; the admin API and the metrics hold the hand-summed totals.
+        """
+        self.fake.delay = 0.1
+        events = await deferToThread(sdk_cancelled_turn, self.base_url + "/v1")
+        cancelled, completed = [e.response for e in events if e.type == "response.done"]
+        self.assertEqual((cancelled.status, cancelled.status_details.reason),
+                         ("cancelled", "client_cancelled"))
+        self.assertEqual(cancelled.usage.output_tokens, CANCELLED_USAGE["output_tokens"])
+        self.assertEqual(completed.status, "completed")
+        self.assertEqual(events[-1].error.code, "response_cancel_not_active")
+        # Cancelled after the first of three audio deltas (and its transcript delta).
+        audio = [e for e in events if e.type == "response.output_audio.delta"]
+        self.assertEqual(len(audio), 1 + 3)
+        self.assertEqual([e["type"] for e in self.fake.received],
+                         ["response.create", "response.cancel", "response.create",
+                          "response.cancel"])
+
+        await until(lambda: self.service.gateway.realtime.recent())
+        status, sessions = await self.admin("/admin/realtime/sessions")
+        [ended] = sessions["recent"]
+        self.assertEqual(ended["responses"], 2)
+        self.assertEqual(ended["response_statuses"], {"cancelled": 1, "completed": 1})
+        self.assertEqual(ended["unterminated_responses"], [])
+        self.assertEqual(ended["client_close_code"], 1000)
+        usage = ended["usage"]
+        self.assertEqual((usage["input_tokens"], usage["output_tokens"]), (132 + 150, 121 + 17))
+        self.assertEqual(usage["input_text_tokens"], 119 + 125)
+        self.assertEqual(usage["input_audio_tokens"], 13 + 25)
+        self.assertEqual(usage["input_cached_tokens"], 64 + 100)
+        self.assertEqual(usage["input_cached_text_tokens"], 64 + 96)
+        self.assertEqual(usage["input_cached_audio_tokens"], 0 + 4)
+        self.assertEqual(usage["output_text_tokens"], 30 + 5)
+        self.assertEqual(usage["output_audio_tokens"], 91 + 12)
+
+        samples = token_samples(await self.metrics())
+        labels = (("model", "voice"), ("provider", "openai"))
+        tokens = {(direction, modality, cached): samples[(
+            "txgateway_realtime_tokens_total", ("cached", cached), ("direction", direction),
+            ("modality", modality), *labels)]
+            for direction, modality, cached in [
+                ("input", "text", "false"), ("input", "text", "true"),
+                ("input", "audio", "false"), ("input", "audio", "true"),
+                ("output", "text", "false"), ("output", "audio", "false")]}
+        self.assertEqual(tokens, {
+            ("input", "text", "false"): (119 - 64) + (125 - 96),
+            ("input", "text", "true"): 64 + 96,
+            ("input", "audio", "false"): 13 + (25 - 4),
+            ("input", "audio", "true"): 0 + 4,
+            ("output", "text", "false"): 30 + 5,
+            ("output", "audio", "false"): 91 + 12})

@@ -13,9 +13,11 @@ from typing import Any
 from autobahn.twisted.websocket import WebSocketClientFactory, connectWS
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 
-from tests.realtime_harness import Client, RealtimeTestCase
+from tests.realtime_harness import Client, RealtimeTestCase, until
 
 _ITEM = re.compile(rb'"item_id":"(\d+)"')
 
@@ -23,15 +25,6 @@ _ITEM = re.compile(rb'"item_id":"(\d+)"')
 def buffered(transport: Any) -> int:
     """Bytes a Twisted transport holds that the kernel has not taken yet."""
     return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
-
-
-async def until(condition: Any, timeout: float = 5.0) -> None:
-    """Poll ``condition`` every 10 ms until it holds; fail after ``timeout`` seconds."""
-    deadline = reactor.seconds() + timeout
-    while not condition():
-        if reactor.seconds() > deadline:
-            raise AssertionError(f"still false after {timeout} s: {condition}")
-        await deferLater(reactor, 0.01, lambda: None)
 
 
 class FloodClient(Client):
@@ -64,6 +57,7 @@ class SlowClientTests(RealtimeTestCase):
         client.transport.pauseProducing()
         client.send_event(type="test.flood", count=count, size=size)
         # Paused and resumed while the kernel's socket buffers fill, then paused for good.
+        await until(lambda: session.tally.bytes_out > size)
         relayed = -1
         while session.tally.bytes_out != relayed:
             relayed = session.tally.bytes_out
@@ -76,6 +70,36 @@ class SlowClientTests(RealtimeTestCase):
         await client.flooded
         self.assertEqual(client.indices, list(range(count)))
         self.assertIn(upstream, reactor.getReaders())
+
+
+class SlowClientTimeoutTests(RealtimeTestCase):
+    realtime = "{slow_client_timeout: 0.5}"
+
+    async def test_a_caller_that_stops_reading_is_dropped(self) -> None:
+        """
+        A caller that reads nothing while the upstream floods is dropped once it has kept the
+        relay paused for ``slow_client_timeout``: recorded with 4008, its upstream closed with
+        1001, the session's tally logged.
+        """
+        client = await self.connect(protocol=FloodClient)
+        [session] = self.service.gateway.realtime.active()
+        client.transport.pauseProducing()
+        client.send_event(type="test.flood", count=200, size=96 * 1024)
+        started = reactor.seconds()
+        await until(lambda: not self.service.gateway.realtime.active())
+        self.assertLess(reactor.seconds() - started, 4)
+        [(_, code, reason)] = self.fake.closes
+        self.assertEqual((code, reason), (1001, "The client read nothing for 0.5 seconds."))
+        [ended] = (await self.admin("/admin/realtime/sessions"))[1]["recent"]
+        self.assertEqual((ended["ended_by"], ended["client_close_code"]),
+                         ("slow_client_timeout", 4008))
+        self.assertGreater(ended["frames_out"], 1)
+        [line] = [r for r in self.access_records() if r["route"] == "realtime"]
+        self.assertEqual(line["ended_by"], "slow_client_timeout")
+        client.transport.resumeProducing()
+        _, code, _ = await self.clients[0][1].closed
+        self.assertEqual(code, 1006)
+        self.assertLess(len(client.indices), 200)
 
 
 class MessageSizeTests(RealtimeTestCase):
@@ -103,6 +127,35 @@ class PingingClient(Client):
         super().onPing(payload)
 
 
+class SilentClient(Protocol):
+    """
+    A raw TCP caller that completes the WebSocket handshake and then never sends another byte,
+    so never answers a ping (a dead peer whose kernel still takes the bytes sent to it).
+    """
+
+    def __init__(self, port: int) -> None:
+        self.request = (b"GET /v1/realtime?model=voice HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
+                        b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                        b"Sec-WebSocket-Version: 13\r\n\r\n" % port)
+        self.answer = b""
+        #: Fires with the status line of the answer to the upgrade.
+        self.upgraded: Deferred[bytes] = Deferred()
+        self.lost: Deferred[None] = Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.request)
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self.upgraded.called:
+            self.answer += data
+            if b"\r\n\r\n" in self.answer:
+                self.upgraded.callback(self.answer.split(b"\r\n", 1)[0])
+
+    def connectionLost(self, reason: Any) -> None:
+        self.lost.callback(None)
+
+
 class KeepaliveTests(RealtimeTestCase):
     # Autobahn runs ping timers in 200 ms buckets, and intervals under a second misfire.
     realtime = "{ping_interval: 1, ping_timeout: 1}"
@@ -123,10 +176,30 @@ class KeepaliveTests(RealtimeTestCase):
         await until(lambda: len(self.service.gateway.realtime.active()) == 1, timeout=5)
         self.assertLess(reactor.seconds() - started, 3.5)
         [ended] = self.service.gateway.realtime.recent()
-        self.assertEqual(ended.ended_by, "client_lost")
+        self.assertEqual(ended.ended_by, "client_ping_timeout")
         await until(lambda: self.fake.closes)
         self.assertFalse(self.clients[0][1].closed.called)
         dead.transport.resumeProducing()
+
+    async def test_ping_timeout_closes_the_upstream_with_1001(self) -> None:
+        """
+        A caller dropped at the ping timeout gets its upstream closed with 1001 (going away,
+        so an SDK reconnects), and the session says why it ended.
+        """
+        silent = SilentClient(self.port)
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.port), silent)
+        self.assertEqual(await silent.upgraded, b"HTTP/1.1 101 Switching Protocols")
+        await until(lambda: self.service.gateway.realtime.active())
+        started = reactor.seconds()
+        await silent.lost
+        self.assertLess(reactor.seconds() - started, 3.5)
+        await until(lambda: self.fake.closes)
+        [(_, code, reason)] = self.fake.closes
+        self.assertEqual(code, 1001)
+        self.assertIn("ping timeout", reason)
+        await until(lambda: self.service.gateway.realtime.recent())
+        [ended] = self.service.gateway.realtime.recent()
+        self.assertEqual(ended.ended_by, "client_ping_timeout")
 
 
 class LeakTests(RealtimeTestCase):

@@ -15,7 +15,13 @@ from txgateway.realtime.events import base64_length, event_type, sniff_type
 from txgateway.realtime.handshake import read_upgrade
 from txgateway.realtime.legs import ILeg
 from txgateway.realtime.session import SessionBook, SessionInfo, TooManySessions
-from txgateway.realtime.tally import SessionTally, response_usage, transcription_usage
+from txgateway.realtime.stall import StallGuard
+from txgateway.realtime.tally import (
+    NO_USAGE,
+    SessionTally,
+    response_usage,
+    transcription_usage,
+)
 
 DONE = {"type": "response.done", "response": {"id": "resp_1", "status": "completed", "usage": {
     "input_tokens": 132, "output_tokens": 121,
@@ -107,6 +113,33 @@ class TallyTests(SynchronousTestCase):
         self.assertAlmostEqual(tally.audio_seconds_out, 1.0)
 
 
+    def test_audio_found_however_the_event_is_written(self) -> None:
+        """
+        Audio events are counted whether they start as SDKs write them (the fast path) or put
+        ``type`` later; a text that merely names the event is not audio.
+        """
+        tally = SessionTally(0.0)
+        for payload in (b'{"type":"input_audio_buffer.append","audio":"' + b"A" * 64000 + b'"}',
+                        b'{"type": "input_audio_buffer.append", "audio": "' + b"A" * 64000
+                        + b'"}',
+                        b'{"event_id":"e1","type":"input_audio_buffer.append","audio":"'
+                        + b"A" * 64000 + b'"}'):
+            tally.client_frame(payload, False)
+        tally.client_frame(frame({"type": "conversation.item.create", "item": {
+            "type": "message", "content": [
+                {"type": "input_text", "text": "input_audio_buffer.append " + "A" * 64}]}}),
+            False)
+        self.assertAlmostEqual(tally.audio_seconds_in, 3.0)
+        for payload in (b'{"type": "response.audio.delta", "delta": "' + b"A" * 64000 + b'"}',
+                        b'{"response_id":"r","type":"response.output_audio.delta","delta":"'
+                        + b"A" * 64000 + b'"}'):
+            self.assertIs(tally.server_frame(payload, False), NO_USAGE)
+        tally.server_frame(frame({"type": "response.output_audio_transcript.delta",
+                                  "delta": "A" * 64000}), False)
+        self.assertAlmostEqual(tally.audio_seconds_out, 2.0)
+        self.assertEqual((tally.frames_in, tally.frames_out), (4, 3))
+
+
 class ClosingTests(SynchronousTestCase):
     def test_codes(self) -> None:
         self.assertEqual(closing.passed_on(True, 4321, 1011), 4321)
@@ -138,13 +171,31 @@ class HandshakeTests(SynchronousTestCase):
                           upgrade.protocol), ("sk-2", None, "transcription", True, None))
 
 
+class Producer:
+    """Records what it was told: "pause", "resume", "stop"."""
+
+    def __init__(self) -> None:
+        self.told: list[str] = []
+
+    def pauseProducing(self) -> None:
+        self.told.append("pause")
+
+    def resumeProducing(self) -> None:
+        self.told.append("resume")
+
+    def stopProducing(self) -> None:
+        self.told.append("stop")
+
+
 @implementer(ILeg)
 class FakeLeg:
-    producer = None
-
     def __init__(self) -> None:
         self.sent: list[bytes] = []
         self.closed: tuple[int, str] | None = None
+        self.dropped = False
+        self.producer = Producer()
+        #: The producer this leg's output pauses.
+        self.source: Producer | None = None
 
     def send(self, payload: bytes, is_binary: bool) -> None:
         self.sent.append(payload)
@@ -152,15 +203,61 @@ class FakeLeg:
     def close(self, code: int, reason: str) -> None:
         self.closed = (code, reason)
 
-    def pause_source(self, producer: object) -> None:
-        pass
+    def drop(self) -> None:
+        self.dropped = True
+
+    def pause_source(self, producer: Producer) -> None:
+        self.source = producer
+
+
+class StallGuardTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.inner = Producer()
+        self.stalls: list[float] = []
+        self.guard = StallGuard(self.inner, self.clock, 10,
+                                lambda: self.stalls.append(self.clock.seconds()))
+
+    def test_a_pause_too_long_on_end(self) -> None:
+        """Paused 10 s on end: the source is let go and ``stalled`` called once."""
+        self.guard.pauseProducing()
+        self.clock.advance(9.9)
+        self.assertEqual(self.stalls, [])
+        self.clock.advance(0.1)
+        self.assertEqual(self.stalls, [10])
+        self.assertEqual(self.inner.told, ["pause", "resume"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_counted_from_the_last_pause(self) -> None:
+        """Resumed pauses do not add up; one timer serves any number of pauses."""
+        for _ in range(3):
+            self.guard.pauseProducing()
+            self.clock.advance(4)
+            self.guard.resumeProducing()
+        self.guard.pauseProducing()
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(9)  # 10 s after the first pause, 9 after the last
+        self.assertEqual(self.stalls, [])
+        self.clock.advance(1)
+        self.assertEqual(self.stalls, [22])
+
+    def test_resumed_or_cancelled_never_fires(self) -> None:
+        self.guard.pauseProducing()
+        self.guard.resumeProducing()
+        self.clock.advance(20)
+        self.guard.pauseProducing()
+        self.guard.stopProducing()
+        self.clock.advance(20)
+        self.assertEqual(self.stalls, [])
+        self.assertEqual(self.inner.told, ["pause", "resume", "pause", "stop"])
 
 
 class SessionTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.settings = RealtimeSettings(max_sessions=2, max_sessions_per_key=1,
-                                         idle_timeout=10, max_duration=100, token_budget=300)
+                                         idle_timeout=10, max_duration=100, token_budget=300,
+                                         slow_client_timeout=5)
         self.book = SessionBook(self.clock, self.settings, GatewayMetrics(),
                                 Logger(observer=lambda event: None))
 
@@ -209,6 +306,29 @@ class SessionTests(SynchronousTestCase):
         self.assertEqual(ended.tally.unterminated, ["r2"])
         self.assertEqual(ended.ended_by, "session_token_budget_exceeded")
         self.assertEqual(self.book.active(), [])
+
+    def test_slow_client_is_dropped(self) -> None:
+        """
+        A caller that keeps the upstream paused past ``slow_client_timeout`` is dropped and
+        recorded with 4008; the upstream is resumed and closed with 1001.
+        """
+        session, client, upstream = self.open()
+        client.source.pauseProducing()
+        self.clock.advance(self.settings.slow_client_timeout)
+        self.assertTrue(client.dropped)
+        self.assertIsNone(client.closed)
+        self.assertEqual(upstream.producer.told, ["pause", "resume"])
+        self.assertEqual(upstream.closed[0], 1001)
+        self.assertEqual(session.client_close[0], 4008)
+        session.upstream_message(b'{"type":"response.output_audio.delta","delta":"AA"}', False)
+        self.assertEqual(len(client.sent), 1)  # session.created only
+        session.client_closed(False, 1006, "aborted")
+        self.assertEqual(self.book.active(), [session])
+        session.upstream_closed(True, 1000, "")
+        [ended] = self.book.recent()
+        self.assertEqual((ended.ended_by, ended.as_json()["client_close_code"]),
+                         ("slow_client_timeout", 4008))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_client_leaving_during_the_dial(self) -> None:
         info = SessionInfo(id="rts_x", model="m", provider="p", provider_kind="openai",

@@ -19,6 +19,8 @@ POLICY = 1008
 TOO_BIG = 1009
 INTERNAL = 1011
 TRY_AGAIN = 1013
+#: Private use: the caller read too slowly (a slow consumer).
+SLOW_CLIENT = 4008
 #: RFC 6455: a close frame's reason is at most 123 bytes of UTF-8.
 MAX_REASON_BYTES = 123
 

@@ -16,12 +16,17 @@ ACCOUNTED = frozenset({
     "transcription_session.updated", "response.created", "response.done",
     "conversation.item.input_audio_transcription.completed", "error",
 })
-#: Events carrying base64 audio, and the key it is under.
-AUDIO_KEYS = {
-    "input_audio_buffer.append": b'"audio"',
-    "response.output_audio.delta": b'"delta"',
-    "response.audio.delta": b'"delta"',
-}
+#: Server events carrying base64 output audio (under ``delta``), GA and beta names.
+AUDIO_DELTAS = frozenset({"response.output_audio.delta", "response.audio.delta"})
+
+#: How the audio events start as the SDKs and OpenAI write them: ``type`` first, in compact JSON
+#: or with Python's default separators.  A frame starting so is that event, known without the
+#: sniff (the bulk of a voice session's frames); any other frame is sniffed.
+APPEND_STARTS = (b'{"type":"input_audio_buffer.append"', b'{"type": "input_audio_buffer.append"')
+AUDIO_DELTA_STARTS = (
+    b'{"type":"response.output_audio.delta"', b'{"type": "response.output_audio.delta"',
+    b'{"type":"response.audio.delta"', b'{"type": "response.audio.delta"',
+)
 
 _TYPE = re.compile(rb'"type"\s*:\s*"([A-Za-z0-9_.]{1,100})"')
 #: How far into a frame the top-level ``type`` is looked for before parsing the whole frame.

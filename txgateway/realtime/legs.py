@@ -28,6 +28,9 @@ class ILeg(Interface):
     def close(code: int, reason: str) -> None:  # noqa: N805
         """Start closing with any sendable close code."""
 
+    def drop() -> None:  # noqa: N805
+        """Drop the connection at once, without a closing handshake the peer would not read."""
+
     def pause_source(producer: IPushProducer) -> None:  # noqa: N805
         """Let ``producer`` (the other leg's input) be paused while this leg's output is full."""
 
@@ -98,7 +101,12 @@ class WebSocketLeg:
         return Throttle(self.transport)
 
     def send(self, payload: bytes, is_binary: bool) -> None:
-        self.sendMessage(payload, is_binary)  # type: ignore[attr-defined]
+        """Frames for a leg already closing are dropped (Autobahn would raise)."""
+        if self.state == WebSocketProtocol.STATE_OPEN:  # type: ignore[attr-defined]
+            self.sendMessage(payload, is_binary)  # type: ignore[attr-defined]
 
     def close(self, code: int, reason: str) -> None:
         closing.close(self, code, reason)
+
+    def drop(self) -> None:
+        self.dropConnection(abort=True)  # type: ignore[attr-defined]

@@ -15,7 +15,14 @@ from typing import Any
 
 import attrs
 
-from txgateway.realtime.events import AUDIO_KEYS, base64_length, decoded_size, event_type
+from txgateway.realtime.events import (
+    APPEND_STARTS,
+    AUDIO_DELTA_STARTS,
+    AUDIO_DELTAS,
+    base64_length,
+    decoded_size,
+    event_type,
+)
 
 #: Bytes per second of each audio format (GA format types and beta names); pcm is 24 kHz.
 AUDIO_RATES = {"audio/pcm": 48000, "pcm16": 48000, "audio/pcmu": 8000, "audio/pcma": 8000,
@@ -178,26 +185,25 @@ class SessionTally:
     def client_frame(self, payload: bytes, is_binary: bool) -> None:
         self.bytes_in += len(payload)
         self.frames_in += 1
-        # A substring test first: most client frames are appends, and this skips the rest.
-        if not is_binary and b"input_audio_buffer.append" in payload[:256]:
-            kind, _ = event_type(payload)
-            if kind == "input_audio_buffer.append":
-                size = decoded_size(base64_length(payload, AUDIO_KEYS[kind]))
-                self.audio_seconds_in += size / self._rate_in
+        # Most client frames are appends that start as such; a substring test skips the rest.
+        if not is_binary and (payload.startswith(APPEND_STARTS) or (
+                payload.find(b"input_audio_buffer.append", 0, 256) != -1
+                and event_type(payload)[0] == "input_audio_buffer.append")):
+            size = decoded_size(base64_length(payload, b'"audio"'))
+            self.audio_seconds_in += size / self._rate_in
 
     def server_frame(self, payload: bytes, is_binary: bool) -> RealtimeUsage:
         self.bytes_out += len(payload)
         self.frames_out += 1
         if is_binary:
             return NO_USAGE
-        kind, event = event_type(payload)
-        if kind in ("response.output_audio.delta", "response.audio.delta"):
-            size = decoded_size(base64_length(payload, AUDIO_KEYS[kind]))
-            self.audio_seconds_out += size / self._rate_out
-            return NO_USAGE
-        if event is None:
-            return NO_USAGE
-        return self._accounted(kind, event)
+        if not payload.startswith(AUDIO_DELTA_STARTS):
+            kind, event = event_type(payload)
+            if kind not in AUDIO_DELTAS:
+                return NO_USAGE if event is None else self._accounted(kind, event)
+        size = decoded_size(base64_length(payload, b'"delta"'))
+        self.audio_seconds_out += size / self._rate_out
+        return NO_USAGE
 
     def _accounted(self, kind: str | None, event: dict[str, Any]) -> RealtimeUsage:
         if kind == "response.created":
