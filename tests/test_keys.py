@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import hashlib
+import secrets
+from urllib.parse import quote
 
 import anthropic
+import attrs
 import openai
 import orjson
+import psycopg
 import treq
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
 from tests.gateway_harness import CONFIG, GatewayTestCase
+from tests.test_store import POSTGRES_URL
+from txgateway.config import load_config
+from txgateway.providers.registry import find_plugins
 
 ADMIN = "admin-secret"
 TEAM_KEY = "sk-team-0123456789"
@@ -202,6 +209,33 @@ class KeyTests(GatewayTestCase):
         self.assertTrue(document["checks"]["store"])
         self.assertTrue(document["checks"]["limiter"])
 
+    async def test_reload_swaps_routes_and_keeps_calls_under_way(self) -> None:
+        gateway = self.service.gateway
+        text = self.config.format(
+            upstream_port=self.fake_port.getHost().port, closed_port=1,
+            anthropic_port=self.claude_port.getHost().port, access_log=self.access_log_path)
+        changed = text.replace("models:\n", "models:\n  - name: added\n    provider: demo\n")
+        configs = [changed, text + "\nbogus: 1\n"]
+        gateway.config_source = lambda: attrs.evolve(
+            load_config(configs.pop(0), find_plugins), store=gateway.config.store)
+        stream = await self.sdk(
+            openai.OpenAI(base_url=self.base_url + "/v1", api_key=TEAM_KEY,
+                          max_retries=0).chat.completions.create,
+            model="slow-stream", messages=[{"role": "user", "content": "hi"}], stream=True)
+        chunks = iter(stream)
+        await self.sdk(next, chunks)
+        status, answer = await self.admin("POST", "/admin/reload")
+        self.assertEqual((status, answer), (200, {"status": "reloaded"}))
+        # The stream that began before the reload goes on after it.
+        self.assertTrue((await self.sdk(next, chunks)).choices)
+        await self.sdk(stream.close)
+        completion = await self.chat(TEAM_KEY, "added")
+        self.assertTrue(completion.choices[0].message.content)
+        status, refused = await self.admin("POST", "/admin/reload")
+        self.assertEqual(status, 400)
+        self.assertEqual(refused["error"]["problems"], ["bogus: unknown key"])
+        self.assertTrue((await self.chat(TEAM_KEY, "added")).choices[0].message.content)
+
 
 class OpenGatewayTests(GatewayTestCase):
     async def test_without_keys_every_caller_is_let_in(self) -> None:
@@ -212,3 +246,22 @@ class OpenGatewayTests(GatewayTestCase):
         await deferLater(reactor, 0)
         [record] = self.access_records()
         self.assertIsNone(record["key_id"])
+
+
+class ScaledOutKeyTests(KeyTests):
+    """The same, on PostgreSQL (a schema of its own) and the Redis limiter."""
+
+    def setUp(self) -> object:
+        self.schema = "t_" + secrets.token_hex(6)
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+            admin.execute(f"CREATE SCHEMA {self.schema}")
+        self.addCleanup(self._drop_schema)
+        options = quote(f"-csearch_path={self.schema}", safe="")
+        self.config = KEYS_CONFIG + (
+            f'store: "{POSTGRES_URL}?options={options}"\n'
+            f'limiter: "redis://127.0.0.1:6379/0?prefix=txgateway-test-{self.schema}:"\n')
+        return super().setUp()
+
+    def _drop_schema(self) -> None:
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+            admin.execute(f"DROP SCHEMA {self.schema} CASCADE")
