@@ -40,6 +40,9 @@ class AzureSettings:
     endpoint: HttpURL
     #: Sent as ``api-key``.
     api_key: str = ""
+    #: A Microsoft Entra ID access token (scope ``https://cognitiveservices.azure.com/.default``),
+    #: sent as ``Authorization: Bearer`` instead of a key; a reload picks up a renewed one.
+    entra_token: str = ""
     #: For the deployments and preview realtime paths (the v1 ones take none); the latest
     #: version both accept.
     api_version: str = "2025-04-01-preview"
@@ -65,7 +68,8 @@ class AzureProvider:
         self._version_query = urlencode({"api-version": settings.api_version})
         self._v1_urls = {api: (settings.endpoint + "/openai/v1" + path).encode()
                          for api, path in PATHS.items()}
-        auth = {"api-key": settings.api_key} if settings.api_key else {}
+        auth = ({"Authorization": "Bearer " + settings.entra_token} if settings.entra_token
+                else {"api-key": settings.api_key} if settings.api_key else {})
         self._realtime_headers = {**settings.headers, **auth}
         #: ``/p/<name>/...`` stands for the resource's ``endpoint``/..., with these headers.
         self.passthrough_base = settings.endpoint

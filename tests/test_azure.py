@@ -29,6 +29,10 @@ providers:
     api_key: azure-upstream-key
     api: deployments
     api_version: "2024-10-21"
+  azure-entra:
+    plugin: azure
+    endpoint: http://127.0.0.1:{upstream_port}
+    entra_token: eyJ-entra-access-token
 models:
   - name: gpt-4o-mini
     provider: azure-v1
@@ -38,6 +42,9 @@ models:
     model: my-deployment
   - name: "error-*"
     provider: azure-deployments
+  - name: entra
+    provider: azure-entra
+    model: my-deployment
 """
 
 #: Where each route's chat calls must land, and with which query.
@@ -90,6 +97,13 @@ class AzureChatTests(GatewayTestCase):
         records = self.access_records()
         self.assertEqual([r["provider"] for r in records], ["azure-v1", "azure-deployments"])
         self.assertEqual({(r["input_tokens"], r["output_tokens"]) for r in records}, {(11, 4)})
+
+    async def test_entra_token(self) -> None:
+        """An Entra ID token goes as a bearer token, and no api-key with it."""
+        await self.sdk(self.client.chat.completions.create, model="entra", messages=MESSAGES)
+        headers = self.fake.requests[0][1]
+        self.assertEqual(headers[b"Authorization"], [b"Bearer eyJ-entra-access-token"])
+        self.assertNotIn(b"Api-Key", headers)
 
     async def test_error(self) -> None:
         """An upstream error reaches the SDK as its own status, Retry-After kept."""
