@@ -8,9 +8,9 @@ import orjson
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.fake_bedrock import event, exception, frame
+from txgateway.translate import Untranslatable
 from txgateway.translate.bedrock import (
     ConverseStreamToChat,
-    Untranslatable,
     chat_completion,
     converse_request,
     embeddings_request,

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 from twisted.trial.unittest import TestCase
 
-from txgateway.translate import gemini
+from txgateway.translate import Untranslatable, gemini
 from txgateway.translate.chain import ChainedStream
 from txgateway.translate.messages_to_chat import ChatToMessagesStream
 from txgateway.usage import Usage
@@ -191,7 +191,7 @@ class RequestTests(TestCase):
             "batchEmbedContents", {"requests": [
                 {"model": "models/e", "content": {"parts": [{"text": "a"}]}},
                 {"model": "models/e", "content": {"parts": [{"text": "b"}]}}]}))
-        with self.assertRaises(gemini.UnsupportedRequest):
+        with self.assertRaises(Untranslatable):
             gemini.embed_request({"input": [[1, 2, 3]]}, "e")
 
 

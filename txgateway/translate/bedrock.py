@@ -18,8 +18,8 @@ import orjson
 
 from txgateway.dialects.openai import stream_error_event
 from txgateway.streams import AwsEventStreamDecoder, EventStreamCorrupt
+from txgateway.translate import Untranslatable, arguments_object, data_url
 from txgateway.translate.chat_to_messages import chat_usage
-from txgateway.upstream import UpstreamError
 from txgateway.usage import Usage, estimate_tokens
 
 FINISH_REASONS = {
@@ -48,13 +48,6 @@ EXCEPTION_STATUSES = {
     "internalServerException": 500,
     "serviceUnavailableException": 503,
 }
-
-
-class Untranslatable(UpstreamError):
-    """The request asks for what Bedrock cannot be given: the caller's mistake, a 400."""
-
-    status = 400
-    code = "unsupported_by_provider"
 
 
 def converse_request(chat: dict[str, Any]) -> dict[str, Any]:
@@ -100,7 +93,7 @@ def _conversation(chat_messages: list[Any]) -> tuple[list[dict], list[dict[str, 
                 function = call.get("function") or {}
                 blocks.append({"toolUse": {"toolUseId": call.get("id"),
                                            "name": function.get("name"),
-                                           "input": _arguments(function.get("arguments"))}})
+                                           "input": arguments_object(function.get("arguments"))}})
         else:
             role, blocks = "user", _blocks(content)
         if not blocks:
@@ -128,26 +121,16 @@ def _blocks(content: Any) -> list[dict[str, Any]]:
 
 def _image(url: str) -> dict[str, Any]:
     """An image block's body: Converse takes the bytes (base64 on the wire), never a URL."""
-    if not (url.startswith("data:") and ";base64," in url):
+    inline = data_url(url)
+    if inline is None:
         raise Untranslatable("Bedrock Converse takes images as data URLs "
                              "(data:image/png;base64,...), not http(s) URLs")
-    media_type, data = url[5:].split(";base64,", 1)
+    media_type, data = inline
     image_format = IMAGE_FORMATS.get(media_type.lower())
     if image_format is None:
         raise Untranslatable(f"Bedrock Converse takes png, jpeg, gif or webp images, "
                              f"not {media_type}")
     return {"format": image_format, "source": {"bytes": data}}
-
-
-def _arguments(arguments: Any) -> Any:
-    """A tool call's JSON arguments as an object (Converse's ``input`` must be a document)."""
-    if not arguments:
-        return {}
-    try:
-        value = orjson.loads(arguments)
-    except orjson.JSONDecodeError:
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def _tool_config(chat: dict[str, Any], turns: list[dict[str, Any]]) -> dict[str, Any] | None:

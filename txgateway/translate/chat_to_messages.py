@@ -12,6 +12,7 @@ import orjson
 from txgateway.dialects.anthropic import ERROR_STATUSES
 from txgateway.dialects.openai import stream_error_event
 from txgateway.streams import EventSplitter, data_of, event_name, events
+from txgateway.translate import arguments_object, data_url
 from txgateway.usage import Usage
 
 #: Thinking budgets for OpenAI's ``reasoning_effort``; capped below ``max_tokens``.
@@ -83,7 +84,7 @@ def _conversation(chat_messages: list[Any]) -> tuple[str, list[dict[str, Any]]]:
                 function = call.get("function") or {}
                 blocks.append({"type": "tool_use", "id": call.get("id"),
                                "name": function.get("name"),
-                               "input": _arguments(function.get("arguments"))})
+                               "input": arguments_object(function.get("arguments"))})
             if blocks:
                 turns.append({"role": "assistant", "content": blocks})
         else:
@@ -115,21 +116,10 @@ def _blocks(content: Any) -> list[dict[str, Any]]:
 
 
 def _image_source(url: str) -> dict[str, Any]:
-    if url.startswith("data:") and ";base64," in url:
-        media_type, data = url[5:].split(";base64,", 1)
-        return {"type": "base64", "media_type": media_type, "data": data}
+    inline = data_url(url)
+    if inline is not None:
+        return {"type": "base64", "media_type": inline[0], "data": inline[1]}
     return {"type": "url", "url": url}
-
-
-def _arguments(arguments: Any) -> Any:
-    """A tool call's JSON arguments as an object (Anthropic's ``input`` must be one)."""
-    if not arguments:
-        return {}
-    try:
-        value = orjson.loads(arguments)
-    except orjson.JSONDecodeError:
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def _tool(tool: dict[str, Any]) -> dict[str, Any]:

@@ -20,8 +20,8 @@ import orjson
 
 from txgateway.dialects.openai import error_body, stream_error_event
 from txgateway.streams import EventSplitter, data_of, events
+from txgateway.translate import Untranslatable, arguments_object, data_url
 from txgateway.translate.chat_to_messages import chat_usage
-from txgateway.upstream import UpstreamError
 from txgateway.usage import Usage
 
 FINISH_REASONS = {
@@ -54,13 +54,6 @@ THINKING_BUDGETS = {"none": 0, "minimal": 512, "low": 1024, "medium": 2048, "hig
                     "xhigh": 24576}
 #: Separates a tool call id from the thought signature it carries.
 SIGNATURE_MARK = "_ts_"
-
-
-class UnsupportedRequest(UpstreamError):
-    """A request Gemini cannot take (token arrays for embeddings, say): the caller's 400."""
-
-    status = 400
-    code = "invalid_request_error"
 
 
 # --- requests -----------------------------------------------------------------------------
@@ -148,9 +141,9 @@ def _parts(content: Any) -> list[dict[str, Any]]:
 
 def media_part(url: str) -> dict[str, Any]:
     """A data URL as ``inlineData``; any other URL as ``fileData`` with a guessed type."""
-    if url.startswith("data:") and ";base64," in url:
-        mime, data = url[5:].split(";base64,", 1)
-        return {"inlineData": {"mimeType": _normal_mime(mime), "data": data}}
+    inline = data_url(url)
+    if inline is not None:
+        return {"inlineData": {"mimeType": _normal_mime(inline[0]), "data": inline[1]}}
     mime = mimetypes.guess_type(url.split("?", 1)[0])[0] or "application/octet-stream"
     return {"fileData": {"mimeType": mime, "fileUri": url}}
 
@@ -161,12 +154,8 @@ def _normal_mime(mime: str) -> str:
 
 def _function_call(call: dict[str, Any]) -> dict[str, Any]:
     function = call.get("function") or {}
-    try:
-        args = orjson.loads(function.get("arguments") or "{}")
-    except orjson.JSONDecodeError:
-        args = {}
-    part: dict[str, Any] = {"functionCall": {"name": function.get("name"),
-                                             "args": args if isinstance(args, dict) else {}}}
+    part: dict[str, Any] = {"functionCall": {
+        "name": function.get("name"), "args": arguments_object(function.get("arguments"))}}
     signature = _signature_of(call.get("id") or "")
     if signature:
         part["thoughtSignature"] = signature
@@ -313,7 +302,7 @@ def embed_request(parsed: dict[str, Any], model: str) -> tuple[str, dict[str, An
     single = isinstance(inputs, str)
     texts = [inputs] if single else inputs
     if not isinstance(texts, list) or not all(isinstance(text, str) for text in texts):
-        raise UnsupportedRequest("Gemini embeds text only: 'input' must be a string or a "
+        raise Untranslatable("Gemini embeds text only: 'input' must be a string or a "
                                  "list of strings, not token arrays")
     extra = {}
     if isinstance(parsed.get("dimensions"), int):

@@ -12,7 +12,7 @@ import orjson
 
 from txgateway.dialects.anthropic import error_body, sse
 from txgateway.dialects.anthropic import stream_error_event as anthropic_error_event
-from txgateway.streams import EventSplitter, data_of, events
+from txgateway.translate import FromChatChunks, arguments_object
 from txgateway.usage import Usage
 
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",
@@ -152,7 +152,7 @@ def message(completion: dict[str, Any]) -> tuple[dict[str, Any], Usage | None]:
     for call in answer.get("tool_calls") or []:
         function = call.get("function") or {}
         content.append({"type": "tool_use", "id": call.get("id"), "name": function.get("name"),
-                        "input": _input(function.get("arguments"))})
+                        "input": arguments_object(function.get("arguments"))})
     usage = Usage.from_openai(completion.get("usage"))
     return {
         "id": _message_id(completion.get("id")), "type": "message", "role": "assistant",
@@ -167,15 +167,7 @@ def _message_id(chat_id: Any) -> str:
     return "msg_" + str(chat_id or "").removeprefix("chatcmpl-")
 
 
-def _input(arguments: Any) -> Any:
-    try:
-        value = orjson.loads(arguments or "{}")
-    except orjson.JSONDecodeError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-class ChatToMessagesStream:
+class ChatToMessagesStream(FromChatChunks):
     """
     Turns chat completion chunks into the Messages event sequence as they arrive.
 
@@ -185,38 +177,14 @@ class ChatToMessagesStream:
     """
 
     def __init__(self, model: str) -> None:
+        super().__init__()
         self._model = model
-        self._splitter = EventSplitter()
         self._started = False
         self._ended = False
         self._block = -1
         self._open: Any = None
         self._tools: dict[int, int] = {}
         self._stop = "end_turn"
-        self.usage: Usage | None = None
-        self.error: tuple[int, str] | None = None
-        self.chunks = 0
-
-    def feed(self, data: bytes) -> bytes:
-        out: list[bytes] = []
-        for event in events(self._splitter.feed(data)):
-            payload = data_of(event)
-            if not payload:
-                continue
-            if payload == b"[DONE]":
-                out.extend(self._end())
-                continue
-            chunk = orjson.loads(payload)
-            if isinstance(chunk.get("error"), dict):
-                out.extend(self._error(chunk["error"]))
-                continue
-            out.extend(self._chunk(chunk))
-        self.chunks += len(out)
-        return b"".join(out)
-
-    def finish(self) -> bytes:
-        """A stream that ended without ``[DONE]`` still ends as a complete message."""
-        return b"".join(self._end())
 
     def _error(self, error: dict[str, Any]) -> list[bytes]:
         status = 529 if error.get("type") == "overloaded_error" else 500

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from txgateway.streams import EventSplitter, data_of, events
+from txgateway.translate import FromChatChunks
 from txgateway.usage import Usage
 
 #: Why a chat answer stopped early, as a Responses ``incomplete_details.reason``.
@@ -248,7 +248,7 @@ def sse(event: dict[str, Any]) -> bytes:
     return b"event: " + event["type"].encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
 
 
-class ChatToResponsesStream:
+class ChatToResponsesStream(FromChatChunks):
     """
     Turns chat completion chunks into the Responses event sequence as they arrive: text and
     each tool call are output items opened when they start and closed when the next one
@@ -257,11 +257,11 @@ class ChatToResponsesStream:
     """
 
     def __init__(self, request: dict[str, Any], response_id: str, model: str) -> None:
+        super().__init__()
         self._request = request
         self._id = response_id
         self._model = model
         self._created = int(time.time())
-        self._splitter = EventSplitter()
         self._sequence = 0
         self._output: list[dict[str, Any]] = []
         self._open: Any = None
@@ -270,30 +270,6 @@ class ChatToResponsesStream:
         self._finish: str | None = None
         self._started = False
         self.response: dict[str, Any] | None = None
-        self.usage: Usage | None = None
-        self.error: tuple[int, str] | None = None
-        self.chunks = 0
-
-    def feed(self, data: bytes) -> bytes:
-        out: list[bytes] = []
-        for event in events(self._splitter.feed(data)):
-            payload = data_of(event)
-            if not payload:
-                continue
-            if payload == b"[DONE]":
-                out += self._end()
-                continue
-            chunk = orjson.loads(payload)
-            if isinstance(chunk.get("error"), dict):
-                out += self._error(chunk["error"])
-                continue
-            out += self._chunk(chunk)
-        self.chunks += len(out)
-        return b"".join(out)
-
-    def finish(self) -> bytes:
-        """A stream that ended without ``[DONE]`` still ends with ``response.completed``."""
-        return b"".join(self._end())
 
     def _event(self, kind: str, **fields: Any) -> bytes:
         event = sse({"type": kind, "sequence_number": self._sequence, **fields})
