@@ -24,7 +24,7 @@ from txgateway.dialects.openai import (
     stream_error_event,
     upstream_chat_body,
 )
-from txgateway.providers import ApiCall, dialect, prepare
+from txgateway.providers import ApiCall, dialect
 from txgateway.routing import Target
 from txgateway.streams import EventSplitter, data_of, events
 from txgateway.upstream import UpstreamCall, UpstreamError
@@ -49,9 +49,6 @@ class ChatCompletions(ProxyEndpoint):
         provider = target.provider
         # Providers that answer in another dialect translate the parsed request themselves.
         translating = dialect(provider) != "openai"
-        preparing = prepare(provider)
-        if preparing is not None:
-            await preparing
         upstream_request = provider.build_request(ApiCall(
             api=self.api,
             body=chat.raw if translating else upstream_chat_body(chat, target.model),

@@ -17,7 +17,7 @@ import orjson
 from txgateway.accounting import Exchange
 from txgateway.dialects import anthropic
 from txgateway.gateway import Gateway
-from txgateway.providers import ApiCall, dialect, prepare
+from txgateway.providers import ApiCall, dialect
 from txgateway.routing import Target
 from txgateway.tokens import estimate_messages_tokens
 from txgateway.translate.chain import ChainedStream
@@ -98,9 +98,6 @@ class Messages(_AnthropicEndpoint):
         native = kind == "anthropic"
         # A provider of a third dialect (Gemini...) translates to OpenAI chat and back first.
         translating = not native and kind != "openai"
-        preparing = prepare(provider)
-        if preparing is not None:
-            await preparing
         if native:
             upstream_request = self._native(request, "messages", parsed, target)
         else:

@@ -21,6 +21,7 @@ from txgateway.accounting import Exchange
 from txgateway.auth import Principal, caller_key
 from txgateway.dialects.openai import BadRequest
 from txgateway.gateway import Gateway
+from txgateway.providers import prepare
 from txgateway.routing import Target
 from txgateway.upstream import (
     RETRYABLE_ERRORS,
@@ -164,6 +165,9 @@ class ProxyEndpoint(JSONResource):
             request.setHeader(b"x-txgateway-provider", exchange.provider.encode())
             call.may_fall_back = index + 1 < len(attempts)
             try:
+                preparing = prepare(target.provider)  # a token or credentials, first
+                if preparing is not None:
+                    await preparing
                 await self.proxy(request, exchange, parsed, target, call)
             except RETRYABLE_ERRORS as error:
                 router.failed(target)

@@ -24,7 +24,7 @@ from txgateway.dialects.cohere import (
     upstream_error,
     upstream_rerank_body,
 )
-from txgateway.providers import ApiCall, dialect, prepare
+from txgateway.providers import ApiCall, dialect
 from txgateway.routing import Target
 from txgateway.upstream import UpstreamCall, UpstreamError
 from txgateway.web.proxy import ProxyEndpoint, Refusal, finish, pass_retry_after
@@ -44,9 +44,6 @@ class Rerank(ProxyEndpoint):
         if "rerank" not in provider.apis:
             raise Refusal(400, f"the model '{rerank.model}' is served by the provider "
                           f"'{provider.name}', which does not offer the rerank API")
-        preparing = prepare(provider)
-        if preparing is not None:
-            await preparing
         upstream_request = provider.build_request(ApiCall(
             api="rerank", body=upstream_rerank_body(rerank, target.model),
             parsed=rerank.parsed, model=target.model, stream=False,

@@ -31,7 +31,7 @@ from txgateway.dialects.openai import (
     parse_object,
 )
 from txgateway.gateway import Gateway
-from txgateway.providers import ApiCall, UpstreamRequest, dialect, prepare
+from txgateway.providers import ApiCall, UpstreamRequest, dialect
 from txgateway.routing import Target
 from txgateway.streams import EventSplitter, data_of, events
 from txgateway.translate.chain import ChainedStream
@@ -137,9 +137,6 @@ class Responses(ProxyEndpoint):
 
     async def proxy(self, request: Any, exchange: Exchange, parsed: ResponsesRequest,
                     target: Target, call: UpstreamCall) -> None:
-        preparing = prepare(target.provider)
-        if preparing is not None:
-            await preparing
         if native_responses(target):
             await self._native(request, exchange, parsed, target, call)
         else:
