@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import orjson
 from twisted.internet.task import Clock
-from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
@@ -259,7 +258,7 @@ class SessionTests(SynchronousTestCase):
                                          idle_timeout=10, max_duration=100, token_budget=300,
                                          slow_client_timeout=5)
         self.book = SessionBook(self.clock, self.settings, GatewayMetrics(),
-                                Logger(observer=lambda event: None))
+                                lambda fields: None)
 
     def open(self, key: str | None = "k1") -> tuple:
         info = SessionInfo(id=f"rts_{key}", model="m", provider="p", provider_kind="openai",

@@ -11,7 +11,7 @@ from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.logger import Logger
 
 from txgateway.limits import ILimiter, Limits
-from txgateway.logs import write_access
+from txgateway.logs import AccessWriter
 from txgateway.metrics import GatewayMetrics
 from txgateway.pricing import PriceTable
 from txgateway.store import UsageRecord
@@ -50,11 +50,11 @@ class Exchange:
 class Accountant:
     """Turns finished exchanges into metrics and one access log line each."""
 
-    def __init__(self, clock: Any, metrics: GatewayMetrics, access_log: Logger,
+    def __init__(self, clock: Any, metrics: GatewayMetrics, access_log: AccessWriter,
                  ledger: Ledger, limiter: ILimiter, prices: PriceTable) -> None:
         self._clock = clock
         self._metrics = metrics
-        self._log = access_log
+        self._write_access = access_log
         self._ledger = ledger
         self._limiter = limiter
         self.prices = prices
@@ -123,31 +123,30 @@ class Accountant:
                 estimated=usage.estimated, cost_usd=cost, duration_ms=duration * 1000,
                 ttft_ms=None if ttft is None else ttft * 1000,
             ))
-        write_access(
-            self._log,
-            request_id=exchange.request_id,
-            key_id=exchange.key_id,
-            route=exchange.route,
-            model=exchange.model,
-            provider=exchange.provider,
-            upstream_model=exchange.upstream_model,
-            stream=exchange.stream,
-            status=exchange.status,
-            input_tokens=usage.input_tokens,
-            output_tokens=usage.output_tokens,
-            cached_input_tokens=usage.cached_input_tokens,
-            cache_creation_input_tokens=usage.cache_creation_tokens,
-            reasoning_tokens=usage.reasoning_tokens,
-            images=usage.images,
-            audio_seconds=usage.audio_seconds,
-            search_units=usage.search_units,
-            usage_estimated=usage.estimated,
-            cost_usd=cost,
-            attempts=exchange.attempts + 1,
-            duration_ms=round(duration * 1000, 3),
-            ttft_ms=None if ttft is None else round(ttft * 1000, 3),
-            error=exchange.error,
-        )
+        self._write_access({
+            "request_id": exchange.request_id,
+            "key_id": exchange.key_id,
+            "route": exchange.route,
+            "model": exchange.model,
+            "provider": exchange.provider,
+            "upstream_model": exchange.upstream_model,
+            "stream": exchange.stream,
+            "status": exchange.status,
+            "input_tokens": usage.input_tokens,
+            "output_tokens": usage.output_tokens,
+            "cached_input_tokens": usage.cached_input_tokens,
+            "cache_creation_input_tokens": usage.cache_creation_tokens,
+            "reasoning_tokens": usage.reasoning_tokens,
+            "images": usage.images,
+            "audio_seconds": usage.audio_seconds,
+            "search_units": usage.search_units,
+            "usage_estimated": usage.estimated,
+            "cost_usd": cost,
+            "attempts": exchange.attempts + 1,
+            "duration_ms": round(duration * 1000, 3),
+            "ttft_ms": None if ttft is None else round(ttft * 1000, 3),
+            "error": exchange.error,
+        })
 
     def _cost(self, exchange: Exchange, model: str, usage: Usage) -> float:
         """What the call cost at the price table's rates (0 for unpriced models)."""

@@ -11,6 +11,7 @@ from txgateway.accounting import Accountant
 from txgateway.auth import KeyAuthenticator
 from txgateway.config import ConfigError, GatewayConfig
 from txgateway.limits import ILimiter, open_limiter
+from txgateway.logs import AccessWriter
 from txgateway.metrics import GatewayMetrics
 from txgateway.pricing import PriceTable, shipped_table
 from txgateway.providers import IProvider, IProviderPlugin, ProviderContext
@@ -91,7 +92,7 @@ def build_gateway(
     reactor: Any,
     config: GatewayConfig,
     plugins: Mapping[str, IProviderPlugin],
-    access_log: Any,
+    access_log: AccessWriter,
 ) -> Gateway:
     """Make the providers the config names and everything that serves requests."""
     agent, pool = pooled_agent(reactor, config.upstream)

@@ -1,10 +1,25 @@
-"""Prometheus metrics, named after the OpenTelemetry gen-ai conventions where they exist."""
+"""
+Prometheus metrics, named after the OpenTelemetry gen-ai conventions where they exist.
+
+The series are plain numbers in dicts, turned into Prometheus families only when scraped.
+prometheus_client's own metric objects take a lock per increment and walk the buckets per
+observation, which cost a request about as much as writing its access-log line; the reactor
+is one thread, so the gateway needs neither.
+"""
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
 #: Token counts span eight orders of magnitude (the OpenTelemetry gen-ai advice).
 TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304)
@@ -15,134 +30,175 @@ SESSION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200)
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 8, 13, 20, 30, 60)
 
 
-class GatewayMetrics:
-    """
-    The gateway's metrics, in a registry of their own (so tests can run several gateways).
+class _Series:
+    """One metric's values by label values; a counter's or gauge's value is a float."""
 
-    Label children are cached: resolving ``labels(...)`` costs four times an observation.
-    """
+    family: type[Metric] = CounterMetricFamily
+
+    def __init__(self, name: str, documentation: str, labels: Sequence[str] = ()) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labels = list(labels)
+        self.values: dict[tuple[str, ...], Any] = {}
+
+    def inc(self, labels: tuple[str, ...], amount: float = 1) -> None:
+        self.values[labels] = self.values.get(labels, 0) + amount
+
+    def set(self, labels: tuple[str, ...], value: float) -> None:
+        self.values[labels] = value
+
+    def collect(self) -> Metric:
+        family = self.family(self.name, self.documentation, labels=self.labels)
+        for labels, value in self.values.items():
+            family.add_metric(labels, value)
+        return family
+
+
+class _Gauge(_Series):
+    family = GaugeMetricFamily
+
+
+class _Histogram(_Series):
+    """Values are ``[count per bucket (the last is +Inf), sum]``, cumulated when scraped."""
+
+    def __init__(self, name: str, documentation: str, labels: Sequence[str],
+                 buckets: Sequence[float]) -> None:
+        super().__init__(name, documentation, labels)
+        self.bounds = tuple(float(bound) for bound in buckets)
+
+    def observe(self, labels: tuple[str, ...], value: float) -> None:
+        series = self.values.get(labels)
+        if series is None:
+            series = self.values[labels] = [[0] * (len(self.bounds) + 1), 0.0]
+        series[0][bisect_left(self.bounds, value)] += 1  # the first bound >= value: le
+        series[1] += value
+
+    def collect(self) -> Metric:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labels)
+        edges = [*(repr(bound) for bound in self.bounds), "+Inf"]
+        for labels, (counts, total) in self.values.items():
+            cumulative, buckets = 0, []
+            for edge, count in zip(edges, counts, strict=True):
+                cumulative += count
+                buckets.append((edge, cumulative))
+            family.add_metric(labels, buckets, total)
+        return family
+
+
+class GatewayMetrics:
+    """The gateway's metrics, in a registry of their own (so tests can run several gateways)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
-        self._tokens = Histogram(
+        self._tokens = _Histogram(
             "txgateway_gen_ai_client_token_usage",
             "Tokens used per call, by operation, provider, requested model and token type.",
             ["gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model",
              "gen_ai_token_type"],
-            buckets=TOKEN_BUCKETS,
-            registry=self.registry,
+            TOKEN_BUCKETS,
         )
-        self._requests = Counter(
+        self._requests = _Series(
             "txgateway_requests",
             "Requests answered, by route, model, provider and HTTP status.",
             ["route", "model", "provider", "status"],
-            registry=self.registry,
         )
-        self._duration = Histogram(
+        self._duration = _Histogram(
             "txgateway_request_duration_seconds",
             "Time from the request's arrival to its last byte.",
             ["route", "model", "provider"],
-            buckets=DURATION_BUCKETS,
-            registry=self.registry,
+            DURATION_BUCKETS,
         )
-        self._ttft = Histogram(
+        self._ttft = _Histogram(
             "txgateway_time_to_first_token_seconds",
             "Time from the request's arrival to the first byte of the upstream's answer body.",
             ["route", "model", "provider"],
-            buckets=TTFT_BUCKETS,
-            registry=self.registry,
+            TTFT_BUCKETS,
         )
-        self._realtime_tokens = Counter(
+        self._realtime_tokens = _Series(
             "txgateway_realtime_tokens",
             "Realtime model tokens, by model, provider, direction, modality and caching.",
             ["model", "provider", "direction", "modality", "cached"],
-            registry=self.registry,
         )
-        self._transcription_tokens = Counter(
+        self._transcription_tokens = _Series(
             "txgateway_realtime_transcription_tokens",
             "Input audio transcription tokens in realtime sessions, by direction.",
             ["model", "provider", "direction"],
-            registry=self.registry,
         )
-        self._transcription_seconds = Counter(
+        self._transcription_seconds = _Series(
             "txgateway_realtime_transcription_seconds",
             "Input audio transcribed in realtime sessions, for duration-billed models.",
             ["model", "provider"],
-            registry=self.registry,
         )
-        self._sessions_active = Gauge(
+        self._sessions_active = _Gauge(
             "txgateway_realtime_sessions_active",
             "Realtime sessions open now.",
             ["model", "provider"],
-            registry=self.registry,
         )
-        self._session_duration = Histogram(
+        self._session_duration = _Histogram(
             "txgateway_realtime_session_duration_seconds",
             "How long realtime sessions lasted, from the upgrade to the close.",
             ["model", "provider"],
-            buckets=SESSION_BUCKETS,
-            registry=self.registry,
+            SESSION_BUCKETS,
         )
-        self._cost = Counter(
+        self._cost = _Series(
             "txgateway_gen_ai_client_cost_usd",
             "What calls cost, in US dollars at the price table's rates, by route, provider "
             "and model.",
             ["route", "provider", "model"],
-            registry=self.registry,
         )
-        self._fallbacks = Counter(
+        self._fallbacks = _Series(
             "txgateway_upstream_fallbacks",
             "Attempts given up on a target before any answer, so the call moved on (or "
             "retried), by provider and reason.",
             ["provider", "reason"],
-            registry=self.registry,
         )
-        self.ledger_pending = Gauge(
+        self._ledger_pending = _Gauge(
             "txgateway_ledger_pending_records",
             "Usage records waiting to be written to the store.",
-            registry=self.registry,
         )
-        self._children: dict[tuple[Any, ...], Any] = {}
+        self._all = [value for value in vars(self).values() if isinstance(value, _Series)]
+        self.registry.register(self)
 
-    def _child(self, metric: Any, *labels: str) -> Any:
-        key = (id(metric), *labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
+    def collect(self) -> Iterator[Metric]:
+        """The registry's collector interface: every series, as of now."""
+        for series in self._all:
+            yield series.collect()
 
     def request(self, route: str, model: str, provider: str, status: str, duration: float,
                 ttft: float | None) -> None:
-        self._child(self._requests, route, model, provider, status).inc()
-        self._child(self._duration, route, model, provider).observe(duration)
+        self._requests.inc((route, model, provider, status))
+        labels = (route, model, provider)
+        self._duration.observe(labels, duration)
         if ttft is not None:
-            self._child(self._ttft, route, model, provider).observe(ttft)
+            self._ttft.observe(labels, ttft)
 
     def tokens(self, operation: str, provider: str, model: str, kind: str, count: int) -> None:
-        self._child(self._tokens, operation, provider, model, kind).observe(count)
+        self._tokens.observe((operation, provider, model, kind), count)
 
     def realtime_usage(self, model: str, provider: str, usage: Any) -> None:
         """Count a `txgateway.realtime.tally.RealtimeUsage` as it arrives."""
         for direction, modality, cached, count in usage.token_counts():
-            self._child(self._realtime_tokens, model, provider, direction, modality,
-                        "true" if cached else "false").inc(count)
+            self._realtime_tokens.inc(
+                (model, provider, direction, modality, "true" if cached else "false"), count)
         for direction, count in (("input", usage.transcription_input_tokens),
                                  ("output", usage.transcription_output_tokens)):
             if count:
-                self._child(self._transcription_tokens, model, provider, direction).inc(count)
+                self._transcription_tokens.inc((model, provider, direction), count)
         if usage.transcription_seconds:
-            self._child(self._transcription_seconds, model, provider).inc(
-                usage.transcription_seconds)
+            self._transcription_seconds.inc((model, provider), usage.transcription_seconds)
 
     def realtime_session(self, model: str, provider: str, change: int) -> None:
         """A session opened (+1) or closed (-1)."""
-        self._child(self._sessions_active, model, provider).inc(change)
+        self._sessions_active.inc((model, provider), change)
 
     def realtime_duration(self, model: str, provider: str, seconds: float) -> None:
-        self._child(self._session_duration, model, provider).observe(seconds)
+        self._session_duration.observe((model, provider), seconds)
 
     def cost(self, route: str, provider: str, model: str, usd: float) -> None:
-        self._child(self._cost, route, provider, model).inc(usd)
+        self._cost.inc((route, provider, model), usd)
 
     def fallback(self, provider: str, reason: str) -> None:
-        self._child(self._fallbacks, provider, reason).inc()
+        self._fallbacks.inc((provider, reason))
+
+    def ledger_pending(self, records: int) -> None:
+        self._ledger_pending.set((), records)

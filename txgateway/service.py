@@ -51,7 +51,7 @@ class GatewayService(MultiService):
         self.access_log = AccessLog(config.access_log)
         self._flushing = LoopingCall(self.access_log.flush)
         self._flushing.clock = reactor
-        self.gateway = build_gateway(reactor, config, plugins, self.access_log.logger)
+        self.gateway = build_gateway(reactor, config, plugins, self.access_log.write)
         self.gateway.config_source = config_source
         self.site = GatewaySite(build_root(self.gateway), config.max_body_bytes)
         self.listening: Deferred[Any] = Deferred()

@@ -16,11 +16,10 @@ from typing import Any
 import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.defer import TimeoutError as DeferredTimeout
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from txgateway.config import RealtimeSettings
-from txgateway.logs import write_access
+from txgateway.logs import AccessWriter
 from txgateway.metrics import GatewayMetrics
 from txgateway.realtime import closing
 from txgateway.realtime.events import error_event
@@ -255,7 +254,7 @@ class SessionBook:
     recent_kept = 200
 
     def __init__(self, clock: Any, settings: RealtimeSettings, metrics: GatewayMetrics,
-                 access_log: Logger,
+                 access_log: AccessWriter,
                  on_ended: Callable[[Session], None] = lambda session: None) -> None:
         self._clock = clock
         self.settings = settings
@@ -325,8 +324,8 @@ class SessionBook:
         self._recent.appendleft(session)
         record = session.as_json()
         record["session_id"] = record.pop("id")
-        write_access(self._log, route="realtime", status=101,
-                     duration_ms=round(duration * 1000, 3), **record)
+        self._log({"route": "realtime", "status": 101,
+                   "duration_ms": round(duration * 1000, 3), **record})
         self._on_ended(session)
 
     def active(self) -> list[Session]:

@@ -71,6 +71,6 @@ class Metrics(JSONResource):
 
     def render_GET(self, request: Any) -> bytes:
         gateway = self._gateway
-        gateway.metrics.ledger_pending.set(gateway.ledger.pending)
+        gateway.metrics.ledger_pending(gateway.ledger.pending)
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
         return generate_latest(gateway.metrics.registry)
