@@ -18,8 +18,6 @@ from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
 from txgateway.config import HttpURL
-from txgateway.dialects import anthropic as anthropic_dialect
-from txgateway.dialects.openai import error_body
 from txgateway.providers import (
     ApiCall,
     IProvider,
@@ -32,6 +30,7 @@ from txgateway.translate.chat_to_messages import (
     MessagesToChatStream,
     chat_completion,
     messages_request,
+    openai_error,
 )
 from txgateway.usage import Usage
 
@@ -110,12 +109,7 @@ class AnthropicProvider:
         return orjson.dumps(completion), usage
 
     def translate_error(self, status: int, body: bytes) -> bytes | None:
-        """An OpenAI error for an Anthropic one; None when ``body`` is not one."""
-        error = anthropic_dialect.error_of(body)
-        if error is None:
-            return None
-        kind, message = error
-        return error_body(status, message, kind)
+        return openai_error(status, body)
 
     def stream_translator(self, wants_usage: bool) -> Any:
         return MessagesToChatStream(int(self._clock.seconds()), wants_usage)

@@ -56,7 +56,7 @@ class GeminiProvider:
         if call.api == "embeddings":
             method, body = gemini.embed_request(call.parsed, model)
         else:
-            method = ("streamGenerateContent?alt=sse" if call.stream else "generateContent")
+            method = gemini.generate_method(call.stream)
             body = gemini.generate_request(call.parsed)
         return UpstreamRequest(b"POST", f"{self._models_url}{model}:{method}".encode(),
                                self._headers, orjson.dumps(body))

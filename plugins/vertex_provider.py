@@ -22,8 +22,6 @@ from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
 from txgateway.config import ConfigError, HttpURL
-from txgateway.dialects import anthropic as anthropic_dialect
-from txgateway.dialects.openai import error_body
 from txgateway.providers import (
     ApiCall,
     ITranslatingProvider,
@@ -136,8 +134,7 @@ class VertexProvider:
                    f"{'streamRawPredict' if call.stream else 'rawPredict'}")
         else:
             body = gemini.generate_request(call.parsed)
-            url = (f"{self._models}google/models/{model}:"
-                   f"{'streamGenerateContent?alt=sse' if call.stream else 'generateContent'}")
+            url = f"{self._models}google/models/{model}:{gemini.generate_method(call.stream)}"
         return UpstreamRequest(b"POST", url.encode(), headers, orjson.dumps(body))
 
     def translate_response(self, body: bytes, api: str = "chat") -> tuple[bytes, Usage | None]:
@@ -151,10 +148,8 @@ class VertexProvider:
 
     def translate_error(self, status: int, body: bytes) -> bytes | None:
         """Claude's errors are Anthropic's; Vertex's own (auth, quota) are Google's."""
-        error = anthropic_dialect.error_of(body)
-        if error is not None:
-            return error_body(status, error[1], error[0])
-        return gemini.openai_error(status, body)
+        return (chat_to_messages.openai_error(status, body)
+                or gemini.openai_error(status, body))
 
     def stream_translator(self, wants_usage: bool) -> Any:
         return EitherStream(int(self._clock.seconds()), wants_usage)

@@ -14,13 +14,10 @@ from collections.abc import Callable
 from typing import Any
 
 from psycopg_pool import ConnectionPool
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from txgateway.store import IStore
-from txgateway.store.migrations import migrate
 from txgateway.store.sql import Dialect, SQLStore
 
 POSTGRES = Dialect(
@@ -31,11 +28,6 @@ POSTGRES = Dialect(
 
 #: Serialises migrations of one schema across every process sharing the database.
 MIGRATION_LOCK = "SELECT pg_advisory_xact_lock(1954047863, hashtext(current_schema()))"
-
-
-def _migrate(cursor: Any) -> list[int]:
-    cursor.execute(MIGRATION_LOCK)
-    return migrate(cursor, POSTGRES.placeholder, POSTGRES.json_type)
 
 
 @implementer(IStore)
@@ -50,49 +42,23 @@ class PostgresStore(SQLStore):
     def __init__(
         self, url: str, reactor: Any, pool_size: int = 4, timeout: float = 5.0
     ) -> None:
-        self._reactor = reactor
+        super().__init__(reactor, ThreadPool(1, pool_size, name="txgateway-postgres"))
         self._timeout = timeout
         self._pool = ConnectionPool(
             url, min_size=1, max_size=pool_size, open=False, timeout=timeout,
             check=ConnectionPool.check_connection, name="txgateway-store")
-        self._threads = ThreadPool(1, pool_size, name="txgateway-postgres")
-        self._shutdown_trigger: Any = None
 
-    def start(self) -> Deferred[None]:
-        self._threads.start()
-        self._shutdown_trigger = self._reactor.addSystemEventTrigger(
-            "during", "shutdown", self._stop_threads)
-        opened = self._in_thread(self._pool.open, wait=True, timeout=self._timeout)
-        opened.addCallback(lambda _: self._transact(_migrate, write=True))
-        opened.addCallbacks(lambda _: None, lambda failure: self.close().addCallback(
-            lambda _: failure))
-        return opened
+    def _connect(self) -> None:
+        self._pool.open(wait=True, timeout=self._timeout)
 
-    def close(self) -> Deferred[None]:
-        if not self._threads.started:  # never started, or closed already
-            return succeed(None)
-        return self._in_thread(self._pool.close).addBoth(self._finish_close)
+    def _disconnect(self) -> None:
+        self._pool.close()
 
-    def _finish_close(self, result: Any) -> Any:
-        if self._shutdown_trigger is not None:
-            self._reactor.removeSystemEventTrigger(self._shutdown_trigger)
-            self._shutdown_trigger = None
-        self._stop_threads()
-        return result
+    def _migrate(self, cursor: Any) -> list[int]:
+        cursor.execute(MIGRATION_LOCK)
+        return super()._migrate(cursor)
 
-    def _stop_threads(self) -> None:
-        if self._threads.started:
-            self._threads.stop()
-
-    def _in_thread(self, work: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
-        return deferToThreadPool(self._reactor, self._threads, work, *args, **kwargs)
-
-    def _transact(
-        self, work: Callable[..., Any], *args: Any, write: bool = False
-    ) -> Deferred[Any]:
-        return self._in_thread(self._run, work, args)
-
-    def _run(self, work: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    def _run(self, work: Callable[..., Any], args: tuple[Any, ...], write: bool) -> Any:
         # The pool's context commits when the block ends normally, rolls back otherwise.
         with self._pool.connection() as connection, connection.cursor() as cursor:
             return work(cursor, *args)

@@ -1,10 +1,10 @@
 """
 The queries both backends share, written once in portable SQL.
 
-A backend supplies a `Dialect` (the few places SQLite and PostgreSQL differ) and
-``_transact(work, *args, write=...)``, which runs ``work(cursor, *args)`` in one transaction
-in its own thread and fires with the result.  Queries are written with ``?`` placeholders and
-translated once per dialect.
+A backend supplies a `Dialect` (the few places SQLite and PostgreSQL differ), a thread pool,
+and what runs in it: `_connect`, `_disconnect`, and `_run`, which runs ``work(cursor, *args)``
+in one transaction.  Queries are written with ``?`` placeholders and translated once per
+dialect.
 """
 
 from __future__ import annotations
@@ -15,9 +15,12 @@ from typing import Any
 
 import attrs
 import orjson
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
 
 from txgateway.store import KeyRecord, UsageRecord
+from txgateway.store.migrations import migrate
 
 _GROUP_COLUMNS = {"key": "key_id", "model": "model", "provider": "provider"}
 _BUCKET_SECONDS = {"hour": 3600, "day": 86400}
@@ -108,13 +111,63 @@ def _bucket_label(seconds: int) -> str:
 
 
 class SQLStore:
-    """The `IStore` methods over a backend's ``_transact``."""
+    """
+    The `IStore` methods, over a backend's connections used from its own threads (stopped at
+    reactor shutdown if the store was never closed), so the reactor never waits on the database.
+    """
 
     dialect: Dialect
+
+    def __init__(self, reactor: Any, threads: ThreadPool) -> None:
+        self._reactor = reactor
+        self._threads = threads
+        self._shutdown_trigger: Any = None
+
+    def start(self) -> Deferred[None]:
+        self._threads.start()
+        self._shutdown_trigger = self._reactor.addSystemEventTrigger(
+            "during", "shutdown", self._stop_threads)
+        started = self._in_thread(self._connect)
+        started.addCallback(lambda _: self._transact(self._migrate, write=True))
+        started.addCallbacks(lambda _: None, lambda failure: self.close().addCallback(
+            lambda _: failure))
+        return started
+
+    def close(self) -> Deferred[None]:
+        if not self._threads.started:  # never started, or closed already
+            return succeed(None)
+        return self._in_thread(self._disconnect).addBoth(self._finish_close)
+
+    def _finish_close(self, result: Any) -> Any:
+        if self._shutdown_trigger is not None:
+            self._reactor.removeSystemEventTrigger(self._shutdown_trigger)
+            self._shutdown_trigger = None
+        self._stop_threads()
+        return result
+
+    def _stop_threads(self) -> None:
+        if self._threads.started:
+            self._threads.stop()
+
+    def _in_thread(self, work: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        return deferToThreadPool(self._reactor, self._threads, work, *args)
 
     def _transact(
         self, work: Callable[..., Any], *args: Any, write: bool = False
     ) -> Deferred[Any]:
+        """Fires with ``work(cursor, *args)``, run in one transaction in a store thread."""
+        return self._in_thread(self._run, work, args, write)
+
+    def _migrate(self, cursor: Any) -> list[int]:
+        return migrate(cursor, self.dialect.placeholder, self.dialect.json_type)
+
+    def _connect(self) -> None:
+        raise NotImplementedError
+
+    def _disconnect(self) -> None:
+        raise NotImplementedError
+
+    def _run(self, work: Callable[..., Any], args: tuple[Any, ...], write: bool) -> Any:
         raise NotImplementedError
 
     def _prepare(self, text: str) -> str:

@@ -13,13 +13,10 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from txgateway.store import IStore
-from txgateway.store.migrations import migrate
 from txgateway.store.sql import Dialect, SQLStore
 
 SQLITE = Dialect(
@@ -39,43 +36,9 @@ class SQLiteStore(SQLStore):
     dialect = SQLITE
 
     def __init__(self, path: str, reactor: Any) -> None:
+        super().__init__(reactor, ThreadPool(1, 1, name="txgateway-sqlite"))
         self.path = path
-        self._reactor = reactor
-        self._threads = ThreadPool(1, 1, name="txgateway-sqlite")
         self._connection: sqlite3.Connection | None = None
-        self._shutdown_trigger: Any = None
-
-    def start(self) -> Deferred[None]:
-        self._threads.start()
-        self._shutdown_trigger = self._reactor.addSystemEventTrigger(
-            "during", "shutdown", self._stop_threads)
-        started = self._in_thread(self._connect)
-        started.addCallback(lambda _: self._transact(migrate, "?", SQLITE.json_type, write=True))
-        started.addCallbacks(lambda _: None, lambda failure: self.close().addCallback(
-            lambda _: failure))
-        return started
-
-    def close(self) -> Deferred[None]:
-        if not self._threads.started:  # never started, or closed already
-            return succeed(None)
-
-        def disconnect() -> None:
-            if self._connection is not None:
-                self._connection.close()
-                self._connection = None
-
-        return self._in_thread(disconnect).addBoth(self._finish_close)
-
-    def _finish_close(self, result: Any) -> Any:
-        if self._shutdown_trigger is not None:
-            self._reactor.removeSystemEventTrigger(self._shutdown_trigger)
-            self._shutdown_trigger = None
-        self._stop_threads()
-        return result
-
-    def _stop_threads(self) -> None:
-        if self._threads.started:
-            self._threads.stop()
 
     def _connect(self) -> None:
         connection = sqlite3.connect(
@@ -84,13 +47,10 @@ class SQLiteStore(SQLStore):
         connection.execute("PRAGMA synchronous=NORMAL")
         self._connection = connection
 
-    def _in_thread(self, work: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        return deferToThreadPool(self._reactor, self._threads, work, *args)
-
-    def _transact(
-        self, work: Callable[..., Any], *args: Any, write: bool = False
-    ) -> Deferred[Any]:
-        return self._in_thread(self._run, work, args, write)
+    def _disconnect(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
 
     def _run(self, work: Callable[..., Any], args: tuple[Any, ...], write: bool) -> Any:
         connection = self._connection

@@ -27,6 +27,27 @@ def data_url(url: str) -> tuple[str, str] | None:
     return None
 
 
+def chat_text(content: Any) -> str:
+    """The text of chat content (a string or parts), for dialects that take only text there."""
+    if isinstance(content, str):
+        return content
+    return "\n".join(part.get("text", "") for part in content or []
+                     if isinstance(part, dict) and part.get("type") == "text")
+
+
+def add_turn(turns: list[dict[str, Any]], role: str, key: str, items: list[Any]) -> None:
+    """
+    Appends a turn of ``items`` under ``key``, or extends the last turn when it has the same
+    role: Converse and Gemini want the roles to alternate.  Nothing for no items.
+    """
+    if not items:
+        return
+    if turns and turns[-1]["role"] == role:
+        turns[-1][key].extend(items)
+    else:
+        turns.append({"role": role, key: items})
+
+
 def arguments_object(arguments: Any) -> dict[str, Any]:
     """
     A tool call's JSON arguments as an object, which the other dialects require; ``{}`` for
@@ -39,6 +60,102 @@ def arguments_object(arguments: Any) -> dict[str, Any]:
     except orjson.JSONDecodeError:
         return {}
     return value if isinstance(value, dict) else {}
+
+
+def tool_call(call_id: Any, name: Any, arguments: Any) -> dict[str, Any]:
+    """An OpenAI tool call for another dialect's, whose arguments are an object, not JSON text."""
+    return {"id": call_id, "type": "function", "function": {
+        "name": name, "arguments": orjson.dumps(arguments or {}).decode()}}
+
+
+def assistant_choice(index: int, content: str | None, reasoning: list[str],
+                     calls: list[dict[str, Any]], finish: str) -> dict[str, Any]:
+    """A chat completion's choice: the answer's text, its reasoning and its tool calls."""
+    message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
+    if reasoning:
+        message["reasoning_content"] = "".join(reasoning)
+    if calls:
+        message["tool_calls"] = calls
+    return {"index": index, "message": message, "logprobs": None, "finish_reason": finish}
+
+
+def chat_usage(usage: Usage) -> dict[str, Any]:
+    """An OpenAI usage object: ``prompt_tokens`` counts cache reads and writes too."""
+    return {
+        "prompt_tokens": usage.input_tokens,
+        "completion_tokens": usage.output_tokens,
+        "total_tokens": usage.input_tokens + usage.output_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cached_input_tokens},
+        "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
+    }
+
+
+def chat_completion_object(completion_id: Any, created: int, model: Any,
+                           choices: list[dict[str, Any]], usage: Usage | None) -> dict[str, Any]:
+    """A chat completion, with its usage when the answer reported one."""
+    completion: dict[str, Any] = {"id": completion_id, "object": "chat.completion",
+                                  "created": created, "model": model, "choices": choices}
+    if usage is not None:
+        completion["usage"] = chat_usage(usage)
+    return completion
+
+
+class ToChatChunks:
+    """
+    The base of stream translators that write an OpenAI chat chunk stream: `_chunk` makes a
+    chunk of the completion ``_id``, `_done` the usage chunk (when the caller asked for it)
+    and ``[DONE]``.  For dialects that stream a tool call as a content block of argument
+    fragments (Converse, Messages), `_tool_start`, `_arguments` and `_block_stop` keep each
+    call's ``index`` stable (its order among tool calls).  ``usage``, ``error`` and ``chunks``
+    are read as it goes.
+    """
+
+    def __init__(self, created: int, wants_usage: bool, model: str = "") -> None:
+        self._created = created
+        self._wants_usage = wants_usage
+        self._id = ""
+        self._model = model
+        #: Tool call index by content block index.
+        self._tools: dict[int, int] = {}
+        #: Tool calls (by block index) whose arguments have not started yet.
+        self._no_arguments: set[int] = set()
+        self.usage: Usage | None = None
+        #: An error the upstream sent, or met in its stream: (status, message).
+        self.error: tuple[int, str] | None = None
+        self.chunks = 0
+
+    def _sse(self, fields: dict[str, Any]) -> bytes:
+        chunk = {"id": self._id, "object": "chat.completion.chunk", "created": self._created,
+                 "model": self._model, **fields}
+        return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+    def _chunk(self, delta: dict[str, Any], finish: str | None = None, index: int = 0) -> bytes:
+        return self._sse({"choices": [{"index": index, "delta": delta, "logprobs": None,
+                                       "finish_reason": finish}]})
+
+    def _done(self) -> list[bytes]:
+        out = []
+        if self._wants_usage and self.usage is not None:
+            out.append(self._sse({"choices": [], "usage": chat_usage(self.usage)}))
+        out.append(b"data: [DONE]\n\n")
+        return out
+
+    def _tool_start(self, block: int, call_id: Any, name: Any) -> list[bytes]:
+        """The first chunk of a tool call: its id and name."""
+        index = self._tools[block] = len(self._tools)
+        self._no_arguments.add(block)
+        return [self._chunk({"tool_calls": [{
+            "index": index, "id": call_id, "type": "function",
+            "function": {"name": name, "arguments": ""}}]})]
+
+    def _arguments(self, block: int, fragment: str) -> list[bytes]:
+        self._no_arguments.discard(block)
+        return [self._chunk({"tool_calls": [{"index": self._tools.get(block, 0),
+                                             "function": {"arguments": fragment}}]})]
+
+    def _block_stop(self, block: Any) -> list[bytes]:
+        """A call without arguments still gets valid JSON ones."""
+        return self._arguments(block, "{}") if block in self._no_arguments else []
 
 
 class FromChatChunks:

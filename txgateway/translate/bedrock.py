@@ -18,8 +18,16 @@ import orjson
 
 from txgateway.dialects.openai import stream_error_event
 from txgateway.streams import AwsEventStreamDecoder, EventStreamCorrupt
-from txgateway.translate import Untranslatable, arguments_object, data_url
-from txgateway.translate.chat_to_messages import chat_usage
+from txgateway.translate import (
+    ToChatChunks,
+    Untranslatable,
+    add_turn,
+    arguments_object,
+    assistant_choice,
+    chat_completion_object,
+    data_url,
+    tool_call,
+)
 from txgateway.usage import Usage, estimate_tokens
 
 FINISH_REASONS = {
@@ -96,12 +104,7 @@ def _conversation(chat_messages: list[Any]) -> tuple[list[dict], list[dict[str, 
                                            "input": arguments_object(function.get("arguments"))}})
         else:
             role, blocks = "user", _blocks(content)
-        if not blocks:
-            continue
-        if turns and turns[-1]["role"] == role:
-            turns[-1]["content"].extend(blocks)
-        else:
-            turns.append({"role": role, "content": blocks})
+        add_turn(turns, role, "content", blocks)
     return system, turns
 
 
@@ -191,27 +194,14 @@ def chat_completion(answer: dict[str, Any], created: int,
             text.append(block["text"])
         elif "toolUse" in block:
             use = block["toolUse"]
-            calls.append({"id": use.get("toolUseId"), "type": "function", "function": {
-                "name": use.get("name"),
-                "arguments": orjson.dumps(use.get("input") or {}).decode()}})
+            calls.append(tool_call(use.get("toolUseId"), use.get("name"), use.get("input")))
         elif "reasoningContent" in block:
             reasoning.append(((block["reasoningContent"] or {}).get("reasoningText") or {})
                              .get("text", ""))
-    message: dict[str, Any] = {"role": "assistant", "content": "".join(text) if text else None,
-                               "refusal": None}
-    if reasoning:
-        message["reasoning_content"] = "".join(reasoning)
-    if calls:
-        message["tool_calls"] = calls
+    choice = assistant_choice(0, "".join(text) if text else None, reasoning, calls,
+                              FINISH_REASONS.get(answer.get("stopReason"), "stop"))
     usage = converse_usage(answer.get("usage"))
-    completion: dict[str, Any] = {
-        "id": completion_id(), "object": "chat.completion", "created": created, "model": model,
-        "choices": [{"index": 0, "message": message, "logprobs": None,
-                     "finish_reason": FINISH_REASONS.get(answer.get("stopReason"), "stop")}],
-    }
-    if usage is not None:
-        completion["usage"] = chat_usage(usage)
-    return completion, usage
+    return chat_completion_object(completion_id(), created, model, [choice], usage), usage
 
 
 def error_message(body: bytes) -> tuple[str, str | None] | None:
@@ -234,35 +224,24 @@ def error_message(body: bytes) -> tuple[str, str | None] | None:
     return message, kind if isinstance(kind, str) else None
 
 
-class ConverseStreamToChat:
+class ConverseStreamToChat(ToChatChunks):
     """
     Turns a ConverseStream AWS event stream into chat completion chunks as it arrives.
 
-    Tool calls keep a stable ``index`` (their order among tool calls); the first chunk of a
-    call has its id and name, later ones stream the argument fragments.  The stream ends with
-    ``messageStop`` (the finish chunk) then ``metadata`` (usage, the usage chunk, [DONE]); an
-    exception frame, or a corrupt frame, ends it with an error event the openai SDK raises.
+    The stream ends with ``messageStop`` (the finish chunk) then ``metadata`` (usage, the
+    usage chunk, [DONE]); an exception frame, or a corrupt frame, ends it with an error event
+    the openai SDK raises.
     """
 
     def __init__(self, created: int, wants_usage: bool, model: str = "") -> None:
-        self._created = created
-        self._wants_usage = wants_usage
-        self._model = model
+        super().__init__(created, wants_usage, model)
         self._id = completion_id()
         self._decoder = AwsEventStreamDecoder()
-        #: Tool call index by content block index.
-        self._tools: dict[int, int] = {}
-        #: Tool calls (by block index) whose arguments have not started yet.
-        self._no_arguments: set[int] = set()
         self._stopped = False
-        self._done = False
-        self.usage: Usage | None = None
-        #: An exception the upstream sent, or a corrupt frame: (status, message).
-        self.error: tuple[int, str] | None = None
-        self.chunks = 0
+        self._ended = False
 
     def feed(self, data: bytes) -> bytes:
-        if self.error is not None or self._done:
+        if self.error is not None or self._ended:
             return b""
         out: list[bytes] = []
         try:
@@ -285,8 +264,8 @@ class ConverseStreamToChat:
 
     def finish(self) -> bytes:
         """A stream cut after ``messageStop`` but before ``metadata`` still ends properly."""
-        if self._stopped and not self._done and self.error is None:
-            self._done = True
+        if self._stopped and not self._ended and self.error is None:
+            self._ended = True
             return b"data: [DONE]\n\n"
         return b""
 
@@ -312,12 +291,6 @@ class ConverseStreamToChat:
                       error[0] if error else payload.decode("utf-8", "replace"))
         return [stream_error_event(*self.error, exception)]
 
-    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
-        chunk = {"id": self._id, "object": "chat.completion.chunk", "created": self._created,
-                 "model": self._model, "choices": [
-                     {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
-        return b"data: " + orjson.dumps(chunk) + b"\n\n"
-
     def _event(self, name: str | None, data: dict[str, Any]) -> list[bytes]:
         if name == "messageStart":
             return [self._chunk({"role": data.get("role", "assistant"), "content": ""})]
@@ -325,23 +298,19 @@ class ConverseStreamToChat:
             use = (data.get("start") or {}).get("toolUse")
             if not use:
                 return []
-            block = data.get("contentBlockIndex", 0)
-            index = self._tools[block] = len(self._tools)
-            self._no_arguments.add(block)
-            return [self._chunk({"tool_calls": [{
-                "index": index, "id": use.get("toolUseId"), "type": "function",
-                "function": {"name": use.get("name"), "arguments": ""}}]})]
+            return self._tool_start(data.get("contentBlockIndex", 0), use.get("toolUseId"),
+                                    use.get("name"))
         if name == "contentBlockDelta":
             return self._delta(data.get("contentBlockIndex", 0), data.get("delta") or {})
-        if name == "contentBlockStop" and data.get("contentBlockIndex") in self._no_arguments:
-            # A call without arguments still gets valid JSON ones.
-            return self._arguments(data["contentBlockIndex"], "{}")
+        if name == "contentBlockStop":
+            return self._block_stop(data.get("contentBlockIndex"))
         if name == "messageStop":
             self._stopped = True
             return [self._chunk({}, FINISH_REASONS.get(data.get("stopReason"), "stop"))]
         if name == "metadata":
             self.usage = converse_usage(data.get("usage"))
-            return self._end()
+            self._ended = True
+            return self._done()
         return []
 
     def _delta(self, block: int, delta: dict[str, Any]) -> list[bytes]:
@@ -355,21 +324,6 @@ class ConverseStreamToChat:
             return [self._chunk({"reasoning_content": reasoning["text"]})]
         return []
 
-    def _arguments(self, block: int, fragment: str) -> list[bytes]:
-        self._no_arguments.discard(block)
-        return [self._chunk({"tool_calls": [{"index": self._tools.get(block, 0),
-                                             "function": {"arguments": fragment}}]})]
-
-    def _end(self) -> list[bytes]:
-        self._done = True
-        out = []
-        if self._wants_usage and self.usage is not None:
-            chunk = {"id": self._id, "object": "chat.completion.chunk",
-                     "created": self._created, "model": self._model, "choices": [],
-                     "usage": chat_usage(self.usage)}
-            out.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
-        out.append(b"data: [DONE]\n\n")
-        return out
 
 
 def is_titan_embedding(model: str) -> bool:

@@ -9,10 +9,18 @@ from typing import Any
 
 import orjson
 
-from txgateway.dialects.anthropic import ERROR_STATUSES
-from txgateway.dialects.openai import stream_error_event
+from txgateway.dialects.anthropic import ERROR_STATUSES, error_of
+from txgateway.dialects.openai import error_body, stream_error_event
 from txgateway.streams import EventSplitter, data_of, event_name, events
-from txgateway.translate import arguments_object, data_url
+from txgateway.translate import (
+    ToChatChunks,
+    arguments_object,
+    assistant_choice,
+    chat_completion_object,
+    chat_text,
+    data_url,
+    tool_call,
+)
 from txgateway.usage import Usage
 
 #: Thinking budgets for OpenAI's ``reasoning_effort``; capped below ``max_tokens``.
@@ -70,7 +78,7 @@ def _conversation(chat_messages: list[Any]) -> tuple[str, list[dict[str, Any]]]:
         role = message.get("role")
         content = message.get("content")
         if role in ("system", "developer"):
-            system.append(_text_of(content))
+            system.append(chat_text(content))
         elif role == "tool":
             result = {"type": "tool_result", "tool_use_id": message.get("tool_call_id"),
                       "content": content if isinstance(content, str) else _blocks(content)}
@@ -92,13 +100,6 @@ def _conversation(chat_messages: list[Any]) -> tuple[str, list[dict[str, Any]]]:
     for turn in turns:
         turn.pop("_tool_results", None)
     return "\n\n".join(text for text in system if text), turns
-
-
-def _text_of(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    return "\n".join(part.get("text", "") for part in content or []
-                     if isinstance(part, dict) and part.get("type") == "text")
 
 
 def _blocks(content: Any) -> list[dict[str, Any]]:
@@ -159,17 +160,6 @@ def _output_format(response_format: Any) -> dict[str, Any] | None:
     return None
 
 
-def chat_usage(usage: Usage) -> dict[str, Any]:
-    """An OpenAI usage object: ``prompt_tokens`` counts cache reads and writes too."""
-    return {
-        "prompt_tokens": usage.input_tokens,
-        "completion_tokens": usage.output_tokens,
-        "total_tokens": usage.input_tokens + usage.output_tokens,
-        "prompt_tokens_details": {"cached_tokens": usage.cached_input_tokens},
-        "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
-    }
-
-
 def chat_completion(message: dict[str, Any], created: int) -> tuple[dict[str, Any], Usage | None]:
     """A chat completion for a Messages answer, and its usage."""
     text, reasoning, calls = [], [], []
@@ -180,51 +170,35 @@ def chat_completion(message: dict[str, Any], created: int) -> tuple[dict[str, An
         elif kind == "thinking":
             reasoning.append(block.get("thinking", ""))
         elif kind == "tool_use":
-            calls.append({"id": block.get("id"), "type": "function", "function": {
-                "name": block.get("name"),
-                "arguments": orjson.dumps(block.get("input") or {}).decode()}})
-    answer: dict[str, Any] = {"role": "assistant", "content": "".join(text) if text else None,
-                              "refusal": None}
-    if reasoning:
-        answer["reasoning_content"] = "".join(reasoning)
-    if calls:
-        answer["tool_calls"] = calls
+            calls.append(tool_call(block.get("id"), block.get("name"), block.get("input")))
+    choice = assistant_choice(0, "".join(text) if text else None, reasoning, calls,
+                              FINISH_REASONS.get(message.get("stop_reason"), "stop"))
     usage = Usage.from_anthropic(message.get("usage"))
-    completion = {
-        "id": message.get("id"), "object": "chat.completion", "created": created,
-        "model": message.get("model"),
-        "choices": [{"index": 0, "message": answer, "logprobs": None,
-                     "finish_reason": FINISH_REASONS.get(message.get("stop_reason"), "stop")}],
-    }
-    if usage is not None:
-        completion["usage"] = chat_usage(usage)
-    return completion, usage
+    return chat_completion_object(message.get("id"), created, message.get("model"), [choice],
+                                  usage), usage
 
 
-class MessagesToChatStream:
+def openai_error(status: int, body: bytes) -> bytes | None:
+    """An OpenAI error for an Anthropic one (same status, its type as the code), or None."""
+    error = error_of(body)
+    if error is None:
+        return None
+    kind, message = error
+    return error_body(status, message, kind)
+
+
+class MessagesToChatStream(ToChatChunks):
     """
-    Turns a Messages SSE stream into chat completion chunks as it arrives.
-
-    Tool calls keep a stable ``index`` (their order among tool calls); the first chunk of a
-    call has its id and name, later ones stream the arguments.  Usage is cumulative in
-    Anthropic's stream, so the latest values win over earlier ones, field by field.
+    Turns a Messages SSE stream into chat completion chunks as it arrives.  Usage is
+    cumulative in Anthropic's stream, so the latest values win over earlier ones, field by
+    field.
     """
 
     def __init__(self, created: int, wants_usage: bool) -> None:
-        self._created = created
-        self._wants_usage = wants_usage
+        super().__init__(created, wants_usage)
         self._splitter = EventSplitter()
-        self._id = ""
-        self._model = ""
-        self._tools: dict[int, int] = {}
-        #: Tool calls (by block index) whose arguments have not started yet.
-        self._no_arguments: set[int] = set()
         self._usage: dict[str, Any] = {}
         self._finish = "stop"
-        self.usage: Usage | None = None
-        #: An upstream ``error`` event: (status, message).
-        self.error: tuple[int, str] | None = None
-        self.chunks = 0
 
     def feed(self, data: bytes) -> bytes:
         out = []
@@ -236,12 +210,6 @@ class MessagesToChatStream:
         self.chunks += len(out)
         return b"".join(out)
 
-    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
-        chunk = {"id": self._id, "object": "chat.completion.chunk", "created": self._created,
-                 "model": self._model, "choices": [
-                     {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
-        return b"data: " + orjson.dumps(chunk) + b"\n\n"
-
     def _event(self, name: bytes, data: dict[str, Any]) -> list[bytes]:
         kind = data.get("type") or name.decode()
         if kind == "message_start":
@@ -252,26 +220,21 @@ class MessagesToChatStream:
         if kind == "content_block_start":
             block = data.get("content_block") or {}
             if block.get("type") == "tool_use":
-                index = self._tools[data["index"]] = len(self._tools)
-                self._no_arguments.add(data["index"])
-                return [self._chunk({"tool_calls": [{
-                    "index": index, "id": block.get("id"), "type": "function",
-                    "function": {"name": block.get("name"), "arguments": ""}}]})]
+                return self._tool_start(data["index"], block.get("id"), block.get("name"))
             if block.get("type") == "text" and block.get("text"):
                 return [self._chunk({"content": block["text"]})]
             return []
         if kind == "content_block_delta":
             return self._delta(data["index"], data.get("delta") or {})
-        if kind == "content_block_stop" and data.get("index") in self._no_arguments:
-            # A call without arguments still gets valid JSON ones.
-            return self._arguments(data["index"], "{}")
+        if kind == "content_block_stop":
+            return self._block_stop(data.get("index"))
         if kind == "message_delta":
             self._finish = FINISH_REASONS.get((data.get("delta") or {}).get("stop_reason"),
                                               "stop")
             self._take_usage(data.get("usage"))
             return []
         if kind == "message_stop":
-            return self._end()
+            return [self._chunk({}, self._finish), *self._done()]
         if kind == "error":
             error = data.get("error") or {}
             kind = error.get("type", "api_error")
@@ -293,22 +256,7 @@ class MessagesToChatStream:
             return self._arguments(index, delta["partial_json"])
         return []
 
-    def _arguments(self, index: int, fragment: str) -> list[bytes]:
-        self._no_arguments.discard(index)
-        return [self._chunk({"tool_calls": [{"index": self._tools.get(index, 0),
-                                             "function": {"arguments": fragment}}]})]
-
     def _take_usage(self, usage: Any) -> None:
         if isinstance(usage, dict):
             self._usage.update({k: v for k, v in usage.items() if v is not None})
             self.usage = Usage.from_anthropic(self._usage)
-
-    def _end(self) -> list[bytes]:
-        out = [self._chunk({}, self._finish)]
-        if self._wants_usage and self.usage is not None:
-            chunk = {"id": self._id, "object": "chat.completion.chunk",
-                     "created": self._created, "model": self._model, "choices": [],
-                     "usage": chat_usage(self.usage)}
-            out.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
-        out.append(b"data: [DONE]\n\n")
-        return out

@@ -20,8 +20,17 @@ import orjson
 
 from txgateway.dialects.openai import error_body, stream_error_event
 from txgateway.streams import EventSplitter, data_of, events
-from txgateway.translate import Untranslatable, arguments_object, data_url
-from txgateway.translate.chat_to_messages import chat_usage
+from txgateway.translate import (
+    ToChatChunks,
+    Untranslatable,
+    add_turn,
+    arguments_object,
+    assistant_choice,
+    chat_completion_object,
+    chat_text,
+    data_url,
+    tool_call,
+)
 from txgateway.usage import Usage
 
 FINISH_REASONS = {
@@ -78,6 +87,11 @@ def generate_request(chat: dict[str, Any]) -> dict[str, Any]:
     return request
 
 
+def generate_method(stream: bool) -> str:
+    """What follows ``models/{model}:`` in the URL of a chat call: SSE for a stream."""
+    return "streamGenerateContent?alt=sse" if stream else "generateContent"
+
+
 def _contents(messages: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The system parts, and the turns (roles user and model, consecutive ones merged)."""
     names = {call.get("id"): (call.get("function") or {}).get("name")
@@ -89,7 +103,7 @@ def _contents(messages: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str,
         role = message.get("role")
         content = message.get("content")
         if role in ("system", "developer"):
-            text = _text(content)
+            text = chat_text(content)
             if text:
                 system.append({"text": text})
             continue
@@ -100,23 +114,11 @@ def _contents(messages: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str,
         elif role == "tool":
             name = message.get("name") or names.get(message.get("tool_call_id")) or ""
             turn, parts = "user", [{"functionResponse": {
-                "name": name, "response": {"content": _text(content)}}}]
+                "name": name, "response": {"content": chat_text(content)}}}]
         else:
             turn, parts = "user", _parts(content)
-        if not parts:
-            continue
-        if contents and contents[-1]["role"] == turn:
-            contents[-1]["parts"].extend(parts)
-        else:
-            contents.append({"role": turn, "parts": parts})
+        add_turn(contents, turn, "parts", parts)
     return system, contents
-
-
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    return "\n".join(part.get("text", "") for part in content or []
-                     if isinstance(part, dict) and part.get("type") == "text")
 
 
 def _parts(content: Any) -> list[dict[str, Any]]:
@@ -351,10 +353,8 @@ def _read_parts(parts: list[Any]) -> tuple[list[str], list[str], list[dict[str, 
             continue
         call = part.get("functionCall")
         if isinstance(call, dict):
-            calls.append({"id": call.get("id") or tool_call_id(part.get("thoughtSignature")),
-                          "type": "function", "function": {
-                              "name": call.get("name"),
-                              "arguments": orjson.dumps(call.get("args") or {}).decode()}})
+            calls.append(tool_call(call.get("id") or tool_call_id(part.get("thoughtSignature")),
+                                   call.get("name"), call.get("args")))
         elif isinstance(part.get("text"), str):
             (thoughts if part.get("thought") else text).append(part["text"])
     return text, thoughts, calls
@@ -365,28 +365,14 @@ def chat_completion(answer: dict[str, Any], created: int) -> tuple[dict[str, Any
     choices = []
     for position, candidate in enumerate(answer.get("candidates") or []):
         text, thoughts, calls = _read_parts((candidate.get("content") or {}).get("parts") or [])
-        message: dict[str, Any] = {"role": "assistant",
-                                   "content": "".join(text) if text or not calls else None,
-                                   "refusal": None}
-        if thoughts:
-            message["reasoning_content"] = "".join(thoughts)
-        if calls:
-            message["tool_calls"] = calls
-        choices.append({"index": candidate.get("index", position), "message": message,
-                        "logprobs": None,
-                        "finish_reason": _finish_reason(candidate.get("finishReason"),
-                                                        bool(calls))})
+        choices.append(assistant_choice(
+            candidate.get("index", position), "".join(text) if text or not calls else None,
+            thoughts, calls, _finish_reason(candidate.get("finishReason"), bool(calls))))
     if not choices:  # the prompt itself was blocked (promptFeedback.blockReason)
-        choices.append({"index": 0, "message": {"role": "assistant", "content": "",
-                                                "refusal": None},
-                        "logprobs": None, "finish_reason": "content_filter"})
+        choices.append(assistant_choice(0, "", [], [], "content_filter"))
     usage = usage_of(answer.get("usageMetadata"))
-    completion = {"id": _completion_id(answer), "object": "chat.completion",
-                  "created": created, "model": answer.get("modelVersion", ""),
-                  "choices": choices}
-    if usage is not None:
-        completion["usage"] = chat_usage(usage)
-    return completion, usage
+    return chat_completion_object(_completion_id(answer), created,
+                                  answer.get("modelVersion", ""), choices, usage), usage
 
 
 def _completion_id(answer: dict[str, Any]) -> str:
@@ -436,7 +422,7 @@ def openai_error(status: int, body: bytes) -> bytes | None:
     return error_body(status, error[2], error[1].lower())
 
 
-class GeminiToChatStream:
+class GeminiToChatStream(ToChatChunks):
     """
     Turns a ``streamGenerateContent?alt=sse`` stream into chat completion chunks as it
     arrives.  Gemini sends whole function calls, each becoming one complete tool call delta;
@@ -445,17 +431,12 @@ class GeminiToChatStream:
     """
 
     def __init__(self, created: int, wants_usage: bool) -> None:
-        self._created = created
-        self._wants_usage = wants_usage
+        super().__init__(created, wants_usage)
         self._splitter = EventSplitter()
-        self._id = ""
-        self._model = ""
         self._started: set[int] = set()
+        #: How many tool calls each choice has had.
         self._calls: dict[int, int] = {}
         self._ended = False
-        self.usage: Usage | None = None
-        self.error: tuple[int, str] | None = None
-        self.chunks = 0
 
     def feed(self, data: bytes) -> bytes:
         out: list[bytes] = []
@@ -465,13 +446,6 @@ class GeminiToChatStream:
                 out.extend(self._answer(orjson.loads(payload)))
         self.chunks += len(out)
         return b"".join(out)
-
-    def _chunk(self, index: int, delta: dict[str, Any], finish: str | None = None) -> bytes:
-        chunk = {"id": self._id, "object": "chat.completion.chunk", "created": self._created,
-                 "model": self._model, "choices": [
-                     {"index": index, "delta": delta, "logprobs": None,
-                      "finish_reason": finish}]}
-        return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
     def _answer(self, answer: dict[str, Any]) -> list[bytes]:
         error = error_of(answer)
@@ -487,7 +461,7 @@ class GeminiToChatStream:
             self.usage = usage
         candidates = answer.get("candidates") or []
         if not candidates and (answer.get("promptFeedback") or {}).get("blockReason"):
-            return [*self._start(0), self._chunk(0, {}, "content_filter")]
+            return [*self._start(0), self._chunk({}, "content_filter")]
         out: list[bytes] = []
         for position, candidate in enumerate(candidates):
             index = candidate.get("index", position)
@@ -495,37 +469,30 @@ class GeminiToChatStream:
             text, thoughts, calls = _read_parts(
                 (candidate.get("content") or {}).get("parts") or [])
             if thoughts:
-                out.append(self._chunk(index, {"reasoning_content": "".join(thoughts)}))
+                out.append(self._chunk({"reasoning_content": "".join(thoughts)}, index=index))
             if text and "".join(text):
-                out.append(self._chunk(index, {"content": "".join(text)}))
+                out.append(self._chunk({"content": "".join(text)}, index=index))
             for call in calls:
                 position_in_choice = self._calls.get(index, 0)
                 self._calls[index] = position_in_choice + 1
-                out.append(self._chunk(index, {"tool_calls": [
-                    {"index": position_in_choice, **call}]}))
+                out.append(self._chunk({"tool_calls": [{"index": position_in_choice, **call}]},
+                                       index=index))
             reason = candidate.get("finishReason")
             if reason:
-                out.append(self._chunk(index, {}, _finish_reason(reason,
-                                                                 index in self._calls)))
+                out.append(self._chunk({}, _finish_reason(reason, index in self._calls), index))
         return out
 
     def _start(self, index: int) -> list[bytes]:
         if index in self._started:
             return []
         self._started.add(index)
-        return [self._chunk(index, {"role": "assistant", "content": ""})]
+        return [self._chunk({"role": "assistant", "content": ""}, index=index)]
 
     def finish(self) -> bytes:
         """The end of the body: the usage chunk when asked for, and ``[DONE]``."""
         if self._ended:
             return b""
         self._ended = True
-        out = []
-        if self._wants_usage and self.usage is not None:
-            chunk = {"id": self._id, "object": "chat.completion.chunk",
-                     "created": self._created, "model": self._model, "choices": [],
-                     "usage": chat_usage(self.usage)}
-            out.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
-        out.append(b"data: [DONE]\n\n")
+        out = self._done()
         self.chunks += len(out)
         return b"".join(out)
