@@ -31,7 +31,9 @@ PATHS = {"chat": "/chat/completions", "completions": "/completions",
          "embeddings": "/embeddings", "images": "/images/generations",
          "image_edits": "/images/edits", "speech": "/audio/speech",
          "transcriptions": "/audio/transcriptions", "translations": "/audio/translations",
-         "responses": "/responses"}
+         "responses": "/responses", "files": "/files", "batches": "/batches"}
+#: APIs with no per-deployment path: v1 it is, whatever ``api`` says.
+V1_ONLY = frozenset({"responses", "files", "batches"})
 
 
 @attrs.frozen
@@ -80,8 +82,7 @@ class AzureProvider:
 
     def build_request(self, call: ApiCall) -> UpstreamRequest:
         url = self._v1_urls[call.api]
-        # The Responses API has no per-deployment path: v1 it is, the model in the body.
-        if self._settings.api == "deployments" and call.api != "responses":
+        if self._settings.api == "deployments" and call.api not in V1_ONLY:
             url = (f"{self._settings.endpoint}/openai/deployments/{quote(call.model, safe='')}"
                    f"{PATHS[call.api]}?{self._version_query}").encode()
         return UpstreamRequest(b"POST", url, self._headers, call.body)

@@ -25,7 +25,10 @@ PATHS = {"chat": "/chat/completions", "completions": "/completions",
          "embeddings": "/embeddings", "images": "/images/generations",
          "image_edits": "/images/edits", "speech": "/audio/speech",
          "transcriptions": "/audio/transcriptions", "translations": "/audio/translations",
-         "responses": "/responses"}
+         "responses": "/responses",
+         # The native files and batches APIs (txgateway.web.files, txgateway.web.batches):
+         # the collection's URL; an object's path is under it.
+         "files": "/files", "batches": "/batches"}
 
 
 @attrs.frozen

@@ -19,6 +19,7 @@ from twisted.internet.defer import Deferred
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+from tests.fake_openai_batch import BatchFakes
 from tests.fake_openai_responses import ResponsesFakes
 from tests.fake_openai_rest import RestFakes
 from txgateway.web.site import GatewaySite
@@ -82,7 +83,7 @@ class FakeUpstream(Resource):
             waiter.callback(model)
 
 
-class FakeOpenAI(ResponsesFakes, RestFakes, FakeUpstream):
+class FakeOpenAI(BatchFakes, ResponsesFakes, RestFakes, FakeUpstream):
     """Chat completions here; the other REST APIs in `tests.fake_openai_rest`."""
 
     def render_POST(self, request: Any) -> Any:

@@ -1,6 +1,7 @@
 """
 The fake OpenAI server's Responses API: ``POST /v1/responses`` (JSON or the SSE event
-sequence), and the stored responses' ``GET``, ``DELETE`` and ``input_items``.
+sequence), ``/v1/responses/input_tokens`` and ``/compact``, and the stored responses' ``GET``,
+``DELETE`` and ``input_items``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ TEXT = ["Hel", "lo", " there", "!"]
 USAGE = {"input_tokens": 21, "input_tokens_details": {"cached_tokens": 5},
          "output_tokens": 9, "output_tokens_details": {"reasoning_tokens": 2},
          "total_tokens": 30}
+#: What the fake counts for any input, and the content of the compaction items it makes.
+INPUT_TOKENS = 123
+ENCRYPTED = "gAAAA-fake-opaque-compaction"
 
 
 def _event(kind: str, sequence: int, **fields: Any) -> bytes:
@@ -36,6 +40,13 @@ class ResponsesFakes:
         path = request.path
         if path.endswith(b"/responses") and request.method == b"POST":
             return self._create(request)
+        if path.endswith(b"/responses/input_tokens") and request.method == b"POST":
+            self.received(request)  # type: ignore[attr-defined]
+            request.setHeader(b"content-type", b"application/json")
+            return orjson.dumps({"object": "response.input_tokens",
+                                 "input_tokens": INPUT_TOKENS})
+        if path.endswith(b"/responses/compact") and request.method == b"POST":
+            return self._compact(request)
         if b"/responses/" in path:
             return self._stored(request)
         return super().render(request)  # type: ignore[misc]
@@ -45,13 +56,14 @@ class ResponsesFakes:
         model = body["model"]
         if model.startswith("error-"):
             return self._error(request, int(model.split("-")[1]))  # type: ignore[attr-defined]
-        response_id = f"resp_fake{len(self.responses)}"
+        number = len(self.responses)
+        response_id = f"resp_fake{number}"
         if body.get("tools"):
-            item = {"type": "function_call", "id": "fc_fake1", "call_id": "call_fake1",
+            item = {"type": "function_call", "id": f"fc_fake{number}", "call_id": "call_fake1",
                     "name": body["tools"][0]["name"], "arguments": '{"city": "Paris"}',
                     "status": "completed"}
         else:
-            item = {"type": "message", "id": "msg_fake1", "status": "completed",
+            item = {"type": "message", "id": f"msg_fake{number}", "status": "completed",
                     "role": "assistant", "content": [
                         {"type": "output_text", "text": "".join(TEXT), "annotations": []}]}
         response = {"id": response_id, "object": "response", "created_at": int(time.time()),
@@ -80,6 +92,23 @@ class ResponsesFakes:
         request.write(_event("response.completed", next(sequence), response=response))
         request.finish()
         return NOT_DONE_YET
+
+    def _compact(self, request: Any) -> bytes:
+        """The user messages of the input, then one opaque compaction item."""
+        body = self.received(request)  # type: ignore[attr-defined]
+        inputs = body.get("input") or []
+        if isinstance(inputs, str):
+            inputs = [{"role": "user", "content": inputs}]
+        users = [{"type": "message", "id": f"msg_user{index}", "role": "user",
+                  "status": "completed", "content": [{"type": "input_text", "text": item[
+                      "content"]}] if isinstance(item["content"], str) else item["content"]}
+                 for index, item in enumerate(inputs) if item.get("role") == "user"]
+        request.setHeader(b"content-type", b"application/json")
+        return orjson.dumps({
+            "id": "resp_compact1", "object": "response.compaction",
+            "created_at": int(time.time()), "usage": USAGE,
+            "output": [*users, {"type": "compaction", "id": "cmp_fake1",
+                                "encrypted_content": ENCRYPTED}]})
 
     def _stored(self, request: Any) -> bytes:
         self.stored_calls.append((request.method, request.path))

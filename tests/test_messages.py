@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import anthropic
 import orjson
+import treq
 
 from tests.fake_anthropic import FINAL_USAGE, TEXT, THINKING
 from tests.fake_openai import CONTENT, TOOL_ARGUMENT_FRAGMENTS, USAGE
@@ -127,6 +128,19 @@ class ToAnthropicTests(MessagesTestCase):
         path, _, body = self.claude.requests[0]
         self.assertEqual((path, body["model"]), (b"/v1/messages/count_tokens",
                                                  "claude-upstream"))
+
+    async def test_unknown_path_and_method_in_anthropic_dialect(self) -> None:
+        """Under ``/v1/messages`` even URL and method errors are Anthropic error objects."""
+        for path in ("/v1/messages/nope", "/anthropic/v1/messages/nope/deeper"):
+            with self.assertRaises(anthropic.NotFoundError) as caught:
+                await self.sdk(self.anthropic.post, path, body={}, cast_to=object)
+            self.assertEqual(caught.exception.body, {"type": "error", "error": {
+                "type": "not_found_error", "message": f"Invalid URL (POST {path})"}})
+        response = await treq.get(self.base_url + "/v1/messages", pool=self.pool)
+        self.assertEqual((response.code, response.headers.getRawHeaders(b"allow")),
+                         (405, [b"POST"]))
+        self.assertEqual((await response.json())["error"]["type"], "invalid_request_error")
+        self.assertEqual(self.claude.requests, [])
 
 
 class ToOpenAITests(MessagesTestCase):

@@ -7,13 +7,21 @@ import os
 from io import BytesIO
 from typing import Any
 
+import anthropic
+import openai
 import orjson
 import treq
 from twisted.internet import reactor
-from twisted.web.client import Agent, FileBodyProducer
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.client import Agent, FileBodyProducer, ResponseFailed
 from twisted.web.http_headers import Headers
 
+from tests.fake_anthropic import FINAL_USAGE, START_USAGE, TEXT
+from tests.fake_openai import CONTENT, USAGE
+from tests.fake_openai_responses import USAGE as RESPONSES_USAGE
 from tests.gateway_harness import CONFIG, GatewayTestCase
+from txgateway.usage import Usage
+from txgateway.web.passthrough import StreamUsage
 
 LIMIT = 4 * 1024 * 1024
 
@@ -100,3 +108,136 @@ class PassthroughTests(GatewayTestCase):
         response, body = await self.request(b"GET", b"/p/nowhere/models")
         self.assertEqual(response.code, 502)
         self.assertEqual(orjson.loads(body)["error"]["code"], "upstream_unreachable")
+
+
+class PassthroughStreamUsageTests(GatewayTestCase):
+    """SSE answers relayed through ``/p/...`` as they came, their usage read on the side."""
+
+    def passthrough_client(self, provider: str) -> openai.OpenAI:
+        client = openai.OpenAI(base_url=f"{self.base_url}/p/{provider}", api_key="sk-caller",
+                               max_retries=0, timeout=10)
+        self.addCleanup(client.close)
+        return client
+
+    def record(self) -> dict[str, Any]:
+        [record] = self.access_records()
+        self.assertEqual((record["route"], record["status"], record["stream"]),
+                         ("passthrough", 200, True))
+        return record
+
+    async def test_chat_stream_usage(self) -> None:
+        """OpenAI chat chunks with ``stream_options.include_usage``, through the openai SDK."""
+        client = self.passthrough_client("fake")
+
+        def stream() -> list[Any]:
+            return list(client.chat.completions.create(
+                model="gpt-4o", messages=[{"role": "user", "content": "Hi"}], stream=True,
+                stream_options={"include_usage": True}))
+
+        chunks = await self.sdk(stream)
+        self.assertEqual("".join(chunk.choices[0].delta.content or "" for chunk in chunks
+                                 if chunk.choices), "".join(CONTENT))
+        self.assertEqual(chunks[-1].usage.prompt_tokens, USAGE["prompt_tokens"])
+        record = self.record()
+        self.assertEqual((record["model"], record["input_tokens"], record["output_tokens"],
+                          record["cached_input_tokens"], record["usage_estimated"]),
+                         ("gpt-4o", 11, 4, 3, False))
+        # gpt-4o: $2.50 per million fresh input tokens, $1.25 cached, $10 output.
+        self.assertAlmostEqual(record["cost_usd"], (8 * 2.5 + 3 * 1.25 + 4 * 10) / 1e6)
+
+    async def test_chat_stream_without_usage(self) -> None:
+        """A stream that reports no usage records none: nothing is made up."""
+        client = self.passthrough_client("fake")
+
+        def stream() -> list[Any]:
+            return list(client.chat.completions.create(
+                model="gpt-4o", messages=[{"role": "user", "content": "Hi"}], stream=True))
+
+        self.assertEqual(len(await self.sdk(stream)), len(CONTENT) + 2)
+        record = self.record()
+        self.assertEqual((record["input_tokens"], record["output_tokens"], record["cost_usd"]),
+                         (0, 0, 0.0))
+
+    async def test_responses_stream_usage(self) -> None:
+        """The Responses API's ``response.completed`` event, through the openai SDK."""
+        client = self.passthrough_client("fake")
+
+        def stream() -> list[Any]:
+            return list(client.responses.create(model="gpt-4o", input="Hi", stream=True))
+
+        events = await self.sdk(stream)
+        self.assertEqual(events[-1].type, "response.completed")
+        record = self.record()
+        self.assertEqual(
+            (record["input_tokens"], record["output_tokens"], record["cached_input_tokens"],
+             record["reasoning_tokens"]),
+            (RESPONSES_USAGE["input_tokens"], RESPONSES_USAGE["output_tokens"], 5, 2))
+
+    async def test_anthropic_stream_usage(self) -> None:
+        """Anthropic's ``message_start`` and ``message_delta``, through the anthropic SDK."""
+        client = anthropic.Anthropic(base_url=f"{self.base_url}/p/claude", api_key="sk-caller",
+                                     max_retries=0, timeout=10)
+        self.addCleanup(client.close)
+
+        def stream() -> list[Any]:
+            with client.messages.stream(model="claude-sonnet-4", max_tokens=100, messages=[
+                    {"role": "user", "content": "Hi"}]) as events:
+                return [events.get_final_message(), self.claude.requests[-1][1]]
+
+        message, headers = await self.sdk(stream)
+        self.assertEqual(message.content[0].text, "".join(TEXT))
+        self.assertEqual(headers[b"X-Api-Key"], [b"sk-ant-upstream"])
+        record = self.record()
+        self.assertEqual(
+            (record["model"], record["input_tokens"], record["output_tokens"],
+             record["cached_input_tokens"], record["cache_creation_input_tokens"]),
+            ("claude-sonnet-4", 20 + 7 + 5, FINAL_USAGE["output_tokens"], 7, 5))
+        # claude-sonnet-4: $3 per million input tokens, $0.30 cache reads, $3.75 cache
+        # writes, $15 output.
+        self.assertAlmostEqual(record["cost_usd"], (20 * 3 + 7 * 0.3 + 5 * 3.75 + 9 * 15) / 1e6)
+
+    async def test_model_from_the_stream(self) -> None:
+        """A body the gateway does not read as JSON names no model: the stream's is recorded."""
+        body = orjson.dumps({"model": "claude-sonnet-4", "max_tokens": 100, "stream": True,
+                             "messages": [{"role": "user", "content": "Hi"}]})
+        response = await treq.post(self.base_url + "/p/claude/v1/messages", body,
+                                   pool=self.pool,
+                                   headers={b"content-type": [b"text/plain"]})
+        relayed = await treq.content(response)
+        self.assertEqual(response.headers.getRawHeaders(b"content-type"),
+                         [b"text/event-stream; charset=utf-8"])
+        self.assertTrue(relayed.startswith(b"event: message_start\n"))
+        self.assertTrue(relayed.endswith(b'event: message_stop\ndata: {"type":"message_stop"}'
+                                         b"\n\n"))
+        record = self.record()
+        self.assertEqual((record["model"], record["input_tokens"], record["output_tokens"]),
+                         ("claude-sonnet-4", 32, 9))
+
+    async def test_cut_stream_keeps_the_usage_seen(self) -> None:
+        """A stream cut after ``message_start``: its input is kept, the record estimated."""
+        response = await self.post("/p/claude/v1/messages", orjson.dumps({
+            "model": "claude-cut-stream", "max_tokens": 100, "stream": True,
+            "messages": [{"role": "user", "content": "Hi"}]}))
+        with self.assertRaises(ResponseFailed):
+            await treq.content(response)
+        [record] = self.access_records()
+        self.assertEqual((record["status"], record["input_tokens"], record["output_tokens"],
+                          record["usage_estimated"]), (502, 32, 1, True))
+
+
+class StreamUsageTests(SynchronousTestCase):
+    """`StreamUsage` however the bytes are cut."""
+
+    def test_byte_by_byte(self) -> None:
+        stream = (b"event: message_start\r\ndata: " + orjson.dumps({
+            "type": "message_start", "message": {"model": "claude-x", "usage": START_USAGE}})
+            + b"\r\n\r\nevent: ping\r\ndata: {\"type\": \"ping\"}\r\n\r\n"
+            b"event: message_delta\r\ndata: " + orjson.dumps({
+                "type": "message_delta", "delta": {"stop_reason": "end_turn"},
+                "usage": {"output_tokens": 9}}) + b"\r\n\r\n")
+        reader = StreamUsage()
+        for index in range(len(stream)):
+            reader.feed(stream[index:index + 1])
+        self.assertEqual(reader.read(), (Usage(input_tokens=32, output_tokens=9,
+                                               cached_input_tokens=7,
+                                               cache_creation_tokens=5), "claude-x"))

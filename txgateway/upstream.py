@@ -28,7 +28,12 @@ from twisted.internet.error import TimeoutError as ConnectTimeout
 from twisted.internet.interfaces import IPushProducer, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
-from twisted.web._newclient import ResponseFailed, ResponseNeverReceived
+from twisted.web._newclient import (
+    RequestGenerationFailed,
+    RequestTransmissionFailed,
+    ResponseFailed,
+    ResponseNeverReceived,
+)
 from twisted.web.client import (
     Agent,
     BrowserLikePolicyForHTTPS,
@@ -250,6 +255,12 @@ def _classify(failure: Failure) -> Failure:
         return Failure(UpstreamUnreachable(f"cannot connect to the upstream: {failure.value}"))
     if failure.check(ResponseNeverReceived, ResponseFailed):
         return Failure(UpstreamBroken("the upstream closed the connection without answering"))
+    if failure.check(RequestGenerationFailed):
+        # A body streamed as it arrives failed (`txgateway.web.upload`): its error says why
+        # (the client left, its body was refused, the upstream stopped taking it).
+        return _classify(failure.value.reasons[0])
+    if failure.check(RequestTransmissionFailed):
+        return Failure(UpstreamBroken("the upstream connection broke while the request was sent"))
     return failure
 
 

@@ -1,7 +1,9 @@
 """
-``multipart/form-data`` requests (audio transcriptions and translations, image edits): found
-by offsets in the caller's bytes, so that a field can be rewritten (the model) while the file
-parts are sent upstream as they came, never decoded or copied whole.
+``multipart/form-data`` requests (audio transcriptions and translations, image edits, file
+uploads), parsed as they arrive: `FormParser` is fed the body chunk by chunk and notes each
+part's name, the small text fields and where the model's value lies, so that the form can be
+routed and its model rewritten while the file parts go upstream as they came, never decoded
+or held whole.
 """
 
 from __future__ import annotations
@@ -9,7 +11,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import attrs
 from twisted.internet import task
 from twisted.internet.defer import Deferred
 from twisted.web.iweb import IBodyProducer
@@ -22,40 +23,11 @@ _FILENAME = re.compile(rb'(?:^|;)\s*filename\*?=', re.IGNORECASE)
 _BOUNDARY = re.compile(rb'boundary="?([^";]+)"?', re.IGNORECASE)
 #: Text fields longer than this are not decoded (no API routes on one).
 _TEXT_LIMIT = 4096
+#: A part's headers longer than this are refused.
+_HEADERS_LIMIT = 16 * 1024
 
-
-@attrs.frozen
-class Part:
-    name: str
-    is_file: bool
-    #: Where the part's content starts and ends in the request body.
-    start: int
-    end: int
-
-
-@attrs.frozen
-class FormRequest:
-    """A multipart request: the caller's bytes, its boundary, its parts and its text fields."""
-
-    raw: bytes
-    boundary: bytes
-    parts: tuple[Part, ...]
-    #: The decoded text fields (the first of each name).
-    fields: dict[str, str]
-    model: str
-    stream: bool
-
-    def part(self, name: str) -> Part | None:
-        return next((part for part in self.parts if part.name == name), None)
-
-    def upstream_segments(self, upstream_model: str) -> list[memoryview]:
-        """The body to send: the caller's, with the model part's content replaced if it must."""
-        whole = memoryview(self.raw)
-        if upstream_model == self.model:
-            return [whole]
-        model = self.part("model")
-        assert model is not None
-        return [whole[:model.start], memoryview(upstream_model.encode()), whole[model.end:]]
+# What the parser expects next.
+_OPENING, _HEADERS, _CONTENT, _AFTER_DELIMITER, _DONE = range(5)
 
 
 def boundary_of(content_type: bytes) -> bytes | None:
@@ -66,58 +38,136 @@ def boundary_of(content_type: bytes) -> bytes | None:
     return found.group(1) if found else None
 
 
-def parse_form(raw: bytes, required: tuple[str, ...] = ("model", "file")) -> FormRequest:
+class FormParser:
     """
-    The parts of a multipart body.  The boundary is the body's first line (which the content
-    type must agree with: see `boundary_of`); ``required`` parts must be present, and the
-    model must be a text field.
+    A multipart body parsed incrementally, for its boundary (from the content type): `feed`
+    each chunk, then `close`; both raise `BadRequest` on a malformed form.  Offsets are from
+    the start of the body.
     """
-    first = raw.find(b"\r\n")
-    if not raw.startswith(b"--") or first < 3:
-        raise BadRequest("the request body must be multipart/form-data")
-    boundary = raw[2:first]
-    delimiter = b"\r\n--" + boundary
-    parts = []
-    fields: dict[str, str] = {}
-    position = first + 2
-    while True:
-        headers_end = raw.find(b"\r\n\r\n", position)
-        if headers_end < 0:
-            raise BadRequest("the multipart body is truncated")
-        start = headers_end + 4
-        end = raw.find(delimiter, start)
-        if end < 0:
+
+    def __init__(self, boundary: bytes) -> None:
+        self._opening = b"--" + boundary + b"\r\n"
+        self._delimiter = b"\r\n--" + boundary
+        self._state = _OPENING
+        self._pending = b""  # bytes fed but not parsed yet
+        self._offset = 0  # where ``_pending`` starts in the body
+        self._name = ""
+        self._start = 0  # where the current part's content starts
+        self._text: list[bytes] | None = None  # the current text part's content, if short
+        self._text_size = 0
+        #: The decoded text fields (the first of each name, up to 4 KiB each).
+        self.fields: dict[str, str] = {}
+        #: The name of every part begun.
+        self.names: set[str] = set()
+        #: Where the first ``model`` part's content starts and ends, once read.
+        self.model_span: tuple[int, int] | None = None
+        #: Whether the part being read now is a file.
+        self.in_file = False
+        #: Whether the closing delimiter has been read.
+        self.done = False
+
+    def feed(self, data: bytes) -> None:
+        pending = self._pending + data if self._pending else data
+        position = 0
+        while True:
+            state = self._state
+            if state == _CONTENT:
+                position = self._content(pending, position)
+                if self._state == _CONTENT:
+                    break
+            elif state == _HEADERS:
+                end = pending.find(b"\r\n\r\n", position)
+                if end < 0:
+                    if len(pending) - position > _HEADERS_LIMIT:
+                        raise BadRequest("a multipart part's headers are too long")
+                    break
+                self._begin_part(pending[position:end], self._offset + end + 4)
+                position = end + 4
+            elif state == _AFTER_DELIMITER:
+                if len(pending) - position < 2:
+                    break
+                after = pending[position:position + 2]
+                if after == b"--":
+                    self._state, self.done = _DONE, True
+                elif after == b"\r\n":
+                    self._state = _HEADERS
+                else:
+                    raise BadRequest("the multipart body has a malformed boundary")
+                position += 2
+            elif state == _OPENING:
+                size = len(self._opening)
+                if len(pending) < size:
+                    if not self._opening.startswith(pending):
+                        raise _not_opened()
+                    break
+                if not pending.startswith(self._opening):
+                    raise _not_opened()
+                self._state = _HEADERS
+                position = size
+            else:  # _DONE: the epilogue, ignored
+                position = len(pending)
+                break
+        self._offset += position
+        self._pending = pending[position:]
+
+    def close(self) -> None:
+        """The body has ended: it must have ended the form."""
+        if not self.done:
             raise BadRequest("the multipart body is truncated (no closing boundary)")
-        part = _part(raw[position:headers_end], start, end)
-        parts.append(part)
-        if not part.is_file and part.name not in fields and end - start <= _TEXT_LIMIT:
-            fields[part.name] = raw[start:end].decode("utf-8", "replace")
-        after = end + len(delimiter)
-        if raw.startswith(b"--", after):
-            break
-        if not raw.startswith(b"\r\n", after):
-            raise BadRequest("the multipart body has a malformed boundary")
-        position = after + 2
-    names = {part.name for part in parts}
-    for name in required:
-        if name not in names:
-            raise BadRequest(f"the multipart field '{name}' is required", name)
-    model = fields.get("model", "")
-    if "model" in required and not model:
-        raise BadRequest("you must provide a model parameter", "model")
-    return FormRequest(raw, boundary, tuple(parts), fields, model,
-                       fields.get("stream", "").lower() == "true")
+
+    def _content(self, pending: bytes, position: int) -> int:
+        """Reads content up to the delimiter (or as far as it cannot start); the new position."""
+        end = pending.find(self._delimiter, position)
+        if end < 0:
+            # Keep back what could be the start of a delimiter split across chunks.
+            keep = min(len(self._delimiter) - 1, len(pending) - position)
+            self._take_text(pending, position, len(pending) - keep)
+            return len(pending) - keep
+        self._take_text(pending, position, end)
+        self._end_part(self._offset + end)
+        self._state = _AFTER_DELIMITER
+        return end + len(self._delimiter)
+
+    def _begin_part(self, head: bytes, start: int) -> None:
+        self._name, self.in_file = _disposition(head)
+        self.names.add(self._name)
+        self._start = start
+        self._text = None if self.in_file or self._name in self.fields else []
+        self._text_size = 0
+        self._state = _CONTENT
+
+    def _take_text(self, pending: bytes, start: int, end: int) -> None:
+        if self._text is None or end <= start:
+            return
+        self._text_size += end - start
+        if self._text_size > _TEXT_LIMIT:
+            self._text = None
+        else:
+            self._text.append(pending[start:end])
+
+    def _end_part(self, end: int) -> None:
+        if self._text is not None:
+            self.fields[self._name] = b"".join(self._text).decode("utf-8", "replace")
+            if self._name == "model" and self.model_span is None:
+                self.model_span = (self._start, end)
+        self._text = None
+        self.in_file = False
 
 
-def _part(head: bytes, start: int, end: int) -> Part:
+def _not_opened() -> BadRequest:
+    return BadRequest("the multipart body does not start with its content type's boundary")
+
+
+def _disposition(head: bytes) -> tuple[str, bool]:
+    """A part's name, and whether it is a file, from its headers."""
     for line in head.split(b"\r\n"):
         key, _, value = line.partition(b":")
         if key.strip().lower() == b"content-disposition":
             name = _NAME.search(value)
             if name is None:
                 break
-            return Part(name.group(1).decode("utf-8", "replace"),
-                        _FILENAME.search(value) is not None, start, end)
+            return (name.group(1).decode("utf-8", "replace"),
+                    _FILENAME.search(value) is not None)
     raise BadRequest("a multipart part has no Content-Disposition name")
 
 

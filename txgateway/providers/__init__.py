@@ -97,7 +97,11 @@ class IProvider(Interface):
         "The IAgent that carries this provider's requests: the gateway's pooled HTTP agent for "
         "network providers, or a local one.  Its answers are in the OpenAI wire format."
     )
-    apis = Attribute("The API families served, a frozenset such as {'chat'}.")
+    apis = Attribute(
+        "The API families served, a frozenset such as {'chat'}.  'files' and 'batches' are "
+        "the provider's own OpenAI-shaped files and batches APIs: for them ``build_request`` "
+        "gives the collection's URL (``.../files``), under which each object's path lies."
+    )
 
     def build_request(call: ApiCall) -> UpstreamRequest:  # noqa: N805 (zope interface)
         """Turn a call into the HTTP request to send."""

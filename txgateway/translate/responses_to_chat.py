@@ -6,6 +6,7 @@ Responses object or its event sequence.
 
 from __future__ import annotations
 
+import base64
 import secrets
 import time
 from typing import Any
@@ -15,6 +16,16 @@ import orjson
 from txgateway.translate import FromChatChunks
 from txgateway.usage import Usage
 
+#: What starts the ``encrypted_content`` of a compaction item the gateway made.
+COMPACTION_TAG = "txgateway-compaction-v1:"
+#: The last message of a compaction's chat request.
+COMPACTION_PROMPT = (
+    "Write a summary of the conversation so far, for yourself to continue it from later "
+    "without the earlier messages: keep every fact, decision, name, number, instruction, "
+    "tool result and open task that may matter; leave out pleasantries. Answer with the "
+    "summary alone.")
+#: How a compaction item's summary is put before the model.
+COMPACTED = "The earlier part of this conversation was compacted into this summary:\n\n"
 #: Why a chat answer stopped early, as a Responses ``incomplete_details.reason``.
 INCOMPLETE_REASONS = {"length": "max_output_tokens", "content_filter": "content_filter"}
 
@@ -51,8 +62,9 @@ def stored_items(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 content = [{"type": part, "text": content}]
             item = {**item, "type": "message", "content": content}
             item.setdefault("status", "completed")
-        item.setdefault("id", new_id({"message": "msg", "function_call": "fc",
-                                      "function_call_output": "fco"}.get(kind, "item")))
+        if not item.get("id"):
+            item = {**item, "id": new_id({"message": "msg", "function_call": "fc",
+                                          "function_call_output": "fco"}.get(kind, "item"))}
         listed.append(item)
     return listed
 
@@ -117,10 +129,46 @@ def _add_item(messages: list[dict[str, Any]], item: Any) -> None:
         output = item.get("output")
         messages.append({"role": "tool", "tool_call_id": item.get("call_id"),
                          "content": output if isinstance(output, str) else _text(output)})
+    elif kind == "compaction":
+        messages.append({"role": "system", "content": COMPACTED + _summary_of(item)})
     elif kind != "reasoning":  # reasoning items carry nothing a chat model can take back
         raise UntranslatableRequest(
             f"input items of type {kind!r} are not supported for this model's provider",
             "input")
+
+
+def compaction_request(request: dict[str, Any], history: list[dict[str, Any]],
+                       model: str) -> dict[str, Any]:
+    """The chat request that summarises a conversation, for ``/responses/compact``."""
+    chat = chat_request({"instructions": request.get("instructions"),
+                         "input": request.get("input")}, history, model)
+    chat["messages"].append({"role": "user", "content": COMPACTION_PROMPT})
+    return chat
+
+
+def compacted_output(items: list[dict[str, Any]], summary: str) -> list[dict[str, Any]]:
+    """
+    A compaction's output as OpenAI's: the user messages, then one ``compaction`` item.  Its
+    ``encrypted_content`` is the summary, base64 and tagged as the gateway's (not encrypted:
+    the caller sent the conversation and may read what stands for it).
+    """
+    users = [item for item in stored_items(items)
+             if item["type"] == "message" and item.get("role") == "user"]
+    content = COMPACTION_TAG + base64.b64encode(summary.encode()).decode()
+    return [*users, {"type": "compaction", "id": new_id("cmp"), "encrypted_content": content}]
+
+
+def _summary_of(item: dict[str, Any]) -> str:
+    content = item.get("encrypted_content")
+    if not isinstance(content, str) or not content.startswith(COMPACTION_TAG):
+        raise UntranslatableRequest(
+            "this compaction item was made by another provider, whose encrypted content "
+            "only it can read", "input")
+    try:
+        return base64.b64decode(content[len(COMPACTION_TAG):], validate=True).decode()
+    except (ValueError, UnicodeDecodeError):
+        raise UntranslatableRequest("the compaction item's content is damaged",
+                                    "input") from None
 
 
 def _parts(content: Any) -> Any:
@@ -205,7 +253,15 @@ def response_object(request: dict[str, Any], response_id: str, model: str,
         "truncation": request.get("truncation", "disabled"),
         "usage": usage,
         "metadata": request.get("metadata") or {},
+        "conversation": conversation_reference(request.get("conversation")),
     }
+
+
+def conversation_reference(value: Any) -> dict[str, Any] | None:
+    """A request's ``conversation`` (an id, or an object with one) as a Response shows it."""
+    if isinstance(value, dict):
+        value = value.get("id")
+    return {"id": value} if isinstance(value, str) and value else None
 
 
 def message_item(item_id: str, text: str, status: str = "completed") -> dict[str, Any]:

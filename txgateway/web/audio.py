@@ -3,9 +3,9 @@
 
 Speech comes back as the upstream sends it: audio bytes relayed chunk by chunk as they arrive
 (backpressure, the upstream's content type kept), or SSE with ``stream_format: "sse"``.
-Transcriptions and translations are multipart forms (`txgateway.web.forms`); their usage is
-in tokens (gpt-4o-transcribe, streamed ones in ``transcript.text.done``) or in seconds of
-audio (whisper: ``usage: {type: "duration"}``).
+Transcriptions and translations are multipart forms sent upstream as they arrive
+(`txgateway.web.forms`); their usage is in tokens (gpt-4o-transcribe, streamed ones in
+``transcript.text.done``) or in seconds of audio (whisper: ``usage: {type: "duration"}``).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """
-``POST /v1/images/generations`` (JSON) and ``/v1/images/edits`` (multipart): routed by model,
-answered as the upstream wrote it; the images generated are counted into the usage (for
-per-image prices) with the tokens gpt-image models report, streamed answers included
-(``image_generation.completed`` / ``image_edit.completed`` events carry the usage).
+``POST /v1/images/generations`` (JSON) and ``/v1/images/edits`` (multipart, sent upstream as
+it arrives: `txgateway.web.forms`): routed by model, answered as the upstream wrote it; the
+images generated are counted into the usage (for per-image prices) with the tokens gpt-image
+models report, streamed answers included (``image_generation.completed`` /
+``image_edit.completed`` events carry the usage).
 """
 
 from __future__ import annotations

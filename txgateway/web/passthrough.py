@@ -7,8 +7,10 @@ URL ``/p/{provider}`` stands for) and ``passthrough_headers`` (its credentials a
 headers, a mapping).  The caller's credentials are never forwarded, only configured providers
 are reachable, paths that try to leave the base URL are refused, redirects are relayed and
 never followed (the gateway's agent follows none), hop-by-hop headers are dropped both ways.
-The answer is relayed as it arrives; the usage of a JSON answer in OpenAI's or Anthropic's
-shape is read on the side.
+The answer is relayed as it arrives; its usage (and model, when the request named none) is read
+on the side, from a JSON answer in OpenAI's or Anthropic's shape or from an SSE answer: chat
+and completions chunks, Responses' final event, Anthropic's ``message_start`` and
+``message_delta``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import unquote
 
+import attrs
 import orjson
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
@@ -31,8 +34,9 @@ from txgateway.dialects.openai import error_body
 from txgateway.dialects.openai_rest import usage_of
 from txgateway.gateway import Gateway
 from txgateway.providers import UpstreamRequest
+from txgateway.streams import EventSplitter, data_of, events
 from txgateway.upstream import TimedBody, UpstreamCall, UpstreamError
-from txgateway.usage import estimate_tokens
+from txgateway.usage import Usage, estimate_tokens
 from txgateway.web.proxy import Refusal, authenticate, within_limits
 from txgateway.web.relay import CLIENT_CLOSED
 from txgateway.web.resource import JSONResource, write_json
@@ -48,8 +52,11 @@ NOT_FORWARDED = HOP_BY_HOP | {b"host", b"content-length", b"authorization", b"x-
                               b"api-key", b"cookie", b"x-goog-api-key"}
 #: Upstream headers the gateway's own response sets.
 NOT_RELAYED = HOP_BY_HOP | {b"date", b"server"}
-#: The largest JSON answer read for its usage (the rest is relayed all the same).
+#: The largest JSON answer, or SSE event, read for its usage (the rest is relayed all the same).
 USAGE_PEEK_LIMIT = 1024 * 1024
+#: In SSE bytes, a token count's key (``"prompt_tokens"``, ``"output_tokens"``...): found only
+#: in the events that carry usage, never in a ``"usage":null`` nor in escaped text.
+TOKEN_COUNT = b'_tokens"'
 
 
 class Passthrough(JSONResource):
@@ -117,8 +124,10 @@ class Passthrough(JSONResource):
                 SegmentsProducer([memoryview(raw)]) if raw else None))
             _start(request, response)
             exchange.status = response.code
+            reader = _usage_reader(response)
+            exchange.stream = isinstance(reader, StreamUsage)
             relay = PassthroughRelay(gateway.reactor, gateway.config.upstream, request,
-                                     exchange, call, _is_json(response))
+                                     exchange, call, reader)
             call.deliver(response, relay)
             await relay.done
         except Refusal as refused:
@@ -194,27 +203,32 @@ def _start(request: Any, response: Any) -> None:
         request.setHeader(b"content-length", b"%d" % response.length)
 
 
-def _is_json(response: Any) -> bool:
-    content_type = response.headers.getRawHeaders(b"content-type", [b""])[0]
-    return b"json" in content_type.lower() and not response.headers.hasHeader(
-        b"content-encoding")
+def _usage_reader(response: Any) -> AnswerUsage | StreamUsage | None:
+    """What reads the usage of a successful JSON or SSE answer; None for anything else."""
+    headers = response.headers
+    if response.code != 200 or headers.hasHeader(b"content-encoding"):
+        return None
+    content_type = headers.getRawHeaders(b"content-type", [b""])[0].lower()
+    if b"text/event-stream" in content_type:
+        return StreamUsage()
+    return AnswerUsage() if b"json" in content_type else None
 
 
 class PassthroughRelay(TimedBody):
     """
-    Relays the upstream's body as it arrives, with backpressure, keeping the start of a JSON
-    answer to read its usage.  A body that breaks drops the client's connection, so that it
-    cannot take a truncated answer for a whole one.
+    Relays the upstream's body as it arrives, with backpressure, showing it to a usage
+    ``reader`` on the side.  A body that breaks drops the client's connection, so that it
+    cannot take a truncated answer for a whole one; the usage seen before is kept, estimated.
     """
 
     def __init__(self, reactor: Any, settings: UpstreamSettings, request: Any,
-                 exchange: Exchange, call: UpstreamCall, peek: bool) -> None:
+                 exchange: Exchange, call: UpstreamCall,
+                 reader: AnswerUsage | StreamUsage | None) -> None:
         super().__init__(reactor, settings)
         self._request = request
         self._exchange = exchange
         self._call = call
-        self._peeked: list[bytes] | None = [] if peek else None
-        self._peeked_size = 0
+        self._reader = reader
         self.done: Deferred[None] = Deferred()
 
     def connectionMade(self) -> None:
@@ -225,16 +239,14 @@ class PassthroughRelay(TimedBody):
     def received(self, data: bytes) -> None:
         if self._exchange.first_byte is None:
             self._exchange.first_byte = self._reactor.seconds()
-        if self._peeked is not None:
-            self._peeked_size += len(data)
-            if self._peeked_size > USAGE_PEEK_LIMIT:
-                self._peeked = None
-            else:
-                self._peeked.append(data)
         self._request.write(data)
+        if self._reader is not None:
+            self._reader.feed(data)
 
     def ended(self, failure: Failure | None) -> None:
         exchange = self._exchange
+        if self._reader is not None:
+            self._record(*self._reader.read(), whole=failure is None and not self._call.aborted)
         if self._call.aborted:
             exchange.status = CLIENT_CLOSED
             exchange.error = "the client disconnected"
@@ -244,16 +256,102 @@ class PassthroughRelay(TimedBody):
             self._request.unregisterProducer()
             self._request.loseConnection()
         else:
-            if self._peeked and exchange.status == 200:
-                exchange.usage = _usage_in(b"".join(self._peeked))
             self._request.unregisterProducer()
             self._request.finish()
         self.done.callback(None)
 
+    def _record(self, usage: Usage | None, model: str, whole: bool) -> None:
+        exchange = self._exchange
+        if usage is not None:
+            exchange.usage = usage if whole else attrs.evolve(usage, estimated=True)
+        if not exchange.model:
+            exchange.model = model
 
-def _usage_in(body: bytes) -> Any:
-    try:
-        answer = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    return usage_of(answer.get("usage")) if isinstance(answer, dict) else None
+
+class AnswerUsage:
+    """The usage and model of a JSON answer, read once it is whole (up to a size)."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] | None = []
+        self._size = 0
+
+    def feed(self, data: bytes) -> None:
+        if self._parts is None:
+            return
+        self._size += len(data)
+        if self._size > USAGE_PEEK_LIMIT:
+            self._parts = None
+        else:
+            self._parts.append(data)
+
+    def read(self) -> tuple[Usage | None, str]:
+        try:
+            answer = orjson.loads(b"".join(self._parts or ()))
+        except orjson.JSONDecodeError:
+            return None, ""
+        if not isinstance(answer, dict):
+            return None, ""
+        return usage_of(answer.get("usage")), _text(answer.get("model"))
+
+
+class StreamUsage:
+    """
+    The usage and model of an SSE answer, whatever its dialect, read as the events pass: only
+    the runs of whole events that hold a `TOKEN_COUNT` are split and parsed, so a stream
+    without usage costs a byte search per read.
+
+    OpenAI's chat and completions chunks carry ``usage`` (with
+    ``stream_options.include_usage``), the Responses API's final event ``response.usage``,
+    Anthropic's ``message_start`` ``message.usage`` (input and cache) and ``message_delta``
+    ``usage`` (output so far, and lately the input again): Anthropic's are merged, field by
+    field, each value replacing the last.
+    """
+
+    def __init__(self) -> None:
+        self._splitter: EventSplitter | None = EventSplitter()
+        self._anthropic: dict[str, Any] = {}
+        self._usage: Usage | None = None
+        self._model = ""
+
+    def feed(self, data: bytes) -> None:
+        if self._splitter is None:
+            return
+        run = self._splitter.feed(data)
+        if TOKEN_COUNT in run:
+            for event in events(run):
+                if TOKEN_COUNT in event:
+                    self._read(data_of(event))
+        if len(self._splitter.pending) > USAGE_PEEK_LIMIT:  # not an event stream after all
+            self._splitter = None
+
+    def _read(self, data: bytes) -> None:
+        try:
+            payload = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return
+        if not isinstance(payload, dict):
+            return
+        kind = payload.get("type")
+        if kind in ("message_start", "message_delta"):
+            holder = payload.get("message") if kind == "message_start" else payload
+            usage = holder.get("usage") if isinstance(holder, dict) else None
+            if isinstance(usage, dict):
+                self._anthropic.update((k, v) for k, v in usage.items() if v is not None)
+                self._found(Usage.from_anthropic(self._anthropic), holder)
+        elif isinstance(payload.get("response"), dict):
+            response = payload["response"]
+            self._found(Usage.from_responses(response.get("usage")), response)
+        else:
+            self._found(usage_of(payload.get("usage")), payload)
+
+    def _found(self, usage: Usage | None, holder: dict[str, Any]) -> None:
+        if usage is not None:
+            self._usage = usage
+            self._model = _text(holder.get("model")) or self._model
+
+    def read(self) -> tuple[Usage | None, str]:
+        return self._usage, self._model
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""

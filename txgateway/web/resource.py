@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import orjson
@@ -57,10 +57,17 @@ def answer_later(request: Any, work: Coroutine[Any, Any, tuple[int, Any]]) -> An
 
 
 class JSONResource(Resource):
-    """A resource whose unknown children and unsupported methods get OpenAI-style JSON errors."""
+    """
+    A resource whose unknown children and unsupported methods get JSON errors, in the
+    dialect of its `error_body` (OpenAI's unless a subclass speaks another).
+    """
+
+    def error_body(self, status: int, message: str, code: str | None = None,
+                   param: str | None = None) -> bytes:
+        return error_body(status, message, code, param)
 
     def getChild(self, path: bytes, request: Any) -> Resource:
-        return NotFound()
+        return NotFound(self.error_body)
 
     def render(self, request: Any) -> Any:
         method = request.method.decode("ascii", "replace")
@@ -69,19 +76,59 @@ class JSONResource(Resource):
             allowed = sorted(name[7:] for name in dir(self)
                              if name.startswith("render_") and name != "render_HEAD")
             request.setHeader(b"allow", ", ".join(allowed).encode())
-            return openai_error(
-                request, 405,
+            return write_json(request, 405, self.error_body(
+                405,
                 f"{method} is not allowed on "
                 f"{request.path.decode('ascii', 'replace')}; use {', '.join(allowed)}",
                 "method_not_allowed",
-            )
+            ))
         return handler(request)
 
 
 class NotFound(Resource):
+    """An unknown URL, answered with ``error_body`` (its parent's dialect)."""
+
     isLeaf = True
+
+    def __init__(self, error_body: Callable[..., bytes] = error_body) -> None:
+        super().__init__()
+        self._error_body = error_body
 
     def render(self, request: Any) -> bytes:
         method = request.method.decode("ascii", "replace")
         path = request.path.decode("ascii", "replace")
-        return openai_error(request, 404, f"Invalid URL ({method} {path})", "unknown_url")
+        return write_json(request, 404, self._error_body(
+            404, f"Invalid URL ({method} {path})", "unknown_url"))
+
+
+class Root(JSONResource):
+    """
+    The tree's root, which also accounts for the requests the site refuses before any
+    resource sees them (a body over ``max_body_bytes``), so that they count like any other.
+    """
+
+    def __init__(self, accountant: Any) -> None:
+        super().__init__()
+        self._accountant = accountant
+
+    def refused(self, request: Any, status: int, message: str) -> None:
+        # The request line is parsed but not yet handed to the request: the channel holds it.
+        path = getattr(request.channel, "_path", b"")
+        exchange = self._accountant.start(route_of(self, path.partition(b"?")[0]))
+        exchange.status, exchange.error = status, message
+        self._accountant.finish(exchange)
+
+
+def route_of(root: Resource, path: bytes) -> str:
+    """
+    The route name of the endpoint ``path`` leads to, following the tree's fixed children
+    only (no ``getChild``: nothing runs); "unknown" when it leads to none.
+    """
+    resource = root
+    for segment in path.split(b"/")[1:]:
+        if resource.isLeaf:
+            break
+        resource = resource.children.get(segment)
+        if resource is None:
+            return "unknown"
+    return getattr(resource, "route", "") or "unknown"

@@ -8,6 +8,11 @@ the side; the gateway only remembers which provider made each response id, so th
 (``previous_response_id``, retrieve, delete) reach the upstream that holds it.  Any other
 provider is called through chat completions (`txgateway.translate.responses_to_chat`), and
 the gateway keeps the response in its store so that the stored-response API works there too.
+
+A ``conversation`` is the gateway's (`txgateway.web.conversations`) whatever the provider:
+its items are sent as the history, as a gateway-held ``previous_response_id`` chain is, and a
+successful response's input and output items are appended to it before the caller has the
+answer's end.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import Any
 
 import attrs
 import orjson
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -39,6 +44,7 @@ from txgateway.translate.responses_to_chat import (
     ChatToResponsesStream,
     UntranslatableRequest,
     chat_request,
+    conversation_reference,
     input_items,
     new_id,
     response_from_chat,
@@ -46,6 +52,7 @@ from txgateway.translate.responses_to_chat import (
 )
 from txgateway.upstream import UpstreamCall, UpstreamError
 from txgateway.usage import Usage, estimate_tokens
+from txgateway.web import conversations
 from txgateway.web.proxy import (
     ProxyEndpoint,
     Refusal,
@@ -60,6 +67,8 @@ log = Logger()
 
 #: Store kinds: a response the gateway made (translated), and which provider made one.
 RESPONSE, ROUTE = "response", "response_route"
+#: The statuses of a response whose turn joins its conversation.
+ENDED_WELL = ("completed", "incomplete")
 
 
 @attrs.define
@@ -67,7 +76,7 @@ class ResponsesRequest:
     """
     A Responses request, parsed once.  Mutable in one field only: ``history``, set when the
     request is admitted (the caller's key is known then) to the items of the gateway-held
-    chain ``previous_response_id`` names.
+    chain ``previous_response_id`` names, or of the ``conversation`` (its id).
     """
 
     raw: bytes
@@ -75,6 +84,7 @@ class ResponsesRequest:
     model: str
     stream: bool
     store: bool
+    conversation: str | None = None
     history: list[dict[str, Any]] | None = None
 
 
@@ -89,9 +99,17 @@ def parse_responses(raw: bytes) -> ResponsesRequest:
     previous = parsed.get("previous_response_id")
     if previous is not None and not isinstance(previous, str):
         raise BadRequest("'previous_response_id' must be a string", "previous_response_id")
+    conversation = conversation_reference(parsed.get("conversation"))
+    if parsed.get("conversation") is not None and conversation is None:
+        raise BadRequest("'conversation' must be a conversation id or an object with its 'id'",
+                         "conversation")
+    if conversation is not None and previous:
+        raise BadRequest("Mutually exclusive parameters: ensure you are only providing one of "
+                         "'previous_response_id' or 'conversation'.", "conversation")
     return ResponsesRequest(raw=raw, parsed=parsed, model=model,
                             stream=bool(parsed.get("stream")),
-                            store=parsed.get("store") is not False)
+                            store=parsed.get("store") is not False,
+                            conversation=conversation and conversation["id"])
 
 
 def chain_items(held: dict[str, Any]) -> list[dict[str, Any]]:
@@ -115,12 +133,20 @@ class Responses(ProxyEndpoint):
 
     async def admit(self, request: Any, exchange: Exchange, parsed: ResponsesRequest,
                     size: int) -> list[Target]:
-        """As every endpoint, then: a previous response pins the call or lends its history."""
+        """
+        As every endpoint, then: a conversation lends its items; a previous response pins the
+        call or lends its history.
+        """
         plan = await super().admit(request, exchange, parsed, size)
+        store = self._gateway.store
+        if parsed.conversation is not None:
+            if await conversations.find(store, parsed.conversation, exchange.key_id) is None:
+                raise conversations.not_found(parsed.conversation)
+            parsed.history = await conversations.history(store, parsed.conversation)
+            return plan
         previous = parsed.parsed.get("previous_response_id")
         if not previous:
             return plan
-        store = self._gateway.store
         held = await store.get_object(RESPONSE, previous)
         if held is not None and held["owner"] == exchange.key_id:
             parsed.history = chain_items(held)
@@ -145,23 +171,14 @@ class Responses(ProxyEndpoint):
     async def _native(self, request: Any, exchange: Exchange, parsed: ResponsesRequest,
                       target: Target, call: UpstreamCall) -> None:
         provider = target.provider
-        response = await call.send(provider.agent, provider.build_request(ApiCall(
-            api="responses", body=_native_body(parsed, target.model), parsed=parsed.parsed,
-            model=target.model, stream=parsed.stream)))
-
-        def remember(response_id: str | None) -> Deferred[None] | None:
-            if not parsed.store or not response_id:
-                return None
-            return self._gateway.store.put_object(
-                ROUTE, response_id, exchange.key_id,
-                {"provider": provider.name, "owner": exchange.key_id},
-                self._gateway.reactor.seconds())
-
+        response = await call.send(provider.agent, self._native_request(parsed, target))
         if parsed.stream and response.code == 200 and is_event_stream(response, provider):
             start_event_stream(request)
             exchange.status = 200
-            relay = NativeResponsesRelay(self._gateway.reactor, self._gateway.config.upstream,
-                                         request, exchange, call, len(parsed.raw), remember)
+            relay = NativeResponsesRelay(
+                self._gateway.reactor, self._gateway.config.upstream, request, exchange, call,
+                len(parsed.raw), lambda answer: self._keep(exchange, parsed, answer, provider),
+                conversation_reference(parsed.conversation))
             call.deliver(response, relay)
             await relay.done
             return
@@ -171,22 +188,27 @@ class Responses(ProxyEndpoint):
             answer = _loads(body)
             if isinstance(answer, dict):
                 exchange.usage = Usage.from_responses(answer.get("usage"))
-                saving = remember(answer.get("id"))
-                if saving is not None:
-                    await saving
+                if parsed.conversation is not None:
+                    answer["conversation"] = conversation_reference(parsed.conversation)
+                    body = orjson.dumps(answer)
+                await self._keep(exchange, parsed, answer, provider)
         self._answer(request, exchange, response, call, body)
+
+    def _native_request(self, parsed: ResponsesRequest, target: Target,
+                        path: bytes = b"") -> UpstreamRequest:
+        """The call on the provider's own ``/responses`` (or a ``path`` below it)."""
+        upstream = target.provider.build_request(ApiCall(
+            api="responses", body=_native_body(parsed, target.model), parsed=parsed.parsed,
+            model=target.model, stream=parsed.stream))
+        if not path:
+            return upstream
+        url, mark, query = upstream.url.partition(b"?")
+        return attrs.evolve(upstream, url=url + path + mark + query)
 
     async def _translated(self, request: Any, exchange: Exchange, parsed: ResponsesRequest,
                           target: Target, call: UpstreamCall) -> None:
         provider = target.provider
-        if "chat" not in provider.apis:
-            raise Refusal(400, f"the model `{parsed.model}` is served by the provider "
-                          f"`{provider.name}`, which offers neither the responses nor the "
-                          "chat API", "unsupported_api", "model")
-        try:
-            chat = chat_request(parsed.parsed, parsed.history or [], target.model)
-        except UntranslatableRequest as error:
-            raise Refusal(400, str(error), "unsupported_parameter", error.param) from None
+        chat = self._chat(parsed, target, chat_request)
         translating = dialect(provider, target.model) != "openai"
         response = await call.send(provider.agent, provider.build_request(ApiCall(
             api="chat", body=orjson.dumps(chat), parsed=chat, model=target.model,
@@ -200,10 +222,10 @@ class Responses(ProxyEndpoint):
             if translating:
                 translator = ChainedStream(provider.stream_translator(True), events_out)
 
-            def save() -> Deferred[None] | None:
+            def save() -> Deferred[Any] | None:
                 if events_out.response is None:
                     return None
-                return self._save(exchange, parsed, events_out.response)
+                return self._keep(exchange, parsed, events_out.response)
 
             relay = StoringStreamRelay(
                 self._gateway.reactor, self._gateway.config.upstream, request, exchange, call,
@@ -211,33 +233,78 @@ class Responses(ProxyEndpoint):
             call.deliver(response, relay)
             await relay.done
             return
+        completion = await self._chat_completion(request, exchange, response, call, target)
+        if completion is None:
+            return
+        try:
+            answer, exchange.usage = response_from_chat(
+                parsed.parsed, completion, response_id, target.model)
+        except (ValueError, TypeError, AttributeError, KeyError):
+            raise UpstreamError("the upstream's answer could not be read") from None
+        await self._keep(exchange, parsed, answer)
+        exchange.status = 200
+        finish(request, call, 200, orjson.dumps(answer))
+
+    def _chat(self, parsed: ResponsesRequest, target: Target,
+              translate: Callable[[dict[str, Any], list[dict[str, Any]], str], dict[str, Any]]
+              ) -> dict[str, Any]:
+        """The chat request ``translate`` makes of the call, or a 400 `Refusal`."""
+        provider = target.provider
+        if "chat" not in provider.apis:
+            raise Refusal(400, f"the model `{parsed.model}` is served by the provider "
+                          f"`{provider.name}`, which offers neither the responses nor the "
+                          "chat API", "unsupported_api", "model")
+        try:
+            return translate(parsed.parsed, parsed.history or [], target.model)
+        except UntranslatableRequest as error:
+            raise Refusal(400, str(error), "unsupported_parameter", error.param) from None
+
+    async def _chat_completion(self, request: Any, exchange: Exchange, response: Any,
+                               call: UpstreamCall, target: Target) -> dict[str, Any] | None:
+        """A whole chat answer in OpenAI's format; None when it was an error, answered."""
+        provider = target.provider
+        translating = dialect(provider, target.model) != "openai"
         exchange.first_byte = self._gateway.reactor.seconds()
         body = await call.read(response)
         if response.code != 200:
             if translating:
                 body = provider.translate_error(response.code, body) or body
             self._answer(request, exchange, response, call, body)
-            return
+            return None
         try:
             if translating:
                 body = provider.translate_response(body)[0]
-            answer, exchange.usage = response_from_chat(
-                parsed.parsed, orjson.loads(body), response_id, target.model)
+            completion = orjson.loads(body)
         except (ValueError, TypeError, AttributeError, KeyError):
             raise UpstreamError("the upstream's answer could not be read") from None
-        await self._save(exchange, parsed, answer)
-        exchange.status = 200
-        finish(request, call, 200, orjson.dumps(answer))
+        if not isinstance(completion, dict):
+            raise UpstreamError("the upstream's answer could not be read")
+        return completion
 
-    def _save(self, exchange: Exchange, parsed: ResponsesRequest,
-              answer: dict[str, Any]) -> Deferred[None]:
-        if not parsed.store:
-            return succeed(None)
-        document = {"owner": exchange.key_id, "response": answer,
-                    "input": stored_items(input_items(parsed.parsed.get("input"))),
-                    "history": parsed.history or []}
-        return self._gateway.store.put_object(RESPONSE, answer["id"], exchange.key_id,
-                                              document, answer["created_at"])
+    def _keep(self, exchange: Exchange, parsed: ResponsesRequest, answer: dict[str, Any],
+              provider: Any = None) -> Deferred[Any]:
+        """
+        What a response leaves behind: the response itself when the gateway made it (no
+        ``provider``) or which provider did; and, once it ended well, its turn (input and
+        output items) in its conversation.
+        """
+        store, owner = self._gateway.store, exchange.key_id
+        now = self._gateway.reactor.seconds()
+        inputs = stored_items(input_items(parsed.parsed.get("input")))
+        savings = []
+        if parsed.store and answer.get("id"):
+            if provider is None:
+                document = {"owner": owner, "response": answer, "input": inputs,
+                            "history": parsed.history or []}
+                savings.append(store.put_object(RESPONSE, answer["id"], owner, document,
+                                                answer["created_at"]))
+            else:
+                savings.append(store.put_object(ROUTE, answer["id"], owner,
+                                                {"provider": provider.name, "owner": owner}, now))
+        if parsed.conversation is not None and answer.get("status") in ENDED_WELL:
+            turn = [*inputs, *stored_items(answer.get("output") or [])]
+            savings.append(conversations.append(store, parsed.conversation, owner, turn, now))
+        return gatherResults(savings, consumeErrors=True)
 
     def _answer(self, request: Any, exchange: Exchange, response: Any, call: UpstreamCall,
                 body: bytes) -> None:
@@ -255,22 +322,23 @@ class Responses(ProxyEndpoint):
 
 
 def _native_body(parsed: ResponsesRequest, upstream_model: str) -> bytes:
-    """The caller's bytes, unless the model is renamed or a gateway-held chain is inlined."""
+    """
+    The caller's bytes, unless the model is renamed or a gateway-held chain or conversation is
+    inlined.
+    """
     changes: dict[str, Any] = {}
     if upstream_model != parsed.model:
         changes["model"] = upstream_model
     if parsed.history is not None:
-        # The upstream never saw the previous response: send the conversation itself.
+        # The upstream never saw the previous response or the conversation: send the items.
         history = [{key: value for key, value in item.items() if key not in ("id", "status")}
                    for item in parsed.history]
         changes["input"] = [*history, *input_items(parsed.parsed.get("input"))]
-        changes["previous_response_id"] = None
     if not changes:
         return parsed.raw
-    body = {**parsed.parsed, **changes}
-    if body.get("previous_response_id", 0) is None:
-        del body["previous_response_id"]
-    return orjson.dumps(body)
+    inlined = ("previous_response_id", "conversation") if parsed.history is not None else ()
+    return orjson.dumps({key: value for key, value in {**parsed.parsed, **changes}.items()
+                         if key not in inlined})
 
 
 def _stream_error(status: int, message: str, code: str) -> bytes:
@@ -287,6 +355,12 @@ def _loads(body: bytes) -> Any:
         return None
 
 
+def _with_data(event: bytes, data: bytes) -> bytes:
+    """An SSE event with its data replaced, its other lines (``event:``...) kept."""
+    lines = [line for line in event.split(b"\n") if not line.startswith(b"data:")]
+    return b"\n".join([*lines, b"data: " + data])
+
+
 class _SavesBeforeEnd:
     """
     Mixed into a relay: on a clean end, what must be stored is stored before the stream's
@@ -295,7 +369,7 @@ class _SavesBeforeEnd:
 
     _call: UpstreamCall
 
-    def saving(self) -> Deferred[None] | None:
+    def saving(self) -> Deferred[Any] | None:
         raise NotImplementedError
 
     def ended(self, failure: Failure | None) -> None:
@@ -310,12 +384,12 @@ class _SavesBeforeEnd:
 class StoringStreamRelay(_SavesBeforeEnd, TranslatedStreamRelay):
     """A translated Responses stream, whose final response is stored before the end."""
 
-    def __init__(self, *args: Any, save: Callable[[], Deferred[None] | None]) -> None:
+    def __init__(self, *args: Any, save: Callable[[], Deferred[Any] | None]) -> None:
         super().__init__(*args)
         self._save = save
         self._tail: bytes | None = None
 
-    def saving(self) -> Deferred[None] | None:
+    def saving(self) -> Deferred[Any] | None:
         self._tail = self._translator.finish()  # completes the response, if it was not yet
         return self._save()
 
@@ -326,17 +400,21 @@ class StoringStreamRelay(_SavesBeforeEnd, TranslatedStreamRelay):
 class NativeResponsesRelay(_SavesBeforeEnd, StreamRelay):
     """
     Relays an upstream Responses stream as it arrives, looking into events only where the
-    bytes say the response id (``response.created``) or the usage (the final event) is.
+    bytes say a response object is (its id, its usage in the final event); with a
+    ``conversation``, those are rewritten to show it, as the upstream never saw it.
     """
 
     def __init__(self, reactor: Any, settings: Any, request: Any, exchange: Exchange,
                  call: UpstreamCall, request_size: int,
-                 remember: Callable[[str | None], Deferred[None] | None]) -> None:
+                 keep: Callable[[dict[str, Any]], Deferred[Any]],
+                 conversation: dict[str, Any] | None) -> None:
         super().__init__(reactor, settings, request, exchange, call, _stream_error)
         self._splitter = EventSplitter()
         self._request_size = request_size
-        self._remember = remember
-        self._response_id: str | None = None
+        self._keep = keep
+        self._conversation = conversation
+        #: The response object as last shown: created, then completed (or failed...).
+        self._response: dict[str, Any] | None = None
         self._deltas = 0
 
     def received(self, data: bytes) -> None:
@@ -346,24 +424,27 @@ class NativeResponsesRelay(_SavesBeforeEnd, StreamRelay):
         if not run:
             return
         self._deltas += run.count(b'"response.output_text.delta"')
-        if b'"response.created"' in run or b'"usage"' in run:
-            self._look_into(run)
+        if b'"response"' in run:
+            run = self._look_into(run)
         self._request.write(run)
 
-    def _look_into(self, run: bytes) -> None:
+    def _look_into(self, run: bytes) -> bytes:
+        out = []
         for event in events(run):
             payload = _loads(data_of(event))
-            if not isinstance(payload, dict) or not isinstance(payload.get("response"), dict):
-                continue
-            response = payload["response"]
-            if payload.get("type") == "response.created":
-                self._response_id = response.get("id")
-            usage = Usage.from_responses(response.get("usage"))
-            if usage is not None:
-                self._exchange.usage = usage
+            if isinstance(payload, dict) and isinstance(payload.get("response"), dict):
+                response = self._response = payload["response"]
+                usage = Usage.from_responses(response.get("usage"))
+                if usage is not None:
+                    self._exchange.usage = usage
+                if self._conversation is not None:
+                    response["conversation"] = self._conversation
+                    event = _with_data(event, orjson.dumps(payload))
+            out.append(event + b"\n\n")
+        return run if self._conversation is None else b"".join(out)
 
-    def saving(self) -> Deferred[None] | None:
-        return self._remember(self._response_id)
+    def saving(self) -> Deferred[Any] | None:
+        return None if self._response is None else self._keep(self._response)
 
     def tail(self) -> bytes:
         return self._splitter.pending

@@ -8,21 +8,24 @@ from txgateway.gateway import Gateway
 from txgateway.realtime.server import realtime_resource
 from txgateway.web.admin import Admin
 from txgateway.web.audio import audio_tree
+from txgateway.web.batches import Batches
 from txgateway.web.chat import ChatCompletions
 from txgateway.web.completions import Completions
+from txgateway.web.conversations import Conversations
 from txgateway.web.embeddings import Embeddings
+from txgateway.web.files import Files
 from txgateway.web.health import Health, Metrics, Ready
 from txgateway.web.images import images_tree
 from txgateway.web.messages import messages_tree
 from txgateway.web.models import Models
 from txgateway.web.passthrough import Passthrough
 from txgateway.web.rerank import Rerank
-from txgateway.web.resource import JSONResource
-from txgateway.web.responses import Responses
+from txgateway.web.resource import JSONResource, Root
+from txgateway.web.responses_input import responses_tree
 
 
 def build_root(gateway: Gateway) -> Resource:
-    root = JSONResource()
+    root = Root(gateway.accountant)
     v1 = JSONResource()
     chat = JSONResource()
     root.putChild(b"v1", v1)
@@ -30,9 +33,12 @@ def build_root(gateway: Gateway) -> Resource:
     chat.putChild(b"completions", ChatCompletions(gateway))
     v1.putChild(b"completions", Completions(gateway))
     v1.putChild(b"embeddings", Embeddings(gateway))
-    v1.putChild(b"responses", Responses(gateway))
+    v1.putChild(b"responses", responses_tree(gateway))
+    v1.putChild(b"conversations", Conversations(gateway))
     v1.putChild(b"images", images_tree(gateway))
     v1.putChild(b"audio", audio_tree(gateway))
+    v1.putChild(b"files", Files(gateway))
+    v1.putChild(b"batches", Batches(gateway))
     # Any call to a configured provider's own API, with the gateway's credentials.
     root.putChild(b"p", Passthrough(gateway))
     v1.putChild(b"models", Models(gateway, int(gateway.reactor.seconds())))
