@@ -5,6 +5,9 @@ The fake must never be the bottleneck, so it is a bare ``asyncio.Protocol``
 pre-built bytes: the only per-request work is finding the end of the head,
 reading Content-Length and a couple of ``bytes.find`` calls on the body.
 
+``GET /stats`` answers ``{"completions": N}``, the chat completions answered
+so far, so the harness can check that a gateway really forwarded its load.
+
 Usage::
 
     python bench/fake_upstream.py --port 9000 [--chunks 20] [--chunk-delay 0]
@@ -127,10 +130,15 @@ BAD_REQUEST = fixed_response(b"400 Bad Request", b"application/json", b'{"error"
 
 
 class Answers:
-    """All response bytes, built once at start-up so serving is a lookup and a write."""
+    """All response bytes, built once at start-up so serving is a lookup and a write.
+
+    Also counts the completions served (shared by every connection): one integer
+    increment per request is the fake's only bookkeeping.
+    """
 
     def __init__(self, chunks: int, chunk_delay: float):
         self.delay = chunk_delay
+        self.completions = 0
         self.completion = fixed_response(b"200 OK", b"application/json", completion_body())
         self.events = {usage: stream_events(chunks, usage) for usage in (False, True)}
         self.stream = {
@@ -213,6 +221,9 @@ class UpstreamProtocol(asyncio.Protocol):
             self.complete(body)
         elif method == b"GET" and path in (b"/health", b"/v1/health"):
             self.transport.write(HEALTH)
+        elif method == b"GET" and path == b"/stats":
+            stats = b'{"completions":%d}' % self.answers.completions
+            self.transport.write(fixed_response(b"200 OK", b"application/json", stats))
         else:
             self.transport.write(NOT_FOUND)
         if b"connection: close" in head:
@@ -222,6 +233,7 @@ class UpstreamProtocol(asyncio.Protocol):
 
     def complete(self, body: bytes):
         answers = self.answers
+        answers.completions += 1
         if not wants_stream(body):
             self.transport.write(answers.completion)
         elif answers.delay <= 0:

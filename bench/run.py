@@ -41,6 +41,9 @@ DEFAULT_GATEWAY_CMD = (
 )
 SCENARIOS = {"nonstream": False, "stream": True}
 PEERS = ("tensorzero", "portkey")
+#: What the harness installs when --portkey-dir has no gateway yet: the version the
+#: preloaded shims in peers/ were written and checked against.
+PORTKEY_PACKAGE = "@portkey-ai/gateway@1.15.2"
 
 
 class BenchError(Exception):
@@ -119,6 +122,12 @@ class Service:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, 9)
             self.proc.wait()
+
+
+def upstream_completions(upstream: Service) -> int:
+    """Chat completions the fake upstream has answered so far (its ``GET /stats``)."""
+    with urllib.request.urlopen(upstream.base_url + "/stats", timeout=5) as response:
+        return json.load(response)["completions"]
 
 
 def http_ok(url: str) -> bool:
@@ -267,20 +276,43 @@ def tensorzero_target(args, workdir: Path, upstream_url: str) -> Target:
     )
 
 
-def portkey_target(args, workdir: Path, upstream_url: str) -> Target:
-    """Portkey's Node gateway, routed per request by x-portkey-* headers (no config file)."""
-    entry = Path(args.portkey_dir) / "node_modules/@portkey-ai/gateway/build/start-server.js"
-    if not entry.exists():
-        where = args.portkey_dir
-        raise BenchError(
-            f"portkey peer: {entry} missing; set it up with:\n"
-            f"  mkdir -p {where} && cd {where} && npm install @portkey-ai/gateway"
+def install_portkey(where: Path, log_path: Path) -> None:
+    """npm-install the gateway into ``where`` (outside the repo) the first time it is needed."""
+    if shutil.which("npm") is None:
+        raise BenchError(f"portkey peer: not in {where} and npm is not installed")
+    print(f"installing {PORTKEY_PACKAGE} into {where} (log {log_path})", flush=True)
+    where.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "wb") as log:
+        done = subprocess.run(
+            ["npm", "install", "--no-audit", "--no-fund", PORTKEY_PACKAGE],
+            cwd=where,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
+    if done.returncode != 0:
+        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-20:])
+        raise BenchError(f"portkey peer: npm install failed ({done.returncode}):\n{tail}")
+
+
+def portkey_target(args, workdir: Path, upstream_url: str) -> Target:
+    """Portkey's Node gateway, routed per request by x-portkey-* headers (no config file).
+
+    The x-portkey-custom-host value replaces the OpenAI provider's base URL
+    (``customHost || getBaseURL()``, then ``/chat/completions``); 127.0.0.1 is on
+    its default list of trusted custom hosts.
+    """
+    where = Path(args.portkey_dir)
+    entry = where / "node_modules/@portkey-ai/gateway/build/start-server.js"
+    if not entry.exists():
+        install_portkey(where, workdir / "portkey-install.log")
     port = free_port()
     cmd = [
         "node",
         "--import",
         str(BENCH_DIR / "peers" / "portkey_headers_fix.mjs"),
+        "--import",
+        str(BENCH_DIR / "peers" / "portkey_loopback.mjs"),
         str(entry),
         f"--port={port}",
         "--headless",
@@ -408,22 +440,37 @@ def run_wrk(script: Path, url: str, concurrency: int, seconds: float, args) -> W
     return parse_wrk(done.stdout)
 
 
-def measure(target: Target, scenario: str, concurrency: int, args, workdir: Path) -> dict:
-    """Warm up, then one timed wrk run with the target's CPU time read around it."""
+def measure(
+    target: Target, upstream: Service, scenario: str, concurrency: int, args, workdir: Path
+) -> dict:
+    """Warm up, then one timed wrk run with the target's CPU time read around it.
+
+    Every answer wrk counted must have come from the fake upstream, so its
+    completion count has to rise by at least that much: a gateway that answered
+    from a cache or with canned errors dressed as 200s fails the run.
+    """
     script = workdir / f"{target.name}-{scenario}.lua"
     script.write_text(lua_script(target, SCENARIOS[scenario]))
     if args.warmup > 0:
         run_wrk(script, target.url, concurrency, args.warmup, args)
     pid = target.service.proc.pid
     cpu_before = cpu_seconds(pid)
+    forwarded_before = upstream_completions(upstream)
     result = run_wrk(script, target.url, concurrency, args.duration, args)
     cpu = cpu_seconds(pid) - cpu_before
+    forwarded = upstream_completions(upstream) - forwarded_before
+    if forwarded < result.requests:
+        raise BenchError(
+            f"{target.name} ({scenario}, c={concurrency}): wrk got {result.requests} answers "
+            f"but the fake upstream served only {forwarded} completions meanwhile"
+        )
     return {
         "scenario": scenario,
         "concurrency": concurrency,
         "target": target.name,
         "requests": result.requests,
         "rps": result.rps,
+        "upstream_completions": forwarded,
         **{f"{name}_ms": value for name, value in result.latency_ms.items()},
         "cpu_ms_per_req": 1000 * cpu / max(result.requests, 1),
         **memory_mib(pid),
@@ -607,10 +654,11 @@ def run_all(args, workdir: Path) -> tuple[list[dict], dict[str, dict]]:
     results = []
     with contextlib.ExitStack() as stack:
         targets = start_targets(args, workdir, stack)
+        upstream = targets[0].service
         for scenario in args.scenarios:
             for concurrency in args.concurrency:
                 for target in targets:
-                    result = measure(target, scenario, concurrency, args, workdir)
+                    result = measure(target, upstream, scenario, concurrency, args, workdir)
                     results.append(result)
                     print_progress(result)
         memory = {t.name: memory_mib(t.service.proc.pid) for t in targets if t.name != "direct"}
