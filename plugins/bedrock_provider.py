@@ -5,7 +5,8 @@ The ``bedrock`` provider: Amazon Bedrock's runtime, reached at
 OpenAI chat calls become Converse (``/model/{id}/converse``) or ConverseStream
 (``/converse-stream``, an AWS event stream) calls, and their answers chat completions
 (`txgateway.translate.bedrock`); embeddings calls go to Titan or Cohere embed models'
-``/invoke``.  Credentials are the config's, or else the standard AWS chain's
+``/invoke``; rerank calls to the agent runtime's ``Rerank`` (``bedrock-agent-runtime``,
+signed alike).  Credentials are the config's, or else the standard AWS chain's
 (`txgateway.providers.aws`).
 """
 
@@ -28,6 +29,7 @@ from txgateway.providers import (
     UpstreamRequest,
 )
 from txgateway.providers.aws import AwsCredentials, signed_headers
+from txgateway.translate import rerank
 from txgateway.translate.bedrock import (
     ConverseStreamToChat,
     chat_completion,
@@ -51,6 +53,8 @@ class BedrockSettings:
     profile: str = ""
     #: Instead of ``https://bedrock-runtime.{region}.amazonaws.com`` (a VPC endpoint, a test).
     base_url: HttpURL | None = None
+    #: Instead of ``https://bedrock-agent-runtime.{region}.amazonaws.com``, where Rerank is.
+    agent_runtime_url: HttpURL | None = None
     #: Extra headers sent (and signed) with every request, e.g. a guardrail's.
     headers: dict[str, str] = attrs.field(factory=dict)
 
@@ -59,7 +63,7 @@ class BedrockSettings:
 class BedrockProvider:
     kind = "bedrock"
     dialect = "bedrock"
-    apis = frozenset({"chat", "embeddings"})
+    apis = frozenset({"chat", "embeddings", "rerank"})
     #: ConverseStream answers in AWS event-stream frames, not SSE.
     stream_content_type = b"application/vnd.amazon.eventstream"
 
@@ -70,6 +74,9 @@ class BedrockProvider:
         self._region = settings.region
         self._base_url = (settings.base_url
                           or f"https://bedrock-runtime.{settings.region}.amazonaws.com")
+        self._rerank_url = (
+            settings.agent_runtime_url
+            or f"https://bedrock-agent-runtime.{settings.region}.amazonaws.com") + "/rerank"
         self._headers = {"content-type": "application/json", **settings.headers}
         self.credentials = AwsCredentials(
             context.reactor, settings.access_key_id, settings.secret_access_key,
@@ -80,20 +87,27 @@ class BedrockProvider:
         return self.credentials.wait()
 
     def build_request(self, call: ApiCall) -> UpstreamRequest:
-        if call.api == "embeddings":
-            action, request = "invoke", embeddings_request(call.parsed, call.model)
+        if call.api == "rerank":
+            url = self._rerank_url
+            request = rerank.bedrock_request(
+                call.parsed, rerank.bedrock_model_arn(call.model, self._region))
         else:
-            action = "converse-stream" if call.stream else "converse"
-            request = converse_request(call.parsed)
-        # Model ids hold ":" and inference profile ARNs "/": one quoted path segment.
-        url = f"{self._base_url}/model/{quote(call.model, safe='')}/{action}"
+            if call.api == "embeddings":
+                action, request = "invoke", embeddings_request(call.parsed, call.model)
+            else:
+                action = "converse-stream" if call.stream else "converse"
+                request = converse_request(call.parsed)
+            # Model ids hold ":" and inference profile ARNs "/": one quoted path segment.
+            url = f"{self._base_url}/model/{quote(call.model, safe='')}/{action}"
         body = orjson.dumps(request)
         headers = signed_headers(self.credentials.frozen(), "bedrock", self._region, url,
                                  self._headers, body)
         return UpstreamRequest(b"POST", url.encode(), headers, body)
 
     def translate_response(self, body: bytes, api: str = "chat") -> tuple[bytes, Usage | None]:
-        if api == "embeddings":
+        if api == "rerank":  # Cohere's shape; usage from the request (search units)
+            response, usage = rerank.bedrock_answer(orjson.loads(body)), None
+        elif api == "embeddings":
             response, usage = embeddings_response(orjson.loads(body))
         else:
             response, usage = chat_completion(orjson.loads(body), int(self._clock.seconds()))

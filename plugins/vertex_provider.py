@@ -4,7 +4,9 @@ The ``vertex`` provider: Google Cloud's Vertex AI, for Gemini models and Anthrop
 Gemini models speak the Gemini wire format (`txgateway.translate.gemini`) under
 ``publishers/google``; Claude models (``claude-*``) speak Anthropic's Messages under
 ``publishers/anthropic`` (``rawPredict``), with the version in the body instead of the model.
-Messages callers reach Claude models on that native path (`dialect_of`).
+Messages callers reach Claude models on that native path (`dialect_of`).  Embeddings go to
+the text embedding models' ``:predict``; rerank to the ranking API of Discovery Engine (Vertex
+AI Search), ``rankingConfigs/default_ranking_config:rank``.
 
 Requests carry an OAuth bearer token: a static ``access_token``, or one minted from the
 service account in ``credentials_file`` (`txgateway.providers.google_auth`), which the
@@ -31,7 +33,7 @@ from txgateway.providers import (
     json_request_headers,
 )
 from txgateway.providers.google_auth import ServiceAccountTokens, TokenError
-from txgateway.translate import chat_to_messages, gemini
+from txgateway.translate import chat_to_messages, gemini, rerank
 from txgateway.usage import Usage
 
 #: The Messages wire version Vertex AI takes, in the body.
@@ -49,6 +51,8 @@ class VertexSettings:
     access_token: str = ""
     #: Overrides the host derived from ``location`` (for tests and private endpoints).
     base_url: HttpURL = HttpURL("")
+    #: The ranking API's host (rerank), for tests and private endpoints.
+    discovery_engine_url: HttpURL = HttpURL("https://discoveryengine.googleapis.com")
     #: ``max_tokens`` for OpenAI calls to Claude models that set none: Anthropic requires it.
     default_max_tokens: int = 4096
     #: Extra headers sent with every request.
@@ -64,7 +68,7 @@ class VertexProvider:
     kind = "vertex"
     #: Gemini's, but Claude models answer in Anthropic's: see `dialect_of`.
     dialect = "gemini"
-    apis = frozenset(("chat", "messages"))
+    apis = frozenset(("chat", "messages", "embeddings", "rerank"))
 
     def __init__(self, name: str, settings: VertexSettings, context: ProviderContext) -> None:
         self.name = name
@@ -77,6 +81,8 @@ class VertexProvider:
             else f"https://{location}-aiplatform.googleapis.com")
         self._models = (f"{host}/v1/projects/{settings.project}/locations/{location}"
                         f"/publishers/")
+        self._rank_url = (f"{settings.discovery_engine_url}/v1/projects/{settings.project}"
+                          "/locations/global/rankingConfigs/default_ranking_config:rank").encode()
         self._extra = settings.headers
         self._tokens: ServiceAccountTokens | None = None
         if settings.credentials_file:
@@ -118,7 +124,13 @@ class VertexProvider:
     def build_request(self, call: ApiCall) -> UpstreamRequest:
         model = call.model
         headers = self._authorized()
-        if is_claude(model):
+        if call.api == "rerank":
+            return UpstreamRequest(b"POST", self._rank_url, headers,
+                                   orjson.dumps(rerank.vertex_request(call.parsed, model)))
+        if call.api == "embeddings":
+            body = gemini.predict_embed_request(call.parsed)
+            url = f"{self._models}google/models/{model}:predict"
+        elif is_claude(model):
             if call.api == "messages":
                 body = dict(call.parsed)
                 beta = call.headers.get("anthropic-beta")
@@ -140,7 +152,11 @@ class VertexProvider:
     def translate_response(self, body: bytes, api: str = "chat") -> tuple[bytes, Usage | None]:
         answer = orjson.loads(body)
         created = int(self._clock.seconds())
-        if answer.get("type") == "message":  # a Claude model's
+        if api == "rerank":  # Cohere's shape; usage from the request (search units)
+            return orjson.dumps(rerank.vertex_answer(answer)), None
+        if api == "embeddings":
+            completion, usage = gemini.predict_embeddings(answer)
+        elif answer.get("type") == "message":  # a Claude model's
             completion, usage = chat_to_messages.chat_completion(answer, created)
         else:
             completion, usage = gemini.chat_completion(answer, created)

@@ -2,8 +2,9 @@
 A fake Amazon Bedrock runtime on a loopback port: it checks every request's SigV4 signature
 (recomputed with botocore from what it received and the keys it knows; a bad one is a 403
 ``InvalidSignatureException``) and answers Converse with JSON, ConverseStream with real AWS
-event-stream frames (CRCs included, written in pieces cut at awkward byte offsets), and
-Titan and Cohere embedding ``invoke`` calls.
+event-stream frames (CRCs included, written in pieces cut at awkward byte offsets), Titan
+and Cohere embedding ``invoke`` calls, and the agent runtime's ``POST /rerank`` (its model in
+the body's ``modelArn``; scores from `tests.fake_cohere.scores`, best first, as Bedrock ranks).
 
 What it does is chosen by the model id in the path: ``error-<status>`` answers that Bedrock
 error, ``stream-exception`` breaks its stream with a ``modelStreamErrorException`` frame,
@@ -27,6 +28,7 @@ from botocore.credentials import ReadOnlyCredentials
 from twisted.internet import reactor
 from twisted.web.server import NOT_DONE_YET
 
+from tests.fake_cohere import scores
 from tests.fake_openai import FakeUpstream
 from txgateway.web.site import GatewaySite
 
@@ -113,9 +115,16 @@ class FakeBedrock(FakeUpstream):
 
     def render_POST(self, request: Any) -> Any:
         raw = request.content.read()
-        _, _, quoted, action = request.path.decode().split("/")
-        model = unquote(quoted).removeprefix("fake.")
         body = orjson.loads(raw)
+        if request.path == b"/rerank":
+            action = "rerank"
+            configuration = body.get("rerankingConfiguration", {}).get(
+                "bedrockRerankingConfiguration", {})
+            arn = configuration.get("modelConfiguration", {}).get("modelArn", "")
+            model = arn.rpartition("/")[2].removeprefix("fake.")
+        else:
+            _, _, quoted, action = request.path.decode().split("/")
+            model = unquote(quoted).removeprefix("fake.")
         self.requests.append((request.path, dict(request.requestHeaders.getAllRawHeaders()),
                               body))
         request.notifyFinish().addErrback(lambda _: self._dropped(model))
@@ -128,6 +137,8 @@ class FakeBedrock(FakeUpstream):
             return self._error(request, status, ERRORS[status], f"fake bedrock error {status}")
         if action == "invoke":
             return self._embeddings(request, model, body)
+        if action == "rerank":
+            return self._rerank(request, body)
         blocks = self._blocks(body)
         stop = STOP_REASONS.get(model, "tool_use" if body.get("toolConfig") else "end_turn")
         if action == "converse-stream":
@@ -205,6 +216,29 @@ class FakeBedrock(FakeUpstream):
         vector = TITAN_VECTOR[:body.get("dimensions") or len(TITAN_VECTOR)]
         return orjson.dumps({"embedding": vector, "embeddingsByType": {"float": vector},
                              "inputTextTokenCount": len(body["inputText"].split())})
+
+
+    def _rerank(self, request: Any, body: dict[str, Any]) -> bytes:
+        """Rerank's answer, after the checks Bedrock makes of the request's shape."""
+        configuration = body["rerankingConfiguration"]
+        model = configuration["bedrockRerankingConfiguration"]["modelConfiguration"]["modelArn"]
+        queries, sources = body.get("queries"), body.get("sources") or []
+        texts = [(source.get("inlineDocumentSource") or {}).get("textDocument", {}).get("text")
+                 for source in sources if source.get("type") == "INLINE"]
+        wanted = configuration["bedrockRerankingConfiguration"].get("numberOfResults", 1)
+        if (configuration.get("type") != "BEDROCK_RERANKING_MODEL"
+                or not model.startswith(f"arn:aws:bedrock:{REGION}::foundation-model/")
+                or not isinstance(queries, list) or len(queries) != 1
+                or queries[0].get("type") != "TEXT"
+                or not sources or len(texts) != len(sources)
+                or not all(isinstance(text, str) for text in texts)
+                or not 1 <= wanted <= len(sources)):
+            return self._error(request, 400, "ValidationException",
+                               "1 validation error detected: the rerank request is malformed")
+        request.setHeader(b"content-type", b"application/json")
+        ranked = scores(queries[0]["textQuery"]["text"], texts)[:wanted]
+        return orjson.dumps({"results": [{"index": index, "relevanceScore": score}
+                                         for index, score in ranked]})
 
 
 async def start_fake_bedrock(

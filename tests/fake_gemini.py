@@ -1,8 +1,11 @@
 """
 A fake Google server on a loopback port: the Gemini API (``/v1beta/models/{m}:method`` with
 ``x-goog-api-key``), Vertex AI (``/v1/projects/.../publishers/{google|anthropic}/models/
-{m}:method`` with a bearer token) and an OAuth token endpoint (``/token``) that checks the
-JWT assertion's RS256 signature against the test service account's public key.
+{m}:method`` with a bearer token; text embedding models' ``:predict`` too), Discovery
+Engine's ranking API (``/v1/projects/{p}/locations/global/rankingConfigs/
+default_ranking_config:rank``, bearer token, scores from `tests.fake_cohere.scores`) and an
+OAuth token endpoint (``/token``) that checks the JWT assertion's RS256 signature against the
+test service account's public key.
 
 Gemini answers are chosen by the model name, as in `tests.fake_openai`: ``error-NNN``,
 ``blocked``, ``stream-error``, ``slow-stream``; tools get a function call, a thinking config
@@ -24,6 +27,7 @@ from twisted.internet import reactor
 from twisted.web.server import NOT_DONE_YET
 
 from tests.fake_anthropic import FakeAnthropic
+from tests.fake_cohere import scores
 from tests.fake_openai import Dripper, FakeUpstream
 from txgateway.web.site import GatewaySite
 
@@ -40,6 +44,10 @@ GEMINI_PATH = re.compile(rb"^/v1beta/models/([^/:]+):(\w+)$")
 VERTEX_PATH = re.compile(
     rb"^/v1/projects/([^/]+)/locations/([^/]+)/publishers/(google|anthropic)/models/"
     rb"([^/:]+):(\w+)$")
+RANK_PATH = re.compile(
+    rb"^/v1/projects/([^/]+)/locations/global/rankingConfigs/default_ranking_config:rank$")
+#: The longest input a text embedding model takes (in words here) with autoTruncate off.
+EMBED_MAX_WORDS = 50
 
 
 def google_error(request: Any, status: int, message: str) -> bytes:
@@ -88,18 +96,71 @@ class FakeGoogle(FakeUpstream):
                                                   "API key.")
             return self._gemini(request, gemini.group(1).decode(), gemini.group(2), body)
         vertex = VERTEX_PATH.match(request.path)
-        if vertex is None:
+        rank = RANK_PATH.match(request.path)
+        if vertex is None and rank is None:
             return google_error(request, 404, "no such method")
         bearer = (request.getHeader(b"authorization") or b"").removeprefix(b"Bearer ")
         if bearer.decode() not in self.issued:
             return google_error(request, 401, "Request had invalid authentication "
                                               "credentials.")
+        if vertex is None:
+            return self._rank(request, body)
         publisher, model, method = (vertex.group(3), vertex.group(4).decode(), vertex.group(5))
+        if method == b"predict":
+            return self._predict(request, model, body)
         if publisher == b"anthropic":
             # Fake Anthropic answers by the body's model, which Vertex takes from the path.
             request.content = io.BytesIO(orjson.dumps({**body, "model": model}))
             return self.anthropic.render_POST(request)
         return self._gemini(request, model, method, body)
+
+    # --- Vertex AI's text embeddings and ranking ------------------------------------------
+
+    @staticmethod
+    def _predict(request: Any, model: str, body: dict[str, Any]) -> bytes:
+        if model.startswith("error-"):
+            status = int(model.split("-")[1])
+            return google_error(request, status, f"fake embeddings error {status}")
+        instances, parameters = body["instances"], body.get("parameters") or {}
+        if not all(isinstance(item.get("content"), str) for item in instances):
+            return google_error(request, 400, "Invalid instance: content must be a string")
+        texts = [item["content"] for item in instances]
+        if not parameters.get("autoTruncate", True) and any(
+                len(text.split()) > EMBED_MAX_WORDS for text in texts):
+            return google_error(request, 400, "Unable to submit request because the input "
+                                              "token count is too large.")
+        size = parameters.get("outputDimensionality") or 4
+        request.setHeader(b"content-type", b"application/json; charset=UTF-8")
+        return orjson.dumps({
+            "predictions": [{"embeddings": {
+                "statistics": {"truncated": False, "token_count": len(text.split())},
+                "values": [len(text) + index / 8 for index in range(size)]}}
+                for text in texts],
+            "metadata": {"billableCharacterCount": sum(len(text) for text in texts)}})
+
+    @staticmethod
+    def _rank(request: Any, body: dict[str, Any]) -> bytes:
+        model = body.get("model", "")
+        if model.startswith("error-"):
+            status = int(model.split("-")[1])
+            if status == 429:
+                request.setHeader(b"retry-after", b"7")
+            return google_error(request, status, f"fake ranking error {status}")
+        records = body.get("records") or []
+        if not model.startswith("semantic-ranker-") or not records or not all(
+                isinstance(record.get("id"), str) and record.get("content")
+                for record in records):
+            return google_error(request, 400, "Request contains an invalid argument.")
+        ranked = scores(body.get("query", ""), [record["content"] for record in records])
+        answer = []
+        for index, score in ranked[:body.get("topN") or len(records)]:
+            # As Google's: rounded to 2 places, and never 0 (0.0001 instead).
+            record = {"id": records[index]["id"], "score": max(round(score, 2), 0.0001)}
+            if not body.get("ignoreRecordDetailsInResponse"):
+                record["content"] = records[index]["content"]
+            answer.append(record)
+        request.setHeader(b"content-type", b"application/json; charset=UTF-8")
+        return orjson.dumps({"records": answer})
 
     # --- OAuth ---------------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ PROMPT_TOKENS = (USAGE["inputTokens"] + USAGE["cacheReadInputTokens"]
 PNG = "data:image/png;base64,iVBORw0KGgo="
 PROFILE_ARN = ("arn:aws:bedrock:us-west-2:123456789012:inference-profile/"
                "us.anthropic.claude-x-v1:0")
+RERANK_ARN = "arn:aws:bedrock:us-west-2::foundation-model/cohere.rerank-v3-5:0"
 #: The chain provider finds its keys in this profile of a shared credentials file.
 CHAIN_KEY, CHAIN_SECRET = "AKIDCHAINPROFILE", "chain/secret"
 
@@ -47,6 +48,7 @@ PROVIDERS = f"""providers:
     plugin: bedrock
     region: us-west-2
     base_url: http://127.0.0.1:{{bedrock_port}}
+    agent_runtime_url: http://127.0.0.1:{{bedrock_port}}
     access_key_id: {ACCESS_KEY}
     secret_access_key: {SECRET_KEY}
     session_token: {SESSION_TOKEN}
@@ -56,6 +58,7 @@ PROVIDERS = f"""providers:
     plugin: bedrock
     region: us-west-2
     base_url: http://127.0.0.1:{{bedrock_port}}
+    agent_runtime_url: http://127.0.0.1:{{bedrock_port}}
     access_key_id: {ACCESS_KEY}
     secret_access_key: not-the-secret
   bedrock-chain:
@@ -73,6 +76,13 @@ MODELS = f"""models:
     provider: bedrock
   - name: "cohere.embed-*"
     provider: bedrock
+  - name: "amazon.rerank-*"
+    provider: bedrock
+  - name: "cohere.rerank-*"
+    provider: bedrock
+  - name: rerank-arn
+    provider: bedrock
+    model: "{RERANK_ARN}"
   - name: profile
     provider: bedrock
     model: "{PROFILE_ARN}"

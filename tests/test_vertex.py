@@ -6,13 +6,16 @@ SDKs, against the fake Google server, with OAuth tokens minted from a test servi
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import tempfile
+from array import array
 from typing import Any
 
 import anthropic
 import openai
+import orjson
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from twisted.internet import reactor
@@ -41,6 +44,7 @@ VERTEX_PROVIDERS = """
     project: proj-1
     location: europe-west4
     base_url: http://127.0.0.1:{google_port}
+    discovery_engine_url: http://127.0.0.1:{google_port}
     credentials_file: {credentials}
   vertex-static:
     plugin: vertex
@@ -53,7 +57,12 @@ ROUTES = {"vx-flash": ("vertex", "gemini-2.5-flash"),
           "vx-claude-error": ("vertex", "claude-error-429"),
           "vx-claude-stream-error": ("vertex", "claude-stream-error"),
           "vx-error": ("vertex", "gemini-error-403"),
-          "static-flash": ("vertex-static", "gemini-2.5-flash")}
+          "static-flash": ("vertex-static", "gemini-2.5-flash"),
+          "text-embedding-005": ("vertex", "text-embedding-005"),
+          "vx-embed-error": ("vertex", "error-429"),
+          "semantic-ranker-default@latest": ("vertex", "semantic-ranker-default@latest"),
+          "vx-rank-error-429": ("vertex", "error-429"),
+          "vx-rank-unknown": ("vertex", "unknown-ranker")}
 VERTEX_MODELS = "".join(f"  - name: {name}\n    provider: {provider}\n    model: {model}\n"
                         for name, (provider, model) in ROUTES.items())
 
@@ -65,7 +74,9 @@ def service_account(token_uri: str) -> dict[str, Any]:
             "private_key": pem, "client_email": EMAIL, "token_uri": token_uri}
 
 
-class VertexTests(GoogleTestCase):
+class VertexTestCase(GoogleTestCase):
+    """The harness with Vertex AI providers whose service account the fake Google knows."""
+
     config = google_config(VERTEX_PROVIDERS, VERTEX_MODELS)
 
     async def _start(self) -> None:
@@ -82,6 +93,8 @@ class VertexTests(GoogleTestCase):
         self.addCleanup(self._stop_google)
         await super(GoogleTestCase, self)._start()
 
+
+class VertexTests(VertexTestCase):
     async def test_gemini_model(self) -> None:
         """A minted token, reused by the next call; the Gemini translation on Vertex's path."""
         for _ in range(2):
@@ -189,6 +202,68 @@ class VertexTests(GoogleTestCase):
         with self.assertRaises(openai.APIError) as raised:
             await self.sdk(collect_stream, stream)
         self.assertIn("Overloaded", str(raised.exception))
+
+
+def vector(text: str, size: int) -> list[float]:
+    """The fake's embedding of ``text``."""
+    return [len(text) + index / 8 for index in range(size)]
+
+
+class EmbeddingsTests(VertexTestCase):
+    """Text embedding models' ``:predict``, through the openai SDK."""
+
+    async def test_float(self) -> None:
+        answer = await self.sdk(self.client.embeddings.create, model="text-embedding-005",
+                                input=["hello world", "bonjour"], dimensions=3,
+                                encoding_format="float")
+        self.assertEqual([item.embedding for item in answer.data],
+                         [vector("hello world", 3), vector("bonjour", 3)])
+        self.assertEqual([item.index for item in answer.data], [0, 1])
+        self.assertEqual((answer.usage.prompt_tokens, answer.usage.total_tokens), (3, 3))
+        path, headers, body = self.last_request()
+        self.assertEqual(path, PREFIX + b"google/models/text-embedding-005:predict")
+        self.assertEqual(headers[b"Authorization"], [b"Bearer ya29.fake-1"])
+        self.assertEqual(body, {"instances": [{"content": "hello world"}, {"content": "bonjour"}],
+                                "parameters": {"autoTruncate": False,
+                                               "outputDimensionality": 3}})
+        [record] = self.access_records()
+        self.assertEqual((record["route"], record["provider"], record["status"],
+                          record["input_tokens"], record["usage_estimated"]),
+                         ("embeddings", "vertex", 200, 3, False))
+
+    async def test_base64(self) -> None:
+        """The SDK's default: base64 float32 vectors, encoded by the gateway, decoded by it."""
+        answer = await self.sdk(self.client.embeddings.create, model="text-embedding-005",
+                                input="hello world")
+        self.assertEqual(answer.data[0].embedding, vector("hello world", 4))
+        raw = await self.post("/v1/embeddings", orjson.dumps({
+            "model": "text-embedding-005", "input": "hi", "encoding_format": "base64"}))
+        encoded = orjson.loads(await raw.content())["data"][0]["embedding"]
+        self.assertEqual(list(array("f", base64.b64decode(encoded))), vector("hi", 4))
+
+    async def test_task_type(self) -> None:
+        """A caller's ``task_type`` (an extra field) reaches every instance."""
+        await self.sdk(self.client.embeddings.create, model="text-embedding-005",
+                       input=["a", "b"], encoding_format="float",
+                       extra_body={"task_type": "RETRIEVAL_DOCUMENT"})
+        self.assertEqual(self.last_request()[2]["instances"],
+                         [{"content": "a", "task_type": "RETRIEVAL_DOCUMENT"},
+                          {"content": "b", "task_type": "RETRIEVAL_DOCUMENT"}])
+
+    async def test_refused(self) -> None:
+        """Too long an input is Google's 400, token arrays the gateway's; errors keep status."""
+        with self.assertRaises(openai.BadRequestError) as raised:
+            await self.sdk(self.client.embeddings.create, model="text-embedding-005",
+                           input="word " * 60)
+        self.assertIn("token count is too large", raised.exception.message)
+        with self.assertRaises(openai.BadRequestError) as raised:
+            await self.sdk(self.client.embeddings.create, model="text-embedding-005",
+                           input=[[1, 2, 3]])
+        self.assertIn("text only", raised.exception.message)
+        with self.assertRaises(openai.RateLimitError) as raised:
+            await self.sdk(self.client.embeddings.create, model="vx-embed-error", input="a")
+        self.assertEqual(raised.exception.body["code"], "resource_exhausted")
+        self.assertEqual(len(self.google.requests), 2)
 
 
 class ProviderTests(TestCase):

@@ -74,6 +74,23 @@ def upstream_rerank_body(rerank: RerankRequest, upstream_model: str) -> bytes:
     return orjson.dumps({**rerank.parsed, **changes})
 
 
+#: Cohere bills a search unit per query of up to 100 documents (Bedrock bills rerank alike).
+DOCUMENTS_PER_SEARCH_UNIT = 100
+
+
+def completed_answer(answer: dict[str, Any], rerank: RerankRequest) -> dict[str, Any]:
+    """
+    A translated answer (from a cloud's own ranking API) with what only the request knows:
+    each result's document when ``return_documents`` asks, and the search units billed.
+    """
+    if rerank.parsed.get("return_documents"):
+        answer["results"] = [{**result, "document": {"text": rerank.documents[result["index"]]}}
+                             for result in answer["results"]]
+    searches = -(-len(rerank.documents) // DOCUMENTS_PER_SEARCH_UNIT)
+    answer.setdefault("meta", {}).setdefault("billed_units", {"search_units": searches})
+    return answer
+
+
 def error_body(status: int, message: str, code: str | None = None,
                param: str | None = None) -> bytes:
     """Cohere's error object: a ``message``, the status carrying the rest."""

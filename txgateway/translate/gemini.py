@@ -1,7 +1,8 @@
 """
 The Gemini direction (Google AI Studio and Vertex AI share the wire format): an OpenAI chat
 completions request becomes a ``generateContent`` request, and the answer (JSON or SSE) a
-chat completion (JSON or chunks); embeddings go to ``embedContent``/``batchEmbedContents``.
+chat completion (JSON or chunks); embeddings go to ``embedContent``/``batchEmbedContents``
+(Vertex AI's text embedding models: ``:predict``).
 
 Gemini 3 wants a function call's ``thoughtSignature`` back with the call in the next turn;
 OpenAI's tool call has nowhere to keep it but its id, so the signature rides in the id
@@ -316,6 +317,27 @@ def embed_request(parsed: dict[str, Any], model: str) -> tuple[str, dict[str, An
         for text in texts]}
 
 
+def predict_embed_request(parsed: dict[str, Any]) -> dict[str, Any]:
+    """
+    The ``:predict`` body of Vertex AI's text embedding models (``text-embedding-*``) for an
+    embeddings call: an instance per input, with the caller's ``task_type`` if it sent one
+    (``RETRIEVAL_QUERY``...); ``dimensions`` as ``outputDimensionality``.  Inputs too long are
+    an error, as OpenAI's, rather than cut short (``autoTruncate`` off).
+    """
+    inputs = parsed.get("input")
+    texts = [inputs] if isinstance(inputs, str) else inputs
+    if not isinstance(texts, list) or not all(isinstance(text, str) for text in texts):
+        raise Untranslatable("Vertex AI embeds text only: 'input' must be a string or a "
+                             "list of strings, not token arrays")
+    task = parsed.get("task_type")
+    extra = {"task_type": task} if isinstance(task, str) else {}
+    parameters: dict[str, Any] = {"autoTruncate": False}
+    if isinstance(parsed.get("dimensions"), int):
+        parameters["outputDimensionality"] = parsed["dimensions"]
+    return {"instances": [{"content": text, **extra} for text in texts],
+            "parameters": parameters}
+
+
 # --- answers ------------------------------------------------------------------------------
 
 
@@ -393,6 +415,22 @@ def embeddings(answer: dict[str, Any], model: str) -> tuple[dict[str, Any], Usag
     return {"object": "list", "model": model,
             "data": [{"object": "embedding", "index": index, "embedding": item["values"]}
                      for index, item in enumerate(found)],
+            "usage": {"prompt_tokens": prompt, "total_tokens": prompt}}, usage
+
+
+def predict_embeddings(answer: dict[str, Any]) -> tuple[dict[str, Any], Usage | None]:
+    """
+    OpenAI's embeddings list for a ``:predict`` answer of a text embedding model; its usage
+    the predictions' ``statistics.token_count`` summed (None when none is reported).
+    """
+    embeddings = [prediction["embeddings"] for prediction in answer["predictions"]]
+    counts = [(item.get("statistics") or {}).get("token_count") for item in embeddings]
+    usage = (Usage(input_tokens=int(sum(counts)))
+             if counts and all(isinstance(count, int | float) for count in counts) else None)
+    prompt = usage.input_tokens if usage is not None else 0
+    return {"object": "list", "model": "",
+            "data": [{"object": "embedding", "index": index, "embedding": item["values"]}
+                     for index, item in enumerate(embeddings)],
             "usage": {"prompt_tokens": prompt, "total_tokens": prompt}}, usage
 
 

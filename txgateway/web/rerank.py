@@ -2,10 +2,11 @@
 ``POST /v2/rerank`` (also ``/cohere/v2/rerank`` and ``/v1/rerank``): Cohere's rerank API,
 proxied to the provider behind the model.
 
-Every rerank server the gateway reaches answers in Cohere's shape (Cohere itself, and the
-vLLM-style servers of the openai plugin with a ``rerank_path``), so the answer goes back as it
-came; usage (search units, tokens) is read on the side.  A provider in another dialect that
-serves rerank gives its answer through ``translate_response(body, "rerank")``.  Errors are
+The rerank servers of the cohere and openai plugins answer in Cohere's shape (Cohere itself,
+and vLLM-style servers with a ``rerank_path``), so the answer goes back as it came; usage
+(search units, tokens) is read on the side.  A provider in another dialect that serves rerank
+(Bedrock, Vertex AI) gives its answer through ``translate_response(body,
+"rerank")``, completed with the documents and search units only the request knows.  Errors are
 Cohere's ``{"message": ...}`` with the HTTP status the Cohere SDK maps.
 """
 
@@ -18,6 +19,7 @@ import orjson
 from txgateway.accounting import Exchange
 from txgateway.dialects.cohere import (
     RerankRequest,
+    completed_answer,
     error_body,
     parse_rerank,
     rerank_usage,
@@ -66,16 +68,18 @@ class Rerank(ProxyEndpoint):
     def _answer(self, provider: Any, exchange: Exchange, rerank: RerankRequest,
                 body: bytes) -> bytes:
         """The answer to send back, with its usage counted; unreadable ones are a 502."""
+        usage = None
         try:
-            if dialect(provider) != "openai":
+            translated = dialect(provider) != "openai"
+            if translated:
                 body, usage = provider.translate_response(body, "rerank")
-                if usage is not None:
-                    exchange.usage = usage
-                    return body
             answer = orjson.loads(body)
-        except (ValueError, TypeError, AttributeError, KeyError):
+            if not isinstance(answer, dict) or not isinstance(answer.get("results"), list):
+                raise UpstreamError("the upstream's answer has no rerank results")
+            if translated:
+                answer = completed_answer(answer, rerank)
+                body = orjson.dumps(answer)
+        except (ValueError, TypeError, AttributeError, KeyError, IndexError):
             raise UpstreamError("the upstream's answer could not be read") from None
-        if not isinstance(answer, dict) or not isinstance(answer.get("results"), list):
-            raise UpstreamError("the upstream's answer has no rerank results")
-        exchange.usage = rerank_usage(answer, rerank)
+        exchange.usage = usage or rerank_usage(answer, rerank)
         return body
