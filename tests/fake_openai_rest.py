@@ -3,15 +3,18 @@ The fake OpenAI server's REST APIs beside chat, in their real wire formats: lega
 completions, embeddings (float and base64), images, speech (audio bytes in several chunks,
 paced), transcriptions and translations (multipart, parsed with the standard library's email
 parser, independent of the gateway's), and the echo and redirect endpoints passthrough tests
-call with any method.
+call with any method (``echo-gzip`` and ``echo-gzip-stream`` answer gzip'd to a caller that
+accepts it, as OpenAI's servers do).
 """
 
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
 import struct
 import time
+import zlib
 from email.parser import BytesParser
 from email.policy import HTTP
 from typing import Any
@@ -31,6 +34,14 @@ TOKEN_TRANSCRIPTION_USAGE = {"type": "tokens", "input_tokens": 120, "output_toke
                              "input_token_details": {"audio_tokens": 118, "text_tokens": 2}}
 SPEECH_CHUNKS = [bytes([index]) * 4096 for index in range(5)]
 SPEECH_CHUNK_DELAY = 0.1
+ECHO_USAGE = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+#: The chat chunks ``echo-gzip-stream`` sends, each gzip'd on its own flush.
+GZIP_STREAM = [b"data: " + orjson.dumps(chunk) + b"\n\n" for chunk in (
+    {"id": "c1", "object": "chat.completion.chunk", "model": "gpt-gz", "choices": [
+        {"index": 0, "delta": {"content": "zipped"}, "finish_reason": "stop"}]},
+    {"id": "c1", "object": "chat.completion.chunk", "model": "gpt-gz", "choices": [],
+     "usage": {"prompt_tokens": 13, "completion_tokens": 7, "total_tokens": 20}})] + [
+    b"data: [DONE]\n\n"]
 
 
 def embedding(index: int, dimensions: int) -> list[float]:
@@ -221,6 +232,27 @@ class RestFakes:
             request.setResponseCode(302)
             request.setHeader(b"location", b"/v1/echo/redirected")
             return b""
+        gzipped = b"gzip" in (request.getHeader(b"accept-encoding") or b"")
+        if request.path.startswith(b"/v1/echo-gzip-stream"):
+            request.setHeader(b"content-type", b"text/event-stream")
+            pieces = list(GZIP_STREAM)
+            if gzipped:
+                request.setHeader(b"content-encoding", b"gzip")
+                packer = zlib.compressobj(wbits=16 + zlib.MAX_WBITS)
+                pieces = [packer.compress(event) + packer.flush(zlib.Z_SYNC_FLUSH)
+                          for event in pieces]
+                pieces[-1] += packer.flush()  # the trailer comes with [DONE]
+
+            def write_gzipped() -> None:
+                if not request._disconnected:
+                    request.write(pieces.pop(0))
+                    if pieces:
+                        reactor.callLater(0.02, write_gzipped)
+                    else:
+                        request.finish()
+
+            write_gzipped()
+            return NOT_DONE_YET
         if request.path.startswith(b"/v1/echo-stream"):
             request.setHeader(b"content-type", b"application/octet-stream")
             request.setHeader(b"x-upstream", b"yes")
@@ -238,7 +270,11 @@ class RestFakes:
             write_next()
             return NOT_DONE_YET
         request.setHeader(b"x-upstream", b"yes")
-        return self._json(request, {
+        answer = self._json(request, {
             "method": request.method.decode(), "uri": request.uri.decode(),
             "body_sha256": hashlib.sha256(body).hexdigest(), "body_size": len(body),
-            "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}})
+            "usage": ECHO_USAGE})
+        if request.path.startswith(b"/v1/echo-gzip") and gzipped:
+            request.setHeader(b"content-encoding", b"gzip")
+            return gzip.compress(answer)
+        return answer

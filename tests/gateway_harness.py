@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import secrets
 import tempfile
 from typing import Any
+from urllib.parse import quote
 
 import attrs
 import openai
 import orjson
+import psycopg
 import treq
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
@@ -20,6 +23,7 @@ from twisted.web.client import HTTPConnectionPool
 
 from tests.fake_anthropic import start_fake_anthropic
 from tests.fake_openai import start_fake_openai
+from tests.test_store import POSTGRES_URL
 from txgateway.config import GatewayConfig, load_config
 from txgateway.providers.registry import find_plugins
 from txgateway.service import GatewayService
@@ -83,6 +87,28 @@ def closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+class OnPostgreSQL:
+    """
+    Mixed in before a `GatewayTestCase`: the gateway keeps its store in a fresh PostgreSQL
+    schema of its own (``self.schema``), dropped after the test, as scaled-out gateways do.
+    """
+
+    config: str
+
+    def setUp(self) -> Any:
+        self.schema = "t_" + secrets.token_hex(6)
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+            admin.execute(f"CREATE SCHEMA {self.schema}")
+        self.addCleanup(self._drop_schema)  # type: ignore[attr-defined]
+        options = quote(f"-csearch_path={self.schema}", safe="")
+        self.config = self.config + f'store: "{POSTGRES_URL}?options={options}"\n'
+        return super().setUp()  # type: ignore[misc]
+
+    def _drop_schema(self) -> None:
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+            admin.execute(f"DROP SCHEMA {self.schema} CASCADE")
 
 
 class GatewayTestCase(TestCase):

@@ -13,8 +13,8 @@ import orjson
 import treq
 
 from tests.fake_openai_responses import ENCRYPTED, INPUT_TOKENS
-from tests.gateway_harness import CONFIG, GatewayTestCase
-from txgateway.translate.responses_to_chat import COMPACTION_PROMPT
+from tests.gateway_harness import CONFIG, GatewayTestCase, OnPostgreSQL
+from txgateway.translate.responses_to_chat import COMPACTED, COMPACTION_PROMPT, COMPACTION_TAG
 
 TEAM_KEY = "sk-team-conversations"
 OTHER_KEY = "sk-other-conversations"
@@ -170,6 +170,17 @@ class KeyIsolation(GatewayTestCase):
         items = await self.sdk(team.conversations.items.list, conversation.id)
         self.assertEqual(len(items.data), 1)
 
+    async def test_references_reach_the_keys_own_items_only(self) -> None:
+        team, other = self.client_for(TEAM_KEY), self.client_for(OTHER_KEY)
+        first = await self.sdk(team.responses.create, model="claude-x", input="Hi")
+        reference = {"type": "item_reference", "id": first.output[0].id}
+        with self.assertRaises(openai.BadRequestError):
+            await self.sdk(other.responses.create, model="claude-x", input=[reference])
+        await self.sdk(other.responses.create, model="gpt-4o", input=[reference])
+        self.assertEqual(self.fake.requests[0][2]["input"], [reference])
+        await self.sdk(team.responses.create, model="claude-x", input=[reference])
+        self.assertEqual(self.claude.requests[-1][2]["messages"][0]["role"], "assistant")
+
 
 class ConversationTurns(GatewayTestCase):
     """Each turn sees the conversation's items, and adds its input and output to them."""
@@ -260,6 +271,80 @@ class ConversationTurns(GatewayTestCase):
         self.assertEqual(response.code, 400)
 
 
+class ItemReferences(GatewayTestCase):
+    """``item_reference`` input items name items the gateway holds, or the upstream does."""
+
+    def reference(self, item_id: str) -> dict[str, str]:
+        return {"type": "item_reference", "id": item_id}
+
+    async def test_items_of_a_stored_response_without_its_chain(self) -> None:
+        first = await self.sdk(self.client.responses.create, model="claude-x",
+                               input="My name is Ada.")
+        [asked] = (await self.sdk(self.client.responses.input_items.list, first.id)).data
+        question = {"role": "user", "content": "What is my name?"}
+        # Typed or not (the type may be left out), to a translated or a native model.
+        second = await self.sdk(self.client.responses.create, model="claude-x", input=[
+            self.reference(asked.id), {"id": first.output[0].id}, question])
+        await self.sdk(self.client.responses.create, model="gpt-4o", input=[
+            self.reference(asked.id), self.reference(first.output[0].id), question])
+        messages = self.claude.requests[-1][2]["messages"]
+        self.assertEqual([(message["role"], message["content"][0]["text"])
+                          for message in messages],
+                         [("user", "My name is Ada."), ("assistant", "Hello there!"),
+                          ("user", "What is my name?")])
+        sent = self.fake.requests[-1][2]["input"]
+        self.assertEqual(texts(sent), ["My name is Ada.", "Hello there!", "What is my name?"])
+        self.assertEqual([item.get("id") for item in sent], [None, None, None])
+        # The resolved items are new input items, with ids of their own.
+        inputs = (await self.sdk(self.client.responses.input_items.list, second.id,
+                                 order="asc")).data
+        self.assertEqual([item.content[0].text for item in inputs],
+                         ["My name is Ada.", "Hello there!", "What is my name?"])
+        self.assertNotIn(asked.id, [item.id for item in inputs])
+        # A deleted response's items are gone with it.
+        await self.sdk(self.client.responses.delete, first.id)
+        with self.assertRaises(openai.BadRequestError) as caught:
+            await self.sdk(self.client.responses.create, model="claude-x",
+                           input=[self.reference(asked.id), question])
+        self.assertEqual(caught.exception.param, "input")
+        self.assertIn(asked.id, caught.exception.message)
+        self.assertEqual(len(self.claude.requests), 2)
+
+    async def test_items_of_the_conversation(self) -> None:
+        conversation = await self.sdk(self.client.conversations.create, items=[
+            ADA, {"role": "assistant", "content": "Hello Ada."}])
+        [ada, _] = (await self.sdk(self.client.conversations.items.list, conversation.id,
+                                   order="asc")).data
+        for model in ("claude-x", "gpt-4o"):
+            await self.sdk(self.client.responses.create, model=model,
+                           conversation=conversation.id, input=[
+                               self.reference(ada.id), {"role": "user", "content": "Again?"}])
+        [(_, _, native)] = self.fake.requests
+        self.assertEqual(texts(native["input"]), [
+            "My name is Ada.", "Hello Ada.",  # the conversation
+            "My name is Ada.", "Again?", "Hello there!",  # claude-x's turn
+            "My name is Ada.", "Again?"])  # this turn
+        self.assertNotIn("item_reference", orjson.dumps(native).decode())
+        messages = self.claude.requests[-1][2]["messages"]
+        self.assertEqual([message["content"][0]["text"] for message in messages],
+                         ["My name is Ada.", "Hello Ada.", "My name is Ada.", "Again?"])
+        items = (await self.sdk(self.client.conversations.items.list, conversation.id,
+                                order="asc", limit=100)).data
+        self.assertEqual(len(items), 2 + 3 + 3)
+        self.assertEqual(len({item.id for item in items}), 8)
+
+    async def test_unknown_references_go_to_a_native_model_and_are_400_for_others(self) -> None:
+        upstream = self.reference("msg_upstream_held")
+        await self.sdk(self.client.responses.create, model="gpt-4o", input=[upstream, ADA])
+        self.assertEqual(self.fake.requests[0][2]["input"], [upstream, ADA])
+        with self.assertRaises(openai.BadRequestError) as caught:
+            await self.sdk(self.client.responses.create, model="claude-x",
+                           input=[upstream, ADA])
+        self.assertEqual(caught.exception.param, "input")
+        self.assertIn("msg_upstream_held", caught.exception.message)
+        self.assertEqual(self.claude.requests, [])
+
+
 class InputTokens(GatewayTestCase):
     async def test_native_is_forwarded_with_the_history(self) -> None:
         conversation = await self.sdk(self.client.conversations.create, items=[ADA])
@@ -343,9 +428,78 @@ class Compaction(GatewayTestCase):
         [record] = [r for r in self.access_records() if r["route"] == "responses_compact"]
         self.assertEqual((record["provider"], record["output_tokens"]), ("claude", 9))
 
+    async def test_the_gateways_compaction_reaches_a_native_model_as_what_it_means(self) -> None:
+        compacted = await self.sdk(self.client.responses.compact, model="claude-x",
+                                   input=self.CONVERSATION)
+        window = [item.model_dump(exclude_none=True, warnings=False)
+                  for item in compacted.output]
+        question = {"role": "user", "content": "And the hotel?"}
+        await self.sdk(self.client.responses.create, model="gpt-4o", input=[*window, question])
+        # In a conversation, the compaction item comes back from the store as history.
+        conversation = await self.sdk(self.client.conversations.create, items=window)
+        await self.sdk(self.client.responses.create, model="gpt-4o", input="And the hotel?",
+                       conversation=conversation.id, stream=True)
+        summary = {"type": "message", "role": "developer",
+                   "content": COMPACTED + "Hello there!"}  # the fake model's summary
+        for path, _, sent in self.fake.requests:
+            self.assertEqual(path, b"/v1/responses")
+            self.assertEqual([item["role"] for item in sent["input"]],
+                             ["user", "user", "developer", "user"])
+            self.assertEqual(sent["input"][2], summary)
+            self.assertEqual(texts(sent["input"][:2]), ["My name is Ada.",
+                                                        "Plan a trip to Paris."])
+            self.assertEqual(texts(sent["input"][3:]), ["And the hotel?"])
+        self.assertEqual(len(self.fake.requests), 2)
+
+    async def test_the_gateways_compaction_is_compacted_again_natively(self) -> None:
+        compacted = await self.sdk(self.client.responses.compact, model="claude-x",
+                                   input=self.CONVERSATION)
+        await self.sdk(self.client.responses.compact, model="gpt-4o", input=[
+            compacted.output[-1].model_dump(exclude_none=True), ADA])
+        [(path, _, sent)] = self.fake.requests
+        self.assertEqual(path, b"/v1/responses/compact")
+        self.assertEqual(sent["input"], [{"type": "message", "role": "developer",
+                                          "content": COMPACTED + "Hello there!"}, ADA])
+
+    async def test_a_damaged_compaction_of_the_gateways_is_400_for_a_native_model(self) -> None:
+        with self.assertRaises(openai.BadRequestError) as caught:
+            await self.sdk(self.client.responses.create, model="gpt-4o", input=[
+                {"type": "compaction", "encrypted_content": COMPACTION_TAG + "%%%"}, ADA])
+        self.assertEqual(caught.exception.param, "input")
+        self.assertEqual(self.fake.requests, [])
+
+    async def test_a_foreign_compaction_item_goes_to_a_native_model_as_is(self) -> None:
+        foreign = {"type": "compaction", "encrypted_content": ENCRYPTED}
+        await self.sdk(self.client.responses.create, model="gpt-4o", input=[foreign, ADA])
+        self.assertEqual(self.fake.requests[0][2]["input"], [foreign, ADA])
+
     async def test_a_foreign_compaction_item_is_400_for_a_translated_model(self) -> None:
         with self.assertRaises(openai.BadRequestError) as caught:
             await self.sdk(self.client.responses.create, model="claude-x", input=[
                 {"type": "compaction", "encrypted_content": ENCRYPTED}, ADA])
         self.assertEqual(caught.exception.param, "input")
         self.assertEqual(self.claude.requests, [])
+
+
+class ConversationObjectsOnPostgreSQL(OnPostgreSQL, ConversationObjects):
+    """The same, with the conversations in PostgreSQL."""
+
+
+class KeyIsolationOnPostgreSQL(OnPostgreSQL, KeyIsolation):
+    """The same, with the conversations in PostgreSQL."""
+
+
+class ConversationTurnsOnPostgreSQL(OnPostgreSQL, ConversationTurns):
+    """The same, with the conversations in PostgreSQL."""
+
+
+class ItemReferencesOnPostgreSQL(OnPostgreSQL, ItemReferences):
+    """The same, with the items in PostgreSQL."""
+
+
+class InputTokensOnPostgreSQL(OnPostgreSQL, InputTokens):
+    """The same, with the conversations and responses in PostgreSQL."""
+
+
+class CompactionOnPostgreSQL(OnPostgreSQL, Compaction):
+    """The same, with the responses in PostgreSQL."""

@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from urllib.parse import quote
 
 import anthropic
 import attrs
 import openai
 import orjson
-import psycopg
 import treq
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
-from tests.gateway_harness import CONFIG, GatewayTestCase
-from tests.test_store import POSTGRES_URL
+from tests.gateway_harness import CONFIG, GatewayTestCase, OnPostgreSQL
 from txgateway.config import load_config
 from txgateway.providers.registry import find_plugins
 
@@ -248,20 +245,10 @@ class OpenGatewayTests(GatewayTestCase):
         self.assertIsNone(record["key_id"])
 
 
-class ScaledOutKeyTests(KeyTests):
+class ScaledOutKeyTests(OnPostgreSQL, KeyTests):
     """The same, on PostgreSQL (a schema of its own) and the Redis limiter."""
 
     def setUp(self) -> object:
-        self.schema = "t_" + secrets.token_hex(6)
-        with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
-            admin.execute(f"CREATE SCHEMA {self.schema}")
-        self.addCleanup(self._drop_schema)
-        options = quote(f"-csearch_path={self.schema}", safe="")
         self.config = KEYS_CONFIG + (
-            f'store: "{POSTGRES_URL}?options={options}"\n'
-            f'limiter: "redis://127.0.0.1:6379/0?prefix=txgateway-test-{self.schema}:"\n')
+            f'limiter: "redis://127.0.0.1:6379/0?prefix=txgateway-test-{secrets.token_hex(6)}:"\n')
         return super().setUp()
-
-    def _drop_schema(self) -> None:
-        with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
-            admin.execute(f"DROP SCHEMA {self.schema} CASCADE")

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
+import zlib
 from io import BytesIO
 from typing import Any
 
 import anthropic
+import attrs
 import openai
 import orjson
 import treq
@@ -19,9 +22,18 @@ from twisted.web.http_headers import Headers
 from tests.fake_anthropic import FINAL_USAGE, START_USAGE, TEXT
 from tests.fake_openai import CONTENT, USAGE
 from tests.fake_openai_responses import USAGE as RESPONSES_USAGE
+from tests.fake_openai_rest import ECHO_USAGE, GZIP_STREAM
 from tests.gateway_harness import CONFIG, GatewayTestCase
 from txgateway.usage import Usage
-from txgateway.web.passthrough import StreamUsage
+from txgateway.web.passthrough import (
+    INFLATE_LIMIT,
+    INFLATE_STEP,
+    USAGE_PEEK_LIMIT,
+    AnswerUsage,
+    Inflating,
+    StreamUsage,
+    _usage_reader,
+)
 
 LIMIT = 4 * 1024 * 1024
 
@@ -223,6 +235,135 @@ class PassthroughStreamUsageTests(GatewayTestCase):
         [record] = self.access_records()
         self.assertEqual((record["status"], record["input_tokens"], record["output_tokens"],
                           record["usage_estimated"]), (502, 32, 1, True))
+
+
+class GzipTests(GatewayTestCase):
+    """
+    The openai SDK accepts gzip, and the caller's ``Accept-Encoding`` goes upstream: a gzip'd
+    answer is relayed as it came, its usage read all the same.
+    """
+
+    def passthrough_client(self) -> openai.OpenAI:
+        client = openai.OpenAI(base_url=f"{self.base_url}/p/fake", api_key="sk-caller",
+                               max_retries=0, timeout=10)
+        self.addCleanup(client.close)
+        return client
+
+    async def test_json_answer_through_the_sdk(self) -> None:
+        answer = await self.sdk(self.passthrough_client().post, "/echo-gzip", cast_to=object,
+                                body={"model": "gpt-4o"})
+        self.assertEqual((answer["method"], answer["usage"]), ("POST", ECHO_USAGE))
+        [(_, _, headers, _)] = self.fake.echoes
+        self.assertIn(b"gzip", headers[b"Accept-Encoding"][0])
+        [record] = self.access_records()
+        self.assertEqual((record["model"], record["input_tokens"], record["output_tokens"],
+                          record["stream"]), ("gpt-4o", 3, 2, False))
+
+    async def get(self, path: bytes, accept: bytes) -> tuple[Any, list[bytes]]:
+        """The answer's bytes as they arrived, undecoded (treq would inflate them)."""
+        agent = Agent(reactor, pool=self.pool)
+        response = await agent.request(b"GET", self.base_url.encode() + path,
+                                       Headers({b"accept-encoding": [accept]}))
+        pieces: list[bytes] = []
+        await treq.collect(response, pieces.append)
+        return response, pieces
+
+    async def test_json_answer_relayed_untouched(self) -> None:
+        response, pieces = await self.get(b"/p/fake/echo-gzip", b"gzip")
+        relayed = b"".join(pieces)
+        self.assertEqual(response.headers.getRawHeaders(b"content-encoding"), [b"gzip"])
+        self.assertEqual(response.length, len(relayed))
+        self.assertEqual(orjson.loads(gzip.decompress(relayed))["usage"], ECHO_USAGE)
+        [record] = self.access_records()
+        self.assertEqual((record["input_tokens"], record["output_tokens"]), (3, 2))
+
+    async def test_stream_through_the_sdk(self) -> None:
+        def stream() -> list[Any]:
+            return list(self.passthrough_client().post(
+                "/echo-gzip-stream", cast_to=object, body={}, stream=True,
+                stream_cls=openai.Stream[object]))
+
+        chunks = await self.sdk(stream)
+        self.assertEqual([chunk["choices"] and chunk["choices"][0]["delta"]["content"]
+                          for chunk in chunks], ["zipped", []])
+        [record] = self.access_records()
+        self.assertEqual((record["model"], record["input_tokens"], record["output_tokens"],
+                          record["stream"], record["usage_estimated"]),
+                         ("gpt-gz", 13, 7, True, False))
+
+    async def test_stream_relayed_untouched_as_it_arrives(self) -> None:
+        response, pieces = await self.get(b"/p/fake/echo-gzip-stream", b"gzip, deflate")
+        self.assertEqual(response.headers.getRawHeaders(b"content-encoding"), [b"gzip"])
+        self.assertGreater(len(pieces), 1)
+        self.assertEqual(gzip.decompress(b"".join(pieces)), b"".join(GZIP_STREAM))
+        [record] = self.access_records()
+        self.assertEqual((record["input_tokens"], record["output_tokens"]), (13, 7))
+
+    async def test_the_callers_accept_encoding_goes_up_as_sent(self) -> None:
+        response, pieces = await self.get(b"/p/fake/echo-gzip", b"br")
+        self.assertEqual(orjson.loads(b"".join(pieces))["usage"], ECHO_USAGE)
+        [(_, _, headers, _)] = self.fake.echoes
+        self.assertEqual(headers[b"Accept-Encoding"], [b"br"])
+        [record] = self.access_records()
+        self.assertEqual(record["input_tokens"], 3)  # the fake answered plain
+
+
+class InflatingTests(SynchronousTestCase):
+    """`Inflating` however the bytes are cut, and within its bounds."""
+
+    def test_byte_by_byte(self) -> None:
+        packed = gzip.compress(b"".join(GZIP_STREAM))
+        reader = Inflating(StreamUsage(), INFLATE_LIMIT)
+        for index in range(len(packed)):
+            reader.feed(packed[index:index + 1])
+        self.assertEqual(reader.read(), (Usage(input_tokens=13, output_tokens=7), "gpt-gz"))
+        self.assertTrue(reader.stream)
+
+    def test_a_bomb_is_inflated_in_steps_up_to_the_limit(self) -> None:
+        fed: list[int] = []
+
+        class Counting(AnswerUsage):
+            def feed(self, data: bytes) -> None:
+                fed.append(len(data))
+
+        packer = zlib.compressobj(wbits=16 + zlib.MAX_WBITS)
+        bomb = packer.compress(bytes(16 * 1024 * 1024)) + packer.flush()
+        self.assertLess(len(bomb), 20 * 1024)
+        limit = 5 * INFLATE_STEP + 7
+        reader = Inflating(Counting(), limit)
+        reader.feed(bomb[:len(bomb) // 2])
+        reader.feed(bomb[len(bomb) // 2:])
+        self.assertEqual((max(fed), sum(fed)), (INFLATE_STEP, limit))
+
+    def test_a_large_json_answer_is_given_up(self) -> None:
+        answer = orjson.dumps({"usage": ECHO_USAGE, "padding": " " * USAGE_PEEK_LIMIT})
+        reader = Inflating(AnswerUsage(), USAGE_PEEK_LIMIT + 1)
+        reader.feed(gzip.compress(answer))
+        self.assertEqual(reader.read(), (None, ""))
+        small = Inflating(AnswerUsage(), USAGE_PEEK_LIMIT + 1)
+        small.feed(gzip.compress(orjson.dumps({"usage": ECHO_USAGE, "model": "m"})))
+        self.assertEqual(small.read(), (Usage(input_tokens=3, output_tokens=2), "m"))
+
+    def test_which_codings_are_read(self) -> None:
+        def reader(coding: bytes | None) -> Any:
+            headers = Headers({b"content-type": [b"application/json"]})
+            if coding is not None:
+                headers.setRawHeaders(b"content-encoding", [coding])
+            return _usage_reader(attrs.make_class("Response", ["code", "headers"])(
+                200, headers))
+
+        self.assertIsInstance(reader(None), AnswerUsage)
+        self.assertIsInstance(reader(b"identity"), AnswerUsage)
+        self.assertIsInstance(reader(b"GZIP"), Inflating)
+        self.assertIsInstance(reader(b"x-gzip"), Inflating)
+        for unread in (b"br", b"deflate", b"gzip, br"):
+            self.assertIsNone(reader(unread), unread)
+
+    def test_bytes_that_do_not_inflate(self) -> None:
+        reader = Inflating(AnswerUsage(), USAGE_PEEK_LIMIT + 1)
+        reader.feed(b"not gzip at all")
+        reader.feed(gzip.compress(b"{}"))
+        self.assertEqual(reader.read(), (None, ""))
 
 
 class StreamUsageTests(SynchronousTestCase):

@@ -9,7 +9,7 @@ import orjson
 import treq
 from twisted.trial.unittest import TestCase
 
-from tests.gateway_harness import GatewayTestCase
+from tests.gateway_harness import GatewayTestCase, OnPostgreSQL
 from txgateway.translate.responses_to_chat import ChatToResponsesStream
 
 WEATHER_TOOL = {"type": "function", "name": "get_weather", "description": "The weather",
@@ -182,6 +182,14 @@ class TranslatedResponses(GatewayTestCase):
                            tools=[{"type": "web_search"}])
         self.assertEqual(caught.exception.param, "tools")
         self.assertEqual(self.claude.requests, [])
+
+
+class NativeResponsesOnPostgreSQL(OnPostgreSQL, NativeResponses):
+    """The same, with which provider made each response kept in PostgreSQL."""
+
+
+class TranslatedResponsesOnPostgreSQL(OnPostgreSQL, TranslatedResponses):
+    """The same, with the responses the gateway made kept in PostgreSQL."""
 
 
 class BadRequests(GatewayTestCase):

@@ -107,6 +107,12 @@ def chat_request(request: dict[str, Any], history: list[dict[str, Any]],
 def _add_item(messages: list[dict[str, Any]], item: Any) -> None:
     if not isinstance(item, dict):
         raise UntranslatableRequest("each input item must be an object", "input")
+    reference = reference_of(item)
+    if reference is not None:
+        raise UntranslatableRequest(
+            f"Item with id '{reference}' not found: this model's provider can only be sent "
+            "references to items of the gateway's own conversations and stored responses",
+            "input")
     kind = item.get("type") or "message"
     if kind == "message":
         role = item.get("role")
@@ -156,6 +162,32 @@ def compacted_output(items: list[dict[str, Any]], summary: str) -> list[dict[str
              if item["type"] == "message" and item.get("role") == "user"]
     content = COMPACTION_TAG + base64.b64encode(summary.encode()).decode()
     return [*users, {"type": "compaction", "id": new_id("cmp"), "encrypted_content": content}]
+
+
+def reference_of(item: Any) -> str | None:
+    """The id an ``item_reference`` input item names (its ``type`` may be left out), or None."""
+    if not isinstance(item, dict) or not isinstance(item.get("id"), str):
+        return None
+    kind = item.get("type")
+    if kind == "item_reference" or (kind is None and item.keys() <= {"id", "type"}):
+        return item["id"]
+    return None
+
+
+def own_compaction(item: Any) -> bool:
+    """Whether ``item`` is a compaction item the gateway made (`compacted_output`)."""
+    if not isinstance(item, dict) or item.get("type") != "compaction":
+        return False
+    content = item.get("encrypted_content")
+    return isinstance(content, str) and content.startswith(COMPACTION_TAG)
+
+
+def compaction_message(item: dict[str, Any]) -> dict[str, Any]:
+    """
+    What a compaction item the gateway made stands for, as a Responses input item: a provider
+    that serves the Responses API itself cannot read the gateway's compaction items.
+    """
+    return {"type": "message", "role": "developer", "content": COMPACTED + _summary_of(item)}
 
 
 def _summary_of(item: dict[str, Any]) -> str:

@@ -10,11 +10,13 @@ never followed (the gateway's agent follows none), hop-by-hop headers are droppe
 The answer is relayed as it arrives; its usage (and model, when the request named none) is read
 on the side, from a JSON answer in OpenAI's or Anthropic's shape or from an SSE answer: chat
 and completions chunks, Responses' final event, Anthropic's ``message_start`` and
-``message_delta``.
+``message_delta``.  The caller's ``Accept-Encoding`` goes up as sent (the openai SDK asks for
+gzip): a gzip'd answer is relayed as it came and inflated on the side for its usage.
 """
 
 from __future__ import annotations
 
+import zlib
 from typing import Any
 from urllib.parse import unquote
 
@@ -57,6 +59,11 @@ USAGE_PEEK_LIMIT = 1024 * 1024
 #: In SSE bytes, a token count's key (``"prompt_tokens"``, ``"output_tokens"``...): found only
 #: in the events that carry usage, never in a ``"usage":null`` nor in escaped text.
 TOKEN_COUNT = b'_tokens"'
+#: The content codings whose answers are inflated for their usage.
+GZIP = frozenset({b"gzip", b"x-gzip"})
+#: The most a gzip'd SSE answer is inflated to for its usage (a JSON answer: `USAGE_PEEK_LIMIT`),
+#: and the most inflated from one piece at a time.
+INFLATE_LIMIT, INFLATE_STEP = 64 * USAGE_PEEK_LIMIT, 64 * 1024
 
 
 class Passthrough(JSONResource):
@@ -125,7 +132,7 @@ class Passthrough(JSONResource):
             _start(request, response)
             exchange.status = response.code
             reader = _usage_reader(response)
-            exchange.stream = isinstance(reader, StreamUsage)
+            exchange.stream = reader is not None and reader.stream
             relay = PassthroughRelay(gateway.reactor, gateway.config.upstream, request,
                                      exchange, call, reader)
             call.deliver(response, relay)
@@ -203,15 +210,27 @@ def _start(request: Any, response: Any) -> None:
         request.setHeader(b"content-length", b"%d" % response.length)
 
 
-def _usage_reader(response: Any) -> AnswerUsage | StreamUsage | None:
-    """What reads the usage of a successful JSON or SSE answer; None for anything else."""
+def _usage_reader(response: Any) -> UsageReader | None:
+    """
+    What reads the usage of a successful JSON or SSE answer, plain or gzip'd; None for
+    anything else.
+    """
     headers = response.headers
-    if response.code != 200 or headers.hasHeader(b"content-encoding"):
+    if response.code != 200:
         return None
     content_type = headers.getRawHeaders(b"content-type", [b""])[0].lower()
+    reader: UsageReader
     if b"text/event-stream" in content_type:
-        return StreamUsage()
-    return AnswerUsage() if b"json" in content_type else None
+        reader, limit = StreamUsage(), INFLATE_LIMIT
+    elif b"json" in content_type:
+        reader, limit = AnswerUsage(), USAGE_PEEK_LIMIT + 1  # past it, AnswerUsage gives up
+    else:
+        return None
+    codings = b",".join(headers.getRawHeaders(b"content-encoding", []))
+    coding = codings.strip().lower()
+    if not coding or coding == b"identity":
+        return reader
+    return Inflating(reader, limit) if coding in GZIP else None
 
 
 class PassthroughRelay(TimedBody):
@@ -222,8 +241,7 @@ class PassthroughRelay(TimedBody):
     """
 
     def __init__(self, reactor: Any, settings: UpstreamSettings, request: Any,
-                 exchange: Exchange, call: UpstreamCall,
-                 reader: AnswerUsage | StreamUsage | None) -> None:
+                 exchange: Exchange, call: UpstreamCall, reader: UsageReader | None) -> None:
         super().__init__(reactor, settings)
         self._request = request
         self._exchange = exchange
@@ -271,6 +289,8 @@ class PassthroughRelay(TimedBody):
 class AnswerUsage:
     """The usage and model of a JSON answer, read once it is whole (up to a size)."""
 
+    stream = False
+
     def __init__(self) -> None:
         self._parts: list[bytes] | None = []
         self._size = 0
@@ -306,6 +326,8 @@ class StreamUsage:
     ``usage`` (output so far, and lately the input again): Anthropic's are merged, field by
     field, each value replacing the last.
     """
+
+    stream = True
 
     def __init__(self) -> None:
         self._splitter: EventSplitter | None = EventSplitter()
@@ -351,6 +373,40 @@ class StreamUsage:
 
     def read(self) -> tuple[Usage | None, str]:
         return self._usage, self._model
+
+
+class Inflating:
+    """
+    A usage ``reader`` shown a gzip'd body inflated, as it passes, in steps of at most
+    `INFLATE_STEP` bytes and up to ``limit`` bytes in all: past that, or on bytes that do not
+    inflate, the reader is shown no more (and keeps what it read).
+    """
+
+    def __init__(self, reader: AnswerUsage | StreamUsage, limit: int) -> None:
+        self._reader = reader
+        self.stream = reader.stream
+        self._inflater: Any = zlib.decompressobj(16 + zlib.MAX_WBITS)  # gzip's framing
+        self._left = limit
+
+    def feed(self, data: bytes) -> None:
+        while data and self._inflater is not None:
+            try:
+                inflated = self._inflater.decompress(data, min(INFLATE_STEP, self._left))
+            except zlib.error:
+                self._inflater = None
+                return
+            self._left -= len(inflated)
+            self._reader.feed(inflated)
+            if self._left <= 0 or self._inflater.eof:
+                self._inflater = None
+            else:
+                data = self._inflater.unconsumed_tail
+
+    def read(self) -> tuple[Usage | None, str]:
+        return self._reader.read()
+
+
+UsageReader = AnswerUsage | StreamUsage | Inflating
 
 
 def _text(value: Any) -> str:

@@ -13,6 +13,13 @@ A ``conversation`` is the gateway's (`txgateway.web.conversations`) whatever the
 its items are sent as the history, as a gateway-held ``previous_response_id`` chain is, and a
 successful response's input and output items are appended to it before the caller has the
 answer's end.
+
+What only the gateway can read never reaches a native provider as is: an input
+``item_reference`` to an item the gateway holds (in the history, or of a response it made and
+stored) is replaced by a copy of the item, whatever the provider; a compaction item the
+gateway made (`txgateway.web.responses_input`) becomes the developer message it stands for.
+References the gateway cannot resolve go to a native provider as they came (the upstream may
+hold the item) and are refused for the others.
 """
 
 from __future__ import annotations
@@ -44,9 +51,12 @@ from txgateway.translate.responses_to_chat import (
     ChatToResponsesStream,
     UntranslatableRequest,
     chat_request,
+    compaction_message,
     conversation_reference,
     input_items,
     new_id,
+    own_compaction,
+    reference_of,
     response_from_chat,
     stored_items,
 )
@@ -65,8 +75,9 @@ from txgateway.web.resource import JSONResource, answer_later, openai_error
 
 log = Logger()
 
-#: Store kinds: a response the gateway made (translated), and which provider made one.
-RESPONSE, ROUTE = "response", "response_route"
+#: Store kinds: a response the gateway made (translated), each of its input and output items
+#: (for ``item_reference``), and which provider made a native one.
+RESPONSE, RESPONSE_ITEM, ROUTE = "response", "response_item", "response_route"
 #: The statuses of a response whose turn joins its conversation.
 ENDED_WELL = ("completed", "incomplete")
 
@@ -74,9 +85,10 @@ ENDED_WELL = ("completed", "incomplete")
 @attrs.define
 class ResponsesRequest:
     """
-    A Responses request, parsed once.  Mutable in one field only: ``history``, set when the
-    request is admitted (the caller's key is known then) to the items of the gateway-held
-    chain ``previous_response_id`` names, or of the ``conversation`` (its id).
+    A Responses request, parsed once.  Changed only when it is admitted (the caller's key is
+    known then): ``history`` set to the items of the gateway-held chain
+    ``previous_response_id`` names, or of the ``conversation`` (its id); and the input's
+    references to items the gateway holds resolved (`with_input`).
     """
 
     raw: bytes
@@ -86,6 +98,11 @@ class ResponsesRequest:
     store: bool
     conversation: str | None = None
     history: list[dict[str, Any]] | None = None
+
+    def with_input(self, items: list[dict[str, Any]]) -> None:
+        """The request as if the caller had sent ``items`` as its input."""
+        self.parsed = {**self.parsed, "input": items}
+        self.raw = orjson.dumps(self.parsed)
 
 
 def parse_responses(raw: bytes) -> ResponsesRequest:
@@ -135,9 +152,18 @@ class Responses(ProxyEndpoint):
                     size: int) -> list[Target]:
         """
         As every endpoint, then: a conversation lends its items; a previous response pins the
-        call or lends its history.
+        call or lends its history; references to items the gateway holds are resolved.
         """
         plan = await super().admit(request, exchange, parsed, size)
+        plan = await self._lend_history(plan, exchange, parsed)
+        inputs = parsed.parsed.get("input")
+        if isinstance(inputs, list) and any(map(reference_of, inputs)):
+            await self._resolve_references(parsed, inputs, exchange.key_id)
+        return plan
+
+    async def _lend_history(self, plan: list[Target], exchange: Exchange,
+                            parsed: ResponsesRequest) -> list[Target]:
+        """The ``plan``, pinned to a previous response's provider; the history set."""
         store = self._gateway.store
         if parsed.conversation is not None:
             if await conversations.find(store, parsed.conversation, exchange.key_id) is None:
@@ -160,6 +186,25 @@ class Responses(ProxyEndpoint):
                           f"`{route['provider']}`, which the model `{parsed.model}` does "
                           "not route to", "invalid_previous_response", "previous_response_id")
         return pinned
+
+    async def _resolve_references(self, parsed: ResponsesRequest, inputs: list[Any],
+                                  owner: str | None) -> None:
+        """
+        Each input ``item_reference`` to an item of the history, or of a response the gateway
+        made for the same key, replaced by a copy of the item (without its id and status: it
+        is a new input item); the others are left as they came.
+        """
+        wanted = {reference for reference in map(reference_of, inputs) if reference}
+        found = {item["id"]: item for item in parsed.history or []
+                 if item.get("id") in wanted}
+        for reference in wanted - found.keys():
+            held = await self._gateway.store.get_object(RESPONSE_ITEM, reference)
+            if held is not None and held["owner"] == owner:
+                found[reference] = held["item"]
+        if found:
+            references = map(reference_of, inputs)
+            parsed.with_input([_without_id(found[reference]) if reference in found else item
+                               for item, reference in zip(inputs, references, strict=True)])
 
     async def proxy(self, request: Any, exchange: Exchange, parsed: ResponsesRequest,
                     target: Target, call: UpstreamCall) -> None:
@@ -197,9 +242,13 @@ class Responses(ProxyEndpoint):
     def _native_request(self, parsed: ResponsesRequest, target: Target,
                         path: bytes = b"") -> UpstreamRequest:
         """The call on the provider's own ``/responses`` (or a ``path`` below it)."""
+        try:
+            body = _native_body(parsed, target.model)
+        except UntranslatableRequest as error:
+            raise Refusal(400, str(error), None, error.param) from None
         upstream = target.provider.build_request(ApiCall(
-            api="responses", body=_native_body(parsed, target.model), parsed=parsed.parsed,
-            model=target.model, stream=parsed.stream))
+            api="responses", body=body, parsed=parsed.parsed, model=target.model,
+            stream=parsed.stream))
         if not path:
             return upstream
         url, mark, query = upstream.url.partition(b"?")
@@ -284,9 +333,9 @@ class Responses(ProxyEndpoint):
     def _keep(self, exchange: Exchange, parsed: ResponsesRequest, answer: dict[str, Any],
               provider: Any = None) -> Deferred[Any]:
         """
-        What a response leaves behind: the response itself when the gateway made it (no
-        ``provider``) or which provider did; and, once it ended well, its turn (input and
-        output items) in its conversation.
+        What a response leaves behind: the response itself and each of its items when the
+        gateway made it (no ``provider``), or which provider did; and, once it ended well, its
+        turn (input and output items) in its conversation.
         """
         store, owner = self._gateway.store, exchange.key_id
         now = self._gateway.reactor.seconds()
@@ -298,6 +347,9 @@ class Responses(ProxyEndpoint):
                             "history": parsed.history or []}
                 savings.append(store.put_object(RESPONSE, answer["id"], owner, document,
                                                 answer["created_at"]))
+                savings += [store.put_object(RESPONSE_ITEM, item["id"], owner,
+                                             {"owner": owner, "item": item}, now)
+                            for item in response_items(document)]
             else:
                 savings.append(store.put_object(ROUTE, answer["id"], owner,
                                                 {"provider": provider.name, "owner": owner}, now))
@@ -321,19 +373,34 @@ class Responses(ProxyEndpoint):
         finish(request, call, status, body)
 
 
+def response_items(document: dict[str, Any]) -> list[dict[str, Any]]:
+    """The items of a stored response that ``item_reference`` can name: its input and output."""
+    items = [*document["input"], *document["response"]["output"]]
+    return [item for item in items if item.get("id") and reference_of(item) is None]
+
+
+def _without_id(item: dict[str, Any]) -> dict[str, Any]:
+    """An item sent again as input: the upstream knows neither its id nor its status."""
+    if reference_of(item) is not None:
+        return item  # an unresolved reference is its id
+    return {key: value for key, value in item.items() if key not in ("id", "status")}
+
+
 def _native_body(parsed: ResponsesRequest, upstream_model: str) -> bytes:
     """
-    The caller's bytes, unless the model is renamed or a gateway-held chain or conversation is
-    inlined.
+    The caller's bytes, unless the model is renamed, a gateway-held chain or conversation is
+    inlined, or the input holds compaction items the gateway made (`UntranslatableRequest`
+    when one is damaged).
     """
     changes: dict[str, Any] = {}
     if upstream_model != parsed.model:
         changes["model"] = upstream_model
-    if parsed.history is not None:
+    inputs = input_items(parsed.parsed.get("input"))
+    if parsed.history is not None or any(map(own_compaction, inputs)):
         # The upstream never saw the previous response or the conversation: send the items.
-        history = [{key: value for key, value in item.items() if key not in ("id", "status")}
-                   for item in parsed.history]
-        changes["input"] = [*history, *input_items(parsed.parsed.get("input"))]
+        changes["input"] = [
+            compaction_message(item) if own_compaction(item) else item
+            for item in [*map(_without_id, parsed.history or []), *inputs]]
     if not changes:
         return parsed.raw
     inlined = ("previous_response_id", "conversation") if parsed.history is not None else ()
@@ -512,7 +579,10 @@ class StoredResponse(JSONResource):
     async def _delete(self, request: Any) -> tuple[int, Any]:
         kind, found = await self._find(request)
         if kind == "held":
-            await self._gateway.store.delete_object(RESPONSE, self._id)
+            store = self._gateway.store
+            await store.delete_object(RESPONSE, self._id)
+            await gatherResults([store.delete_object(RESPONSE_ITEM, item["id"])
+                                 for item in response_items(found)], consumeErrors=True)
             return 200, {"id": self._id, "object": "response", "deleted": True}
         if kind == "route":
             status, body = await self._forward(request, found)
