@@ -10,10 +10,12 @@ import openai
 import orjson
 import treq
 from twisted.internet import reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.task import deferLater
 
 from tests.fake_openai_batch import BATCH_USAGE
 from tests.gateway_harness import GatewayTestCase
+from tests.test_upload_streaming import RawClient, UploadWatch, WatchedRequest, chunk
 
 ALICE, BOB, CAROL = "sk-alice-0123456789", "sk-bob-0123456789", "sk-carol-0123456789"
 
@@ -83,6 +85,18 @@ def jsonl(*lines: bytes) -> bytes:
     return b"\n".join(lines) + b"\n"
 
 
+def upload_head(length: int | None, query: bytes = b"") -> bytes:
+    """A raw ``POST /v1/files`` (form boundary `BOUNDARY`) by alice, up to its body."""
+    framing = b"Transfer-Encoding: chunked" if length is None else b"Content-Length: %d" % length
+    return (b"POST /v1/files" + query + b" HTTP/1.1\r\nHost: gateway\r\n"
+            b"Authorization: Bearer " + ALICE.encode() + b"\r\n"
+            b"Content-Type: multipart/form-data; boundary=" + BOUNDARY + b"\r\n"
+            + framing + b"\r\n\r\n")
+
+
+BOUNDARY = b"fIlEs"
+
+
 def form(boundary: bytes, *parts: tuple[str, bytes, str | None]) -> bytes:
     """A multipart body of (name, content, filename) parts, in order."""
     body = b""
@@ -125,6 +139,24 @@ class FilesAndBatchesTests(GatewayTestCase):
                                       headers={b"authorization": [b"Bearer " + key.encode()],
                                                b"content-type": [content_type]})
         return response.code, await response.content()
+
+    def watch_upstream(self) -> UploadWatch:
+        """The fake upstream reports each body chunk the moment it reads it."""
+        self.fake_site.watch = UploadWatch()
+        self.fake_site.requestFactory = WatchedRequest
+        return self.fake_site.watch
+
+    async def connect(self) -> RawClient:
+        client = RawClient()
+        port = int(self.base_url.rsplit(":", 1)[1])
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
+        self.addCleanup(lambda: client.transport.abortConnection())
+        return client
+
+    def requests_counted(self, samples: dict[Any, float], route: str, status: str) -> float:
+        return sum(value for (name, labels), value in samples.items()
+                   if name == "txgateway_requests_total"
+                   and ("route", route) in labels and ("status", status) in labels)
 
     async def ledger_rows(self) -> list[dict[str, Any]]:
         """The ledger's batch rows, once everything appended is written."""
@@ -380,3 +412,91 @@ class FilesAndBatchesTests(GatewayTestCase):
         every = [one.id for one in await self.sdk(
             lambda: list(self.alice.files.list(limit=1, order="asc")))]
         self.assertEqual(every, ids)
+
+    async def test_uploads_reach_upstream_before_they_end(self) -> None:
+        """
+        The upstream reads the first half of a file while the second is unsent: a plain
+        file as the caller wrote it, a batch file rewritten line by line (chunked upstream).
+        """
+        watch = self.watch_upstream()
+        notes = os.urandom(600_000)
+        lines = jsonl(*(line(f"r{number}", "cheap" if number % 2 else "smart", "x" * 100)
+                        for number in range(3000)))
+        self.assertGreater(len(lines), 600_000)
+        for query, purpose, content in ((b"?provider=fake", b"assistants", notes),
+                                        (b"", b"batch", lines)):
+            body = form(BOUNDARY, ("purpose", purpose, None), ("file", content, "in.jsonl"))
+            half = body.index(content) + len(content) // 2
+            client = await self.connect()
+            client.transport.write(upload_head(len(body), query) + body[:half])
+            await watch.reached(watch.received + 200_000)
+            self.assertEqual(len(self.fake.uploads), purpose == b"batch")
+            client.transport.write(body[half:])
+            status, _, answer = await client.response()
+            self.assertEqual(status, 200, answer)
+            _, headers, fields, _, sent = self.fake.uploads[-1]
+            self.assertEqual(fields, {"purpose": purpose.decode()})
+            self.assertEqual(orjson.loads(answer)["bytes"], len(sent))
+        notes_headers = self.fake.uploads[0][1]
+        self.assertEqual(self.fake.uploads[0][4], notes)
+        self.assertNotIn(b"transfer-encoding", notes_headers)
+        self.assertEqual(headers[b"transfer-encoding"], [b"chunked"])
+        upstream = [orjson.loads(one) for one in sent.splitlines()]
+        self.assertEqual([one["custom_id"] for one in upstream],
+                         [f"r{number}" for number in range(3000)])
+        self.assertEqual({one["body"]["model"] for one in upstream[0::2]}, {"gpt-4o"})
+        self.assertEqual({one["body"]["model"] for one in upstream[1::2]}, {"gpt-4o-mini"})
+
+    async def test_a_bad_line_mid_upload_aborts_the_upstream_call(self) -> None:
+        """A line with an unknown model, past what the upstream has read: 400 naming it, the
+        upstream connection dropped before it had the whole form."""
+        watch = self.watch_upstream()
+        good = [line(f"r{number}", "cheap", "x" * 100) for number in range(2000)]
+        content = jsonl(*good, line("bad", "nope"), *good[:100])
+        body = form(BOUNDARY, ("purpose", b"batch", None), ("file", content, "in.jsonl"))
+        cut = body.index(b'"bad"')
+        client = await self.connect()
+        client.transport.write(upload_head(len(body)) + body[:cut])
+        await watch.reached(150_000)
+        client.transport.write(body[cut:])
+        status, _, answer = await client.response()
+        error = orjson.loads(answer)["error"]
+        self.assertEqual((status, error["code"], error["param"]), (400, "model_not_found", "file"))
+        self.assertIn("line 2001", error["message"])
+        await watch.wait_lost()
+        self.assertEqual(self.fake.uploads, [])
+        [record] = self.access_records()
+        self.assertEqual((record["route"], record["status"], record["provider"]),
+                         ("files", 400, "fake"))
+
+    async def test_oversized_uploads_are_refused_and_counted_once(self) -> None:
+        """By Content-Length before anything, or mid-upload (chunked) with the upstream call
+        aborted: 413, counted once each under the files route."""
+        watch = self.watch_upstream()
+        client = await self.connect()
+        client.transport.write(upload_head(2 * 1024 * 1024))
+        status, headers, answer = await client.response()
+        self.assertEqual((status, orjson.loads(answer)["error"]["code"]),
+                         (413, "request_too_large"))
+
+        head = form(BOUNDARY, ("purpose", b"assistants", None), ("file", b"", "a.bin"))
+        head = head[:head.index(b"\r\n--" + BOUNDARY + b"--")]
+        client = await self.connect()
+        client.transport.write(upload_head(None, b"?provider=fake")
+                               + chunk(head + bytes(100_000)))
+        await watch.reached(100_000)
+        for _ in range(3):
+            client.transport.write(chunk(bytes(400_000)))
+        status, headers, answer = await client.response()
+        self.assertEqual((status, headers[b"connection"]), (413, b"close"))
+        self.assertEqual(orjson.loads(answer)["error"]["code"], "request_too_large")
+        await watch.wait_lost()
+        client.transport.write(b"0\r\n\r\n")
+        await client.closed
+        self.assertEqual(self.fake.uploads, [])
+
+        samples = await self.metrics()
+        self.assertEqual(self.requests_counted(samples, "files", "413"), 2)
+        self.assertEqual(self.requests_counted(samples, "unknown", "413"), 0)
+        self.assertEqual([(record["route"], record["status"])
+                          for record in self.access_records()], [("files", 413)] * 2)

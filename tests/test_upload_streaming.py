@@ -19,10 +19,11 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.iweb import UNKNOWN_LENGTH
 
 from tests.fake_openai_rest import TRANSCRIPT
 from tests.gateway_harness import CONFIG, GatewayTestCase
-from txgateway.dialects.multipart import FormParser
+from txgateway.dialects.multipart import FormParser, PartHead
 from txgateway.dialects.openai import BadRequest
 from txgateway.web.site import GatewayRequest
 from txgateway.web.upload import Upload
@@ -345,6 +346,25 @@ class FormParserTests(SynchronousTestCase):
         start, end = parser.model_span
         self.assertEqual(body[start:end], b"whisper-1")
 
+    def test_parts_handed_over(self) -> None:
+        """Each part's head (its content's offset) and content, however the body is cut."""
+        body = (part("purpose", b"batch") + part("file", b"line\r\n--UpLoA\n" * 50, "in.jsonl")
+                + CLOSING)
+        for size in (1, 7, len(body)):
+            parts = PartsSeen()
+            parser = FormParser(BOUNDARY, parts)
+            for index in range(0, len(body), size):
+                parser.feed(body[index:index + size])
+            parser.close()
+            seen = parts.seen
+            heads = [one for one in seen if isinstance(one, PartHead)]
+            self.assertEqual([(head.name, head.filename) for head in heads],
+                             [("purpose", None), ("file", "in.jsonl")])
+            self.assertEqual(body[heads[1].start:heads[1].start + 4], b"line")
+            contents = b"".join(one if isinstance(one, bytes) else b"|"
+                                for one in seen if not isinstance(one, PartHead))
+            self.assertEqual(contents, b"batch|" + b"line\r\n--UpLoA\n" * 50 + b"|")
+
     def test_malformed(self) -> None:
         for body in (b"--Other\r\n", part("model", b"m") + b"--" + BOUNDARY + b"xx",
                      b"--" + BOUNDARY + b"\r\nX-No: disposition\r\n\r\nv\r\n"):
@@ -355,6 +375,22 @@ class FormParserTests(SynchronousTestCase):
         parser = FormParser(BOUNDARY)
         parser.feed(part("model", b"m"))
         self.assertRaises(BadRequest, parser.close)
+
+
+class PartsSeen:
+    """A `FormParts` noting what it is handed: heads, content pieces, None for each end."""
+
+    def __init__(self) -> None:
+        self.seen: list[PartHead | bytes | None] = []
+
+    def part_started(self, head: PartHead) -> None:
+        self.seen.append(head)
+
+    def part_data(self, chunk: bytes) -> None:
+        self.seen.append(chunk)
+
+    def part_ended(self) -> None:
+        self.seen.append(None)
 
 
 class UploadTests(SynchronousTestCase):
@@ -383,3 +419,66 @@ class UploadTests(SynchronousTestCase):
         self.assertEqual(len(upstream.value()), 3 * Upload.hold + 1)
         self.successResultOf(done)
         self.assertRaises(RuntimeError, upload.producer)
+
+    def test_rewritten_by_its_watcher(self) -> None:
+        """Rewritten: the kept bytes then what the watcher emits, held until the producer
+        starts (the client paused past ``hold``), of unknown length, the upstream's pauses
+        pausing the client, ended only once the watcher found the body whole."""
+        client = StringTransport()
+        upload = Upload(client, 10 * Upload.hold)
+        watcher = Rewriter(upload)
+        upload.watch(watcher)
+        upload.feed(b"head|" + b"a" * 10)
+        self.assertEqual(upload.received, 15)
+        upload.feed(b"a" * Upload.hold)
+        self.assertEqual(client.producerState, "paused")
+        producer = upload.producer()
+        self.assertEqual(producer.length, UNKNOWN_LENGTH)
+        upstream = StringTransport()
+        done = producer.startProducing(upstream)
+        self.assertEqual(upstream.value(), b"head|" + b"A" * (10 + Upload.hold))
+        self.assertEqual(client.producerState, "producing")
+        producer.pauseProducing()
+        self.assertEqual(client.producerState, "paused")
+        producer.resumeProducing()
+        upload.feed(b"aa")
+        self.assertEqual(upstream.value()[-2:], b"AA")
+        self.assertNoResult(done)
+        upload.end()
+        self.assertEqual(upstream.value()[-4:], b"AAAA")  # the watcher's last word
+        self.successResultOf(done)
+
+        upload = Upload(StringTransport(), None)
+        watcher = Rewriter(upload, refuse=True)
+        upload.watch(watcher)
+        upload.feed(b"head|aa")
+        done = upload.producer().startProducing(StringTransport())
+        upload.end()
+        self.assertEqual(self.failureResultOf(done).value.status, 400)
+
+
+class Rewriter:
+    """A watcher that keeps its upload's bytes up to a ``|`` and upper-cases the rest."""
+
+    def __init__(self, upload: Upload, refuse: bool = False) -> None:
+        self._upload = upload
+        self._refuse = refuse
+        self._seen = b""
+
+    def received(self, data: bytes) -> None:
+        if b"|" not in self._seen:
+            self._seen += data
+            if b"|" in self._seen:
+                kept = self._seen.index(b"|") + 1
+                self._upload.rewrite(kept)
+                self._upload.emit(self._seen[kept:].upper())
+            return
+        self._upload.emit(data.upper())
+
+    def ended(self) -> None:
+        if self._refuse:
+            raise BadRequest("no end")
+        self._upload.emit(b"AA")
+
+    def failed(self, error: Exception) -> None:
+        pass

@@ -3,14 +3,17 @@
 uploads), parsed as they arrive: `FormParser` is fed the body chunk by chunk and notes each
 part's name, the small text fields and where the model's value lies, so that the form can be
 routed and its model rewritten while the file parts go upstream as they came, never decoded
-or held whole.
+or held whole.  Given a `FormParts`, it also hands over each part's headers and content as
+they come (the files API rewrites a batch file's lines on the way), holding nothing but a
+delimiter's length of content.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Protocol
 
+import attrs
 from twisted.internet import task
 from twisted.internet.defer import Deferred
 from twisted.web.iweb import IBodyProducer
@@ -18,8 +21,7 @@ from zope.interface import implementer
 
 from txgateway.dialects.openai import BadRequest
 
-_NAME = re.compile(rb'(?:^|;)\s*name="([^"]*)"', re.IGNORECASE)
-_FILENAME = re.compile(rb'(?:^|;)\s*filename\*?=', re.IGNORECASE)
+_PARAM = re.compile(rb';\s*([a-z*]+)\s*=\s*(?:"([^"]*)"|([^;\s]*))', re.IGNORECASE)
 _BOUNDARY = re.compile(rb'boundary="?([^";]+)"?', re.IGNORECASE)
 #: Text fields longer than this are not decoded (no API routes on one).
 _TEXT_LIMIT = 4096
@@ -38,14 +40,38 @@ def boundary_of(content_type: bytes) -> bytes | None:
     return found.group(1) if found else None
 
 
+@attrs.frozen
+class PartHead:
+    """A part's headers, as they came (``raw``, without the blank line after them) and read."""
+
+    raw: bytes
+    name: str
+    #: Set for file parts (possibly empty), None for text fields.
+    filename: str | None
+    #: Where the part's content starts in the body.
+    start: int
+
+
+class FormParts(Protocol):
+    """What a `FormParser` hands each part to as it reads; any call may raise to stop it."""
+
+    def part_started(self, head: PartHead) -> None: ...
+
+    def part_data(self, chunk: bytes) -> None:
+        """A piece of the current part's content."""
+
+    def part_ended(self) -> None: ...
+
+
 class FormParser:
     """
     A multipart body parsed incrementally, for its boundary (from the content type): `feed`
     each chunk, then `close`; both raise `BadRequest` on a malformed form.  Offsets are from
-    the start of the body.
+    the start of the body.  ``parts``, if given, is handed each part as it is read.
     """
 
-    def __init__(self, boundary: bytes) -> None:
+    def __init__(self, boundary: bytes, parts: FormParts | None = None) -> None:
+        self._parts = parts
         self._opening = b"--" + boundary + b"\r\n"
         self._delimiter = b"\r\n--" + boundary
         self._state = _OPENING
@@ -121,23 +147,30 @@ class FormParser:
         if end < 0:
             # Keep back what could be the start of a delimiter split across chunks.
             keep = min(len(self._delimiter) - 1, len(pending) - position)
-            self._take_text(pending, position, len(pending) - keep)
+            self._take(pending, position, len(pending) - keep)
             return len(pending) - keep
-        self._take_text(pending, position, end)
+        self._take(pending, position, end)
         self._end_part(self._offset + end)
         self._state = _AFTER_DELIMITER
         return end + len(self._delimiter)
 
-    def _begin_part(self, head: bytes, start: int) -> None:
-        self._name, self.in_file = _disposition(head)
+    def _begin_part(self, raw: bytes, start: int) -> None:
+        head = _read_head(raw, start)
+        self._name, self.in_file = head.name, head.filename is not None
         self.names.add(self._name)
         self._start = start
         self._text = None if self.in_file or self._name in self.fields else []
         self._text_size = 0
         self._state = _CONTENT
+        if self._parts is not None:
+            self._parts.part_started(head)
 
-    def _take_text(self, pending: bytes, start: int, end: int) -> None:
-        if self._text is None or end <= start:
+    def _take(self, pending: bytes, start: int, end: int) -> None:
+        if end <= start:
+            return
+        if self._parts is not None:
+            self._parts.part_data(pending[start:end])
+        if self._text is None:
             return
         self._text_size += end - start
         if self._text_size > _TEXT_LIMIT:
@@ -151,6 +184,8 @@ class FormParser:
             if self._name == "model" and self.model_span is None:
                 self.model_span = (self._start, end)
         self._text = None
+        if self._parts is not None:
+            self._parts.part_ended()
         self.in_file = False
 
 
@@ -158,16 +193,20 @@ def _not_opened() -> BadRequest:
     return BadRequest("the multipart body does not start with its content type's boundary")
 
 
-def _disposition(head: bytes) -> tuple[str, bool]:
-    """A part's name, and whether it is a file, from its headers."""
-    for line in head.split(b"\r\n"):
+def _read_head(raw: bytes, start: int) -> PartHead:
+    for line in raw.split(b"\r\n"):
         key, _, value = line.partition(b":")
-        if key.strip().lower() == b"content-disposition":
-            name = _NAME.search(value)
-            if name is None:
-                break
-            return (name.group(1).decode("utf-8", "replace"),
-                    _FILENAME.search(value) is not None)
+        if key.strip().lower() != b"content-disposition":
+            continue
+        params = {match.group(1).lower(): match.group(2) if match.group(2) is not None
+                  else match.group(3) for match in _PARAM.finditer(value)}
+        name = params.get(b"name")
+        if name is None:
+            break
+        filename = params.get(b"filename", params.get(b"filename*"))
+        return PartHead(raw, name.decode("utf-8", "replace"),
+                        None if filename is None else filename.decode("utf-8", "replace"),
+                        start)
     raise BadRequest("a multipart part has no Content-Disposition name")
 
 

@@ -31,6 +31,8 @@ ENDED = frozenset({"completed", "failed", "expired", "cancelled"})
 class Batches(JSONResource):
     """``/v1/batches``: create (POST) and the caller's batches (GET); ids below."""
 
+    route = "batches"
+
     def __init__(self, gateway: Gateway) -> None:
         super().__init__()
         self._gateway = gateway
@@ -39,11 +41,11 @@ class Batches(JSONResource):
         return StoredBatch(self._gateway, path.decode("utf-8", "replace"))
 
     def render_GET(self, request: Any) -> Any:
-        return run(self._gateway, request, "batches",
+        return run(self._gateway, request, self.route,
                    lambda call: listed(call, BATCH, "batch", 20, 100))
 
     def render_POST(self, request: Any) -> Any:
-        return run(self._gateway, request, "batches", _create)
+        return run(self._gateway, request, self.route, _create)
 
 
 async def _create(call: NativeCall) -> None:

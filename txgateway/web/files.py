@@ -9,102 +9,114 @@ serves files.  Retrieve and delete are forwarded to that provider; the content i
 it arrives (a batch's output file has its usage entered into the ledger on the way, once);
 the list is the caller's records.
 
-The upload is read as an incremental consumer (`FileForm.feed`, `FileForm.finish`), fed from the
-received body a slice at a time; the form goes upstream as the caller wrote it, the batch
-file's content rewritten line by line.
+The upload goes upstream as it arrives (`txgateway.web.upload`): the form as the caller
+wrote it, sent once the file part begins; for a batch file, sent once its first line has
+routed it, its lines rewritten as they complete (`Upload.rewrite`, chunked upstream).  An
+upload refused on the way (a bad line, over ``max_body_bytes``) fails the upstream call, whose
+connection is dropped before the form is whole.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 from twisted.internet.defer import Deferred
 
-from txgateway.dialects.form_stream import FormReader, PartHead
-from txgateway.dialects.multipart import SegmentsProducer, boundary_of
+from txgateway.dialects.multipart import FormParser, PartHead, boundary_of
 from txgateway.gateway import Gateway
 from txgateway.web.batch_lines import BATCH_USAGE, FILE, BatchInput, BatchOutput, enter_usage
 from txgateway.web.native_objects import NativeCall, argument, listed, run
 from txgateway.web.proxy import Refusal
 from txgateway.web.resource import JSONResource, NotFound
-
-#: How much of the received body the upload reads at a time.
-SLICE = 64 * 1024
-#: Text fields (purpose, expires_after[...]) longer than this are refused.
-FIELD_LIMIT = 4096
+from txgateway.web.upload import Upload
 
 
 class FileForm:
     """
-    An upload form as it arrives (`feed` pieces of the body, then `finish`): its text fields,
-    its one file part (which must come after ``purpose``), and ``segments``, the form to send
-    upstream: the caller's parts with a batch file's lines rewritten.
+    An upload form as it arrives (the upload's `txgateway.web.upload.BodyWatcher`, and its
+    parser's `FormParts`): text fields, then one file part, after ``purpose``.  ``head``
+    fires once the upload can be sent: at the file part, or for a batch file (``lines``) once
+    its first line is routed (``lines.provider``); or fails with why the upload failed.
     """
 
-    def __init__(self, boundary: bytes, batch_input: Any) -> None:
-        self._reader = FormReader(boundary, self)
-        self._boundary = boundary
-        self._batch_input = batch_input
-        self.fields: dict[str, str] = {}
-        self.segments: list[bytes] = []
+    def __init__(self, upload: Upload, boundary: bytes,
+                 batch_input: Callable[[], BatchInput]) -> None:
+        self.upload = upload
+        self.head: Deferred[None] = Deferred()
         self.lines: BatchInput | None = None
-        self.filename: str | None = None
-        self._part: PartHead | None = None
-        self._text = b""
+        self._batch_input = batch_input
+        self._boundary = boundary
+        self._parser = FormParser(boundary, self)
+        self._has_file = False
+        upload.read_ahead(True)
+        upload.watch(self)
 
-    def feed(self, chunk: bytes) -> None:
-        self._reader.feed(chunk)
+    # What the upload tells.
 
-    def finish(self) -> None:
-        self._reader.finish()
-        if "purpose" not in self.fields:
+    def received(self, data: bytes) -> None:
+        self._parser.feed(data)
+
+    def ended(self) -> None:
+        self._parser.close()
+        if "purpose" not in self._parser.fields:
             raise Refusal(400, "the multipart field 'purpose' is required", None, "purpose")
-        if self.filename is None:
+        if not self._has_file:
             raise Refusal(400, "the multipart field 'file' is required", None, "file")
-        self.segments.append(b"\r\n--" + self._boundary + b"--\r\n")
+        if self.lines is not None:
+            self.upload.emit(b"\r\n--" + self._boundary + b"--\r\n")
 
-    def started(self, head: PartHead) -> None:
-        opening = b"--" if not self.segments else b"\r\n--"
-        self.segments.append(opening + self._boundary + b"\r\n" + head.raw + b"\r\n\r\n")
-        self._part, self._text = head, b""
+    def failed(self, error: Exception) -> None:
+        if not self.head.called:
+            self.head.errback(error)
+
+    # What the parser hands over.
+
+    def part_started(self, head: PartHead) -> None:
+        if self.lines is not None:  # a part after a batch file: sent after its lines
+            self.upload.emit(b"\r\n--" + self._boundary + b"\r\n" + head.raw + b"\r\n\r\n")
         if head.filename is None:
             return
-        if head.name != "file" or self.filename is not None:
+        if head.name != "file" or self._has_file:
             raise Refusal(400, f"unexpected file part '{head.name}': send one, named 'file'",
                           None, head.name)
-        purpose = self.fields.get("purpose")
+        purpose = self._parser.fields.get("purpose")
         if purpose is None:
             raise Refusal(400, "the multipart field 'purpose' must come before 'file'", None,
                           "purpose")
-        self.filename = head.filename
+        self._has_file = True
         if purpose == "batch":
             self.lines = self._batch_input()
+            self.upload.rewrite(head.start)
+        self._routable()
 
-    def data(self, chunk: bytes) -> None:
-        assert self._part is not None
-        if self._part.filename is None:
-            self._text += chunk
-            if len(self._text) > FIELD_LIMIT:
-                raise Refusal(400, f"the multipart field '{self._part.name}' is too long",
-                              None, self._part.name)
-            self.segments.append(chunk)
-        elif self.lines is not None:
-            self.segments.append(self.lines.feed(chunk))
+    def part_data(self, chunk: bytes) -> None:
+        if self.lines is None:
+            return
+        if self._parser.in_file:
+            self.upload.emit(self.lines.feed(chunk))
+            self._routable()
         else:
-            self.segments.append(chunk)
+            self.upload.emit(chunk)
 
-    def ended(self) -> None:
-        assert self._part is not None
-        if self._part.filename is None:
-            self.fields.setdefault(self._part.name, self._text.decode("utf-8", "replace"))
-        elif self.lines is not None:
-            self.segments.append(self.lines.finish())
-        self._part = None
+    def part_ended(self) -> None:
+        if self.lines is not None and self._parser.in_file:
+            self.upload.emit(self.lines.finish())
+            self._routable()
+
+    def _routable(self) -> None:
+        if not self.head.called and (self.lines is None or self.lines.provider is not None):
+            self.upload.read_ahead(False)
+            self.head.callback(None)
 
 
 class Files(JSONResource):
     """``/v1/files``: upload (POST) and the caller's files (GET); ids below."""
+
+    route = "files"
+    #: The site streams its bodies (`txgateway.web.upload`).
+    streams_upload = True
 
     def __init__(self, gateway: Gateway) -> None:
         super().__init__()
@@ -115,12 +127,12 @@ class Files(JSONResource):
 
     def render_GET(self, request: Any) -> Any:
         purpose = argument(request, b"purpose")
-        return run(self._gateway, request, "files", lambda call: listed(
+        return run(self._gateway, request, self.route, lambda call: listed(
             call, FILE, "file", 10_000, 10_000,
             lambda held: purpose is None or held["file"].get("purpose") == purpose))
 
     def render_POST(self, request: Any) -> Any:
-        return run(self._gateway, request, "files", _upload)
+        return run(self._gateway, request, self.route, _upload)
 
 
 async def _upload(call: NativeCall) -> None:
@@ -137,12 +149,11 @@ async def _upload(call: NativeCall) -> None:
         if pinned is None or "files" not in pinned.apis:
             raise Refusal(400, f"no configured provider `{named}` serves files",
                           "unknown_provider", "provider")
-    upload = FileForm(boundary, lambda: BatchInput(gateway.router.plan, call.principal, pinned))
-    body = memoryview(request.content.getvalue())
-    for offset in range(0, len(body), SLICE):
-        upload.feed(bytes(body[offset:offset + SLICE]))
-    upload.finish()
-    provider = upload.lines.provider if upload.lines is not None else pinned
+    upload = request.upload or Upload.whole(request.content.getvalue())
+    form = FileForm(upload, boundary,
+                    lambda: BatchInput(gateway.router.plan, call.principal, pinned))
+    await form.head
+    provider = form.lines.provider if form.lines is not None else pinned
     if provider is None:
         serving = [one for one in gateway.providers.values() if "files" in one.apis]
         if len(serving) != 1:
@@ -151,17 +162,16 @@ async def _upload(call: NativeCall) -> None:
                           f"serving files: {names})", "provider_required", "provider")
         provider = serving[0]
     call.exchange.provider, call.exchange.provider_kind = provider.name, provider.kind
-    response = await call.send(provider, "files", b"POST", body=SegmentsProducer(
-        [memoryview(segment) for segment in upload.segments if segment]),
-        content_type=content_type)
+    response = await call.send(provider, "files", b"POST", body=upload.producer(),
+                               content_type=content_type)
     status, answer = await call.answer_of(response)
     if status == 200:
         made = orjson.loads(answer)
         held: dict[str, Any] = {"owner": call.owner, "provider": provider.name,
                                 "provider_kind": provider.kind, "file": made}
-        if upload.lines is not None:
-            held["aliases"] = upload.lines.aliases
-            held["upstream_models"] = upload.lines.upstream_models
+        if form.lines is not None:
+            held["aliases"] = form.lines.aliases
+            held["upstream_models"] = form.lines.upstream_models
         await gateway.store.put_object(FILE, made["id"], call.owner, held,
                                        made.get("created_at") or gateway.reactor.seconds())
     await call.answer(status, answer)

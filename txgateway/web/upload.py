@@ -17,6 +17,10 @@ upstream request's body:
   watcher found it whole: an upstream never gets a complete body the gateway refused;
 - an upload is sent once: the producer that started owns the body, so only a failure before
   the first byte went out (no connection) may be tried elsewhere;
+- a watcher may rewrite the body on its way (`Upload.rewrite`, the files API's batch input):
+  what goes upstream is then what it `Upload.emit`s as it reads, held and paced the same
+  way, sent chunked (its length is unknown), and ended only once the watcher found the body
+  whole;
 - a body over the limit fails the upload with a 413 `Refusal`, a watcher's `BadRequest`
   with a 400 one, a client that leaves with `CancelledError`: the upstream request fails
   with that error (its connection aborted);
@@ -93,6 +97,7 @@ class Upload:
         self._watcher: BodyWatcher | None = None
         self._producer: UploadProducer | None = None
         self._read_ahead = False
+        self._rewritten = False  # what goes upstream is what the watcher emits
         self._dropping = False
         self._upstream_paused = False
         self._paused = False
@@ -112,13 +117,11 @@ class Upload:
         self.received += len(data)
         if self._dropping or self.failure is not None:
             return
-        if self.length is not None and self.received == self.length:
-            self._final = data
-        elif self._producer is not None:
-            self._producer.write(data)
-        else:
-            self._held.append(data)
-            self._held_size += len(data)
+        if not self._rewritten:  # (else what goes upstream is what the watcher emits)
+            if self.length is not None and self.received == self.length:
+                self._final = data
+            else:
+                self._send(data)
         if self._watcher is not None:
             self._tell(self._watcher.received, data)
         self._steer()
@@ -134,13 +137,10 @@ class Upload:
         if self.failure is not None or self._dropping:
             return
         final, self._final = self._final, None
+        if final is not None:
+            self._send(final)
         if self._producer is not None:
-            if final is not None:
-                self._producer.write(final)
             self._producer.finished()
-        elif final is not None:
-            self._held.append(final)
-            self._held_size += len(final)
 
     def fail(self, error: Exception) -> None:
         """The body will not be whole: ``error`` is what the upstream call fails with."""
@@ -173,6 +173,27 @@ class Upload:
         elif self.complete:
             self._tell(watcher.ended)
 
+    def rewrite(self, kept: int) -> None:
+        """
+        From here the watcher rewrites the body on its way upstream: its first ``kept`` bytes
+        go as they came, then only what the watcher `emit`s.  Called by the watcher (which has
+        read every byte so far), before any producer.
+        """
+        assert self._watcher is not None and self._producer is None, "rewrite while watching"
+        assert not self._rewritten, "rewrite once"
+        self._rewritten = True
+        if self.failure is None and not self._dropping:
+            body = b"".join(self._held + ([self._final] if self._final is not None else []))
+            assert kept <= len(body), "the kept bytes must have arrived"
+            self._held, self._held_size, self._final = [body[:kept]], kept, None
+
+    def emit(self, data: bytes) -> None:
+        """The next piece of a rewritten body: written upstream, or held until a producer
+        starts."""
+        assert self._rewritten, "emit after rewrite"
+        if data and self.failure is None and not self._dropping:
+            self._send(data)
+
     def read_ahead(self, wanted: bool) -> None:
         """Whether the client is read on though no producer has started (a watcher needs
         more of the body to route the call); ``max_body_bytes`` still bounds it."""
@@ -185,14 +206,15 @@ class Upload:
         The upstream request's body: the upload from its first byte, ``splice`` applied (its
         bytes must have arrived: a watcher has seen them).  ``on_start`` is called when the
         first bytes go out, after which the upload cannot be sent again.  Raises the
-        upload's failure if it has failed.
+        upload's failure if it has failed.  A rewritten body has no known length.
         """
         if self.failure is not None:
             raise self.failure
         if self._producer is not None or self._dropping:
             raise RuntimeError("an upload is sent once")
+        assert splice is None or not self._rewritten, "splice a body not rewritten"
         length = UNKNOWN_LENGTH
-        if self.length is not None:
+        if self.length is not None and not self._rewritten:
             length = self.length
             if splice is not None:
                 length += len(splice[2]) - (splice[1] - splice[0])
@@ -225,6 +247,14 @@ class Upload:
         self._steer()
         if self.complete:
             producer.finished()
+
+    def _send(self, data: bytes) -> None:
+        """Bytes to go upstream: written, or held until the producer starts."""
+        if self._producer is not None:
+            self._producer.write(data)
+        else:
+            self._held.append(data)
+            self._held_size += len(data)
 
     def _upstream_pause(self, paused: bool) -> None:
         self._upstream_paused = paused
