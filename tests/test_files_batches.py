@@ -8,13 +8,15 @@ from typing import Any
 
 import openai
 import orjson
+import psycopg
 import treq
+from psycopg.rows import dict_row
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.task import deferLater
 
 from tests.fake_openai_batch import BATCH_USAGE
-from tests.gateway_harness import GatewayTestCase
+from tests.gateway_harness import GatewayTestCase, OnPostgreSQL
 from tests.test_upload_streaming import RawClient, UploadWatch, WatchedRequest, chunk
 
 ALICE, BOB, CAROL = "sk-alice-0123456789", "sk-bob-0123456789", "sk-carol-0123456789"
@@ -165,13 +167,16 @@ class FilesAndBatchesTests(GatewayTestCase):
             if not ledger.pending:
                 break
             await deferLater(reactor, 0.05)
-        path = self.service.gateway.config.store[len("sqlite:"):]
+        query = "SELECT * FROM usage_ledger WHERE kind = 'batch' ORDER BY request_id"
+        url = self.service.gateway.config.store
+        if not url.startswith("sqlite:"):
+            with psycopg.connect(url, row_factory=dict_row) as database:
+                return list(database.execute(query))
+        path = url[len("sqlite:"):]
         self.assertTrue(os.path.exists(path))
         with sqlite3.connect(path) as database:
             database.row_factory = sqlite3.Row
-            rows = database.execute(
-                "SELECT * FROM usage_ledger WHERE kind = 'batch' ORDER BY request_id")
-            return [dict(row) for row in rows]
+            return [dict(row) for row in database.execute(query)]
 
     async def test_an_upload_rewrites_aliases_and_belongs_to_its_key(self) -> None:
         # More than one 64 KiB slice: lines are rewritten across the slices' edges.
@@ -500,3 +505,8 @@ class FilesAndBatchesTests(GatewayTestCase):
         self.assertEqual(self.requests_counted(samples, "unknown", "413"), 0)
         self.assertEqual([(record["route"], record["status"])
                           for record in self.access_records()], [("files", 413)] * 2)
+
+
+class FilesAndBatchesOnPostgreSQL(OnPostgreSQL, FilesAndBatchesTests):
+    """The same, with the records and the ledger in PostgreSQL."""
+
