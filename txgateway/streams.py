@@ -1,11 +1,9 @@
 """
-Upstream stream framings: server-sent events (finding whole events in a byte stream as it
-arrives) and AWS event streams (binary frames, for Bedrock).
+Server-sent events: finding whole events in a byte stream as it arrives.  (AWS's binary
+event streams are `txgateway.providers.aws`'s.)
 """
 
 from __future__ import annotations
-
-from botocore.eventstream import EventStreamBuffer, EventStreamMessage, ParserError
 
 
 class EventSplitter:
@@ -57,39 +55,3 @@ def event_name(event: bytes) -> bytes:
         if line.startswith(b"event:"):
             return line[6:].strip()
     return b""
-
-
-class EventStreamCorrupt(ValueError):
-    """
-    An AWS event stream frame is malformed (a CRC mismatch, an impossible length);
-    ``messages`` holds the good ones decoded before it in the same feed.
-    """
-
-    def __init__(self, problem: str, messages: list[EventStreamMessage]) -> None:
-        super().__init__(problem)
-        self.messages = messages
-
-
-class AwsEventStreamDecoder:
-    """
-    Splits an AWS event stream (``application/vnd.amazon.eventstream``) into messages as the
-    bytes arrive, however they were cut, several messages per chunk or one across many.
-
-    botocore's `EventStreamBuffer` does the binary work: it decodes incrementally, checks the
-    prelude and message CRC32s, bounds header and payload lengths, and reads every header
-    type; each message has ``headers`` (a dict: ``:event-type``, ``:message-type`` ...) and
-    ``payload`` (bytes).  After `EventStreamCorrupt` the stream cannot be resynchronised.
-    """
-
-    def __init__(self) -> None:
-        self._buffer = EventStreamBuffer()
-
-    def feed(self, data: bytes) -> list[EventStreamMessage]:
-        """The messages completed by ``data``; `EventStreamCorrupt` at a malformed one."""
-        self._buffer.add_data(data)
-        messages = []
-        try:
-            messages.extend(self._buffer)
-        except ParserError as error:
-            raise EventStreamCorrupt(str(error), messages) from None
-        return messages
