@@ -174,6 +174,15 @@ class GatewayTestCase(TestCase):
         self.assertTrue(record["usage_estimated"])
         self.assertGreater(record["input_tokens"], 0)
 
+    async def ledger_written(self) -> None:
+        """Wait for the ledger's next flush to have written every record."""
+        ledger = self.service.gateway.ledger
+        for _ in range(100):
+            if not ledger.pending:
+                return
+            await deferLater(reactor, 0.05)
+        self.fail(f"{ledger.pending} records still unwritten")
+
     def access_records(self) -> list[dict[str, Any]]:
         self.service.access_log.flush()
         with open(self.access_log_path, "rb") as log:

@@ -75,6 +75,9 @@ class AudioTests(GatewayTestCase):
         self.assertEqual(text.strip(), TRANSCRIPT)
         records = self.access_records()
         self.assertEqual([r["audio_seconds"] for r in records], [12.5, 0.0])
+        await self.ledger_written()
+        [row] = await self.service.gateway.store.usage_report("model")
+        self.assertEqual((row["requests"], row["audio_seconds"]), (2, 12.5))
 
     async def test_transcription_stream(self) -> None:
         stream = await self.sdk(self.client.audio.transcriptions.create,

@@ -24,6 +24,10 @@ class ImagesTests(GatewayTestCase):
         [record] = self.access_records()
         self.assertEqual((record["route"], record["images"], record["input_tokens"],
                           record["output_tokens"]), ("images", 2, 50, 4160))
+        await self.ledger_written()
+        [row] = await self.service.gateway.store.usage_report("model")
+        self.assertEqual((row["model"], row["images"], row["output_tokens"]),
+                         ("gpt-image-1", 2, 4160))
 
     async def test_generation_without_token_usage(self) -> None:
         """dall-e reports no usage: the images are counted all the same."""

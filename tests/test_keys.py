@@ -52,15 +52,6 @@ class KeyTests(GatewayTestCase):
             headers={b"authorization": [b"Bearer " + ADMIN.encode()]}, pool=self.pool)
         return response.code, orjson.loads(await response.content())
 
-    async def ledger_written(self) -> None:
-        """Wait for the ledger's next flush to have written every record."""
-        ledger = self.service.gateway.ledger
-        for _ in range(100):
-            if not ledger.pending:
-                return
-            await deferLater(reactor, 0.05)
-        self.fail(f"{ledger.pending} records still unwritten")
-
     async def test_a_declared_key_lets_its_caller_in(self) -> None:
         completion = await self.chat(TEAM_KEY)
         self.assertEqual(completion.choices[0].message.content, "Hello there!")

@@ -102,6 +102,7 @@ class StoreContract:
             usage("r1", MIDNIGHT, input_tokens=10, output_tokens=20, cached_input_tokens=3,
                   cache_creation_tokens=4, reasoning_tokens=5, input_text_tokens=6,
                   input_audio_tokens=7, output_text_tokens=8, output_audio_tokens=9,
+                  images=2, audio_seconds=1.5, search_units=3,
                   cost_usd=0.25, estimated=True, ttft_ms=12.5, duration_ms=40.0),
             usage("r2", MIDNIGHT + 1, input_tokens=1, output_tokens=2, cost_usd=0.5,
                   status=429),
@@ -110,7 +111,8 @@ class StoreContract:
             "model": "gpt-4o", "requests": 2, "input_tokens": 11, "output_tokens": 22,
             "cached_input_tokens": 3, "cache_creation_tokens": 4, "reasoning_tokens": 5,
             "input_text_tokens": 6, "input_audio_tokens": 7, "output_text_tokens": 8,
-            "output_audio_tokens": 9, "cost_usd": 0.75, "errors": 1,
+            "output_audio_tokens": 9, "images": 2, "audio_seconds": 1.5, "search_units": 3,
+            "cost_usd": 0.75, "errors": 1,
         }])
 
     @inlineCallbacks

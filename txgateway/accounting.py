@@ -120,7 +120,9 @@ class Accountant:
                 input_text_tokens=usage.input_tokens - usage.input_audio_tokens,
                 output_audio_tokens=usage.output_audio_tokens,
                 output_text_tokens=usage.output_tokens - usage.output_audio_tokens,
-                estimated=usage.estimated, cost_usd=cost, duration_ms=duration * 1000,
+                images=usage.images, audio_seconds=usage.audio_seconds,
+                search_units=usage.search_units, estimated=usage.estimated, cost_usd=cost,
+                duration_ms=duration * 1000,
                 ttft_ms=None if ttft is None else ttft * 1000,
             ))
         self._write_access({

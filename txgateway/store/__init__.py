@@ -44,6 +44,9 @@ class UsageRecord:
     input_audio_tokens: int = 0
     output_text_tokens: int = 0
     output_audio_tokens: int = 0
+    images: int = 0
+    audio_seconds: float = 0.0
+    search_units: int = 0
     estimated: bool = False
     cost_usd: float = 0.0
     duration_ms: float = 0.0
@@ -128,8 +131,9 @@ class IStore(Interface):
         Usage summed by ``group_by`` ("key", "model" or "provider") and, when ``bucket`` is
         "hour" or "day", by UTC time bucket, over ``start <= time < end``: a list of dicts
         ``{group_by: value, ["bucket": "2026-11-23T00:00:00Z",] "requests": n, <token sums>,
-        "cost_usd": x, "errors": n}`` ordered by bucket then group value (None first).
-        Raises ValueError for an unknown grouping or bucket.
+        "images": n, "audio_seconds": x, "search_units": n, "cost_usd": x, "errors": n}``
+        ordered by bucket then group value (None first).  Raises ValueError for an unknown
+        grouping or bucket.
         """
 
     def put_key(record):  # noqa: N805

@@ -67,6 +67,12 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
         "CREATE INDEX stored_objects_created ON stored_objects (kind, created_at, id)",
         "CREATE INDEX stored_objects_owner ON stored_objects (kind, owner, created_at, id)",
     )),
+    # What images, audio and rerank calls are priced by, beside their tokens.
+    (2, (
+        "ALTER TABLE usage_ledger ADD COLUMN images BIGINT NOT NULL DEFAULT 0",
+        "ALTER TABLE usage_ledger ADD COLUMN audio_seconds DOUBLE PRECISION NOT NULL DEFAULT 0",
+        "ALTER TABLE usage_ledger ADD COLUMN search_units BIGINT NOT NULL DEFAULT 0",
+    )),
 )
 
 LATEST = MIGRATIONS[-1][0]

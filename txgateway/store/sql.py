@@ -29,10 +29,12 @@ _TOKEN_COLUMNS = (
     "reasoning_tokens", "input_text_tokens", "input_audio_tokens", "output_text_tokens",
     "output_audio_tokens",
 )
+#: The other units calls are priced by, summed alike (``audio_seconds`` is fractional).
+_UNIT_COLUMNS = ("images", "audio_seconds", "search_units")
 _USAGE_COLUMNS = (
     "request_id", "started_at", "kind", "route", "key_id", "model", "provider",
-    "upstream_model", "status", *_TOKEN_COLUMNS, "estimated", "cost_usd", "duration_ms",
-    "ttft_ms",
+    "upstream_model", "status", *_TOKEN_COLUMNS, *_UNIT_COLUMNS, "estimated", "cost_usd",
+    "duration_ms", "ttft_ms",
 )
 _KEY_COLUMNS = (
     "id", "hash", "name", "prefix", "allowed_models", "requests_per_minute",
@@ -80,8 +82,9 @@ def _usage_row(record: UsageRecord) -> tuple[Any, ...]:
         record.provider, record.upstream_model, record.status, record.input_tokens,
         record.output_tokens, record.cached_input_tokens, record.cache_creation_tokens,
         record.reasoning_tokens, record.input_text_tokens, record.input_audio_tokens,
-        record.output_text_tokens, record.output_audio_tokens, record.estimated,
-        record.cost_usd, record.duration_ms, record.ttft_ms,
+        record.output_text_tokens, record.output_audio_tokens, record.images,
+        record.audio_seconds, record.search_units, record.estimated, record.cost_usd,
+        record.duration_ms, record.ttft_ms,
     )
 
 
@@ -204,7 +207,9 @@ class SQLStore:
         keys = [group]
         if bucket is not None:
             keys.append(self.dialect.bucket.format(seconds=_BUCKET_SECONDS[bucket]))
-        sums = ", ".join(f"CAST(SUM({c}) AS BIGINT)" for c in _TOKEN_COLUMNS)
+        sums = ", ".join([
+            *(f"CAST(SUM({c}) AS BIGINT)" for c in (*_TOKEN_COLUMNS, "images", "search_units")),
+            "SUM(audio_seconds)"])
         conditions, params = [], []
         if start is not None:
             conditions.append("started_at >= ?")
@@ -230,7 +235,7 @@ class SQLStore:
                 if bucket is not None:
                     entry["bucket"] = _bucket_label(int(next(values)))
                 entry["requests"] = next(values)
-                for column in _TOKEN_COLUMNS:
+                for column in (*_TOKEN_COLUMNS, "images", "search_units", "audio_seconds"):
                     entry[column] = next(values)
                 entry["cost_usd"] = next(values)
                 entry["errors"] = next(values)
