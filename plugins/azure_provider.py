@@ -15,6 +15,7 @@ import attrs
 from zope.interface import implementer
 
 from txgateway.config import HttpURL
+from txgateway.dialects.openai_rest import OPENAI_PATHS as PATHS
 from txgateway.providers import (
     ApiCall,
     IProvider,
@@ -26,13 +27,9 @@ from txgateway.providers import (
 )
 from txgateway.providers.openai_realtime import openai_realtime_target, websocket_url
 
-#: Paths per API family, under ``/openai/v1`` or ``/openai/deployments/<deployment>``.
-PATHS = {"chat": "/chat/completions", "completions": "/completions",
-         "embeddings": "/embeddings", "images": "/images/generations",
-         "image_edits": "/images/edits", "speech": "/audio/speech",
-         "transcriptions": "/audio/transcriptions", "translations": "/audio/translations",
-         "responses": "/responses", "files": "/files", "batches": "/batches"}
-#: APIs with no per-deployment path: v1 it is, whatever ``api`` says.
+#: Each family's path (`OPENAI_PATHS`) goes under ``/openai/v1`` or
+#: ``/openai/deployments/<deployment>``.  APIs with no per-deployment path: v1 it is,
+#: whatever ``api`` says.
 V1_ONLY = frozenset({"responses", "files", "batches"})
 
 

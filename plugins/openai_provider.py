@@ -9,6 +9,7 @@ import attrs
 from zope.interface import implementer
 
 from txgateway.config import HttpURL
+from txgateway.dialects.openai_rest import OPENAI_PATHS as PATHS
 from txgateway.providers import (
     ApiCall,
     IProvider,
@@ -19,16 +20,6 @@ from txgateway.providers import (
     json_request_headers,
 )
 from txgateway.providers.openai_realtime import openai_realtime_target, websocket_url
-
-#: Paths under ``base_url`` per API family.
-PATHS = {"chat": "/chat/completions", "completions": "/completions",
-         "embeddings": "/embeddings", "images": "/images/generations",
-         "image_edits": "/images/edits", "speech": "/audio/speech",
-         "transcriptions": "/audio/transcriptions", "translations": "/audio/translations",
-         "responses": "/responses",
-         # The native files and batches APIs (txgateway.web.files, txgateway.web.batches):
-         # the collection's URL; an object's path is under it.
-         "files": "/files", "batches": "/batches"}
 
 
 @attrs.frozen

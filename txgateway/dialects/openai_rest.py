@@ -16,6 +16,15 @@ import orjson
 from txgateway.dialects.openai import BadRequest, model_of, parse_object
 from txgateway.usage import Usage
 
+#: Each API family's path under an OpenAI-style ``/v1`` (OpenAI's, Azure's, compatible
+#: servers'); for files and batches, the collection's, an object's path being under it.
+OPENAI_PATHS = {"chat": "/chat/completions", "completions": "/completions",
+                "embeddings": "/embeddings", "images": "/images/generations",
+                "image_edits": "/images/edits", "speech": "/audio/speech",
+                "transcriptions": "/audio/transcriptions",
+                "translations": "/audio/translations", "responses": "/responses",
+                "files": "/files", "batches": "/batches"}
+
 ENCODING_FORMATS = ("float", "base64")
 
 

@@ -15,19 +15,18 @@ from typing import Any, Protocol
 
 import attrs
 import orjson
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET
 
 from txgateway.accounting import Exchange
 from txgateway.auth import Principal, caller_key
-from txgateway.dialects.openai import BadRequest, error_body, is_error_body
+from txgateway.dialects.openai import error_body, is_error_body
 from txgateway.gateway import Gateway
 from txgateway.providers import ApiCall, IProvider, UpstreamRequest, prepare
-from txgateway.upstream import UpstreamCall, UpstreamError
-from txgateway.web.proxy import Refusal, finish
-from txgateway.web.relay import CLIENT_CLOSED
+from txgateway.upstream import UpstreamCall
+from txgateway.web.proxy import Refusal, answered, finish
 from txgateway.web.rest import BytesRelay, start_relayed
 
 log = Logger()
@@ -126,41 +125,18 @@ def run(gateway: Gateway, request: Any, route: str, work: Work) -> Any:
     request.setHeader(b"x-request-id", exchange.request_id.encode())
     call = UpstreamCall(gateway.reactor, gateway.config.upstream)
     request.notifyFinish().addErrback(lambda _: call.abort())
-    Deferred.fromCoroutine(_guarded(gateway, request, exchange, call, work))
+    Deferred.fromCoroutine(answered(gateway, request, exchange, call,
+                                    _work(gateway, request, exchange, call, work)))
     return NOT_DONE_YET
 
 
-async def _guarded(gateway: Gateway, request: Any, exchange: Exchange, call: UpstreamCall,
-                   work: Work) -> None:
-    try:
-        principal = await gateway.authenticator.authenticate(caller_key(request))
-        if principal is None:
-            raise Refusal(401, "Incorrect API key provided.", "invalid_api_key")
-        exchange.key_id = principal.key_id
-        await work(NativeCall(gateway, request, exchange, principal, call))
-    except Refusal as refused:
-        _refuse(request, exchange, call, refused.status, str(refused), refused.code,
-                refused.param)
-    except BadRequest as error:
-        _refuse(request, exchange, call, 400, str(error), None, error.param)
-    except CancelledError:
-        exchange.status = CLIENT_CLOSED
-        exchange.error = "the client disconnected"
-    except UpstreamError as error:
-        _refuse(request, exchange, call, error.status, str(error), error.code, None)
-    except Exception:
-        log.failure("{route} failed", route=exchange.route)
-        _refuse(request, exchange, call, 500, "the gateway failed to answer", "internal_error",
-                None)
-    finally:
-        gateway.accountant.finish(exchange)
-
-
-def _refuse(request: Any, exchange: Exchange, call: UpstreamCall, status: int, message: str,
-            code: str | None, param: str | None) -> None:
-    exchange.status, exchange.error = status, message
-    if not request.startedWriting:
-        finish(request, call, status, error_body(status, message, code, param))
+async def _work(gateway: Gateway, request: Any, exchange: Exchange, call: UpstreamCall,
+                work: Work) -> None:
+    principal = await gateway.authenticator.authenticate(caller_key(request))
+    if principal is None:
+        raise Refusal(401, "Incorrect API key provided.", "invalid_api_key")
+    exchange.key_id = principal.key_id
+    await work(NativeCall(gateway, request, exchange, principal, call))
 
 
 async def listed(call: NativeCall, kind: str, member: str, default_limit: int,

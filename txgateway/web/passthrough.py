@@ -22,8 +22,7 @@ from urllib.parse import unquote
 
 import attrs
 import orjson
-from twisted.internet.defer import CancelledError, Deferred
-from twisted.logger import Logger
+from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
@@ -37,13 +36,11 @@ from txgateway.dialects.openai_rest import usage_of
 from txgateway.gateway import Gateway
 from txgateway.providers import UpstreamRequest
 from txgateway.streams import EventSplitter, data_of, events
-from txgateway.upstream import TimedBody, UpstreamCall, UpstreamError
+from txgateway.upstream import TimedBody, UpstreamCall
 from txgateway.usage import Usage, estimate_tokens
-from txgateway.web.proxy import Refusal, authenticate, within_limits
+from txgateway.web.proxy import Refusal, answered, authenticate, within_limits
 from txgateway.web.relay import CLIENT_CLOSED
 from txgateway.web.resource import JSONResource, write_json
-
-log = Logger()
 
 #: Headers of one connection only (RFC 9110 section 7.6.1), never forwarded either way.
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
@@ -91,7 +88,8 @@ class Passthrough(JSONResource):
         exchange.model = _model_in(raw, request)
         call = UpstreamCall(gateway.reactor, gateway.config.upstream)
         request.notifyFinish().addErrback(lambda _: call.abort())
-        Deferred.fromCoroutine(self._guarded(request, exchange, provider, url, raw, call))
+        Deferred.fromCoroutine(answered(self._gateway, request, exchange, call,
+                                        self._relay(request, exchange, provider, url, raw, call)))
         return NOT_DONE_YET
 
     def _target(self, request: Any) -> tuple[Any, bytes]:
@@ -119,50 +117,23 @@ class Passthrough(JSONResource):
         _, question, query = request.uri.partition(b"?")
         return provider, url + question + query
 
-    async def _guarded(self, request: Any, exchange: Exchange, provider: Any, url: bytes,
-                       raw: bytes, call: UpstreamCall) -> None:
+    async def _relay(self, request: Any, exchange: Exchange, provider: Any, url: bytes,
+                     raw: bytes, call: UpstreamCall) -> None:
         gateway = self._gateway
-        try:
-            principal = await authenticate(gateway, request, exchange, exchange.model)
-            await within_limits(gateway, request, exchange, principal,
-                                estimate_tokens(len(raw)))
-            response = await call.send(provider.agent, UpstreamRequest(
-                request.method, url, _forwarded(request, provider),
-                SegmentsProducer([memoryview(raw)]) if raw else None))
-            _start(request, response)
-            exchange.status = response.code
-            reader = _usage_reader(response)
-            exchange.stream = reader is not None and reader.stream
-            relay = PassthroughRelay(gateway.reactor, gateway.config.upstream, request,
-                                     exchange, call, reader)
-            call.deliver(response, relay)
-            await relay.done
-        except Refusal as refused:
-            exchange.status, exchange.error = refused.status, str(refused)
-            _answer(request, call, refused.status,
-                    error_body(refused.status, str(refused), refused.code))
-        except CancelledError:
-            exchange.status = CLIENT_CLOSED
-            exchange.error = "the client disconnected"
-        except UpstreamError as error:
-            exchange.status = error.status
-            exchange.error = str(error)
-            _answer(request, call, error.status, error_body(error.status, str(error),
-                                                              error.code))
-        except Exception:
-            log.failure("passthrough to {provider} failed", provider=provider.name)
-            exchange.status = 500
-            exchange.error = "internal error"
-            _answer(request, call, 500,
-                    error_body(500, "the gateway failed to answer", "internal_error"))
-        finally:
-            gateway.accountant.finish(exchange)
-
-
-def _answer(request: Any, call: UpstreamCall, status: int, body: bytes) -> None:
-    if not call.aborted:
-        request.write(write_json(request, status, body))
-        request.finish()
+        principal = await authenticate(gateway, request, exchange, exchange.model)
+        await within_limits(gateway, request, exchange, principal,
+                            estimate_tokens(len(raw)))
+        response = await call.send(provider.agent, UpstreamRequest(
+            request.method, url, _forwarded(request, provider),
+            SegmentsProducer([memoryview(raw)]) if raw else None))
+        _start(request, response)
+        exchange.status = response.code
+        reader = _usage_reader(response)
+        exchange.stream = reader is not None and reader.stream
+        relay = PassthroughRelay(gateway.reactor, gateway.config.upstream, request,
+                                 exchange, call, reader)
+        call.deliver(response, relay)
+        await relay.done
 
 
 def _model_in(raw: bytes, request: Any) -> str:

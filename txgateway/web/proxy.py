@@ -10,6 +10,7 @@ An endpoint subclasses `ProxyEndpoint` and says how its dialect parses a request
 from __future__ import annotations
 
 import math
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -20,6 +21,7 @@ from twisted.web.server import NOT_DONE_YET
 from txgateway.accounting import Exchange
 from txgateway.auth import Principal, caller_key
 from txgateway.dialects.openai import BadRequest
+from txgateway.dialects.openai import error_body as openai_error_body
 from txgateway.gateway import Gateway
 from txgateway.providers import prepare
 from txgateway.routing import Target
@@ -101,30 +103,11 @@ class ProxyEndpoint(JSONResource):
 
     async def _guarded(self, request: Any, exchange: Exchange, parsed: Any, size: int,
                        call: UpstreamCall) -> None:
-        try:
+        async def work() -> None:
             plan = await self.admit(request, exchange, parsed, size)
             await self._attempt(request, exchange, parsed, plan, call)
-        except Refusal as refusal:
-            exchange.status = refusal.status
-            exchange.error = str(refusal)
-            finish(request, call, refusal.status, self.error_body(
-                refusal.status, str(refusal), refusal.code, refusal.param))
-        except CancelledError:
-            exchange.status = CLIENT_CLOSED
-            exchange.error = "the client disconnected"
-        except UpstreamError as error:
-            exchange.status = error.status
-            exchange.error = str(error)
-            finish(request, call, error.status,
-                   self.error_body(error.status, str(error), error.code))
-        except Exception:
-            log.failure("{route} for {model} failed", route=self.route, model=parsed.model)
-            exchange.status = 500
-            exchange.error = "internal error"
-            finish(request, call, 500,
-                   self.error_body(500, "the gateway failed to answer", "internal_error"))
-        finally:
-            self._gateway.accountant.finish(exchange)
+
+        await answered(self._gateway, request, exchange, call, work(), self.error_body)
 
     async def admit(self, request: Any, exchange: Exchange, parsed: Any,
                     size: int) -> list[Target]:
@@ -184,6 +167,44 @@ class ProxyEndpoint(JSONResource):
             else:
                 router.succeeded(target)
             return
+
+
+async def answered(gateway: Gateway, request: Any, exchange: Exchange, call: UpstreamCall,
+                   work: Awaitable[None],
+                   error_body: Callable[..., bytes] = openai_error_body) -> None:
+    """
+    Await ``work``, which answers the request, and finish the exchange.  What it raises is
+    answered in ``error_body``'s dialect: a refusal or bad input with its status, an upstream
+    fault with its own, a bug with 500 (logged); a client that left gets nothing, and an answer
+    already begun is ended as it stands.
+    """
+
+    def fail(status: int, message: str, code: str | None, param: str | None = None) -> None:
+        exchange.status, exchange.error = status, message
+        if call.aborted or request.finished:
+            return
+        if request.startedWriting:
+            request.finish()
+        else:
+            finish(request, call, status, error_body(status, message, code, param))
+
+    try:
+        await work
+    except Refusal as refusal:
+        fail(refusal.status, str(refusal), refusal.code, refusal.param)
+    except BadRequest as error:
+        fail(400, str(error), None, error.param)
+    except CancelledError:
+        exchange.status = CLIENT_CLOSED
+        exchange.error = "the client disconnected"
+    except UpstreamError as error:
+        fail(error.status, str(error), error.code)
+    except Exception:
+        log.failure("{route} for {model} via {provider} failed", route=exchange.route,
+                    model=exchange.model, provider=exchange.provider)
+        fail(500, "the gateway failed to answer", "internal_error")
+    finally:
+        gateway.accountant.finish(exchange)
 
 
 async def authenticate(gateway: Gateway, request: Any, exchange: Exchange,
