@@ -5,36 +5,71 @@ event streams are `txgateway.providers.aws`'s.)
 
 from __future__ import annotations
 
+#: The largest SSE event read whole (a Responses API ``response.completed`` carries the whole
+#: answer, an image generation's events a base64 image): past it the stream is refused.
+MAX_EVENT_BYTES = 16 * 1024 * 1024
+
+
+class EventTooLarge(ValueError):
+    """An event grew past the limit: an endless or broken stream, not one to hold."""
+
 
 class EventSplitter:
     """
     Splits an SSE byte stream into runs of whole events, however the bytes were cut.
 
     ``feed`` returns every complete event received so far (terminators included, CRLF line
-    ends turned into LF) and keeps the incomplete tail for the next call.
+    ends turned into LF) and keeps the incomplete tail for the next call; a tail past
+    ``max_event_bytes`` raises `EventTooLarge`.  The tail is kept in pieces and only the
+    new bytes are searched, so an event arriving in many reads costs linear time.
     """
 
-    def __init__(self) -> None:
-        self._tail = b""
+    def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
+        self._limit = max_event_bytes
+        self._tail: list[bytes] = []  # LF line ends; never containing a blank line
+        self._tail_size = 0
+        self._held_cr = False  # the stream's last byte was a CR: maybe half a CRLF
 
     def feed(self, data: bytes) -> bytes:
-        data = self._tail + data
-        held = b""
+        if self._held_cr:
+            data = b"\r" + data
+            self._held_cr = False
         if b"\r" in data:
-            if data.endswith(b"\r"):  # maybe the first half of a CRLF
-                data, held = data[:-1], b"\r"
+            if data.endswith(b"\r"):
+                data = data[:-1]
+                self._held_cr = True
             data = data.replace(b"\r\n", b"\n")
         end = data.rfind(b"\n\n")
+        tail = self._tail
+        if tail:
+            if end < 0 and not (data[:1] == b"\n" and tail[-1].endswith(b"\n")):
+                self._keep(data)
+                return b""
+            data = b"".join(tail) + data
+            tail.clear()
+            self._tail_size = 0
+            end = data.rfind(b"\n\n")
         if end < 0:
-            self._tail = data + held
+            self._keep(data)
             return b""
-        self._tail = data[end + 2 :] + held
-        return data[: end + 2]
+        if end + 2 < len(data):
+            self._keep(data[end + 2:])
+            return data[: end + 2]
+        return data
+
+    def _keep(self, data: bytes) -> None:
+        if data:
+            self._tail.append(data)
+            self._tail_size += len(data)
+            if self._tail_size > self._limit:
+                raise EventTooLarge(f"an upstream event exceeds {self._limit} bytes")
 
     @property
     def pending(self) -> bytes:
         """Bytes of an event not yet complete."""
-        return self._tail
+        if len(self._tail) > 1:
+            self._tail[:] = [b"".join(self._tail)]
+        return (self._tail[0] if self._tail else b"") + (b"\r" if self._held_cr else b"")
 
 
 def events(run: bytes) -> list[bytes]:

@@ -1,10 +1,10 @@
 """
 Calling upstream servers: a pooled agent, layered timeouts and cancellation.
 
-The client is Twisted's ``Agent`` over a persistent ``HTTPConnectionPool``, the layer ``treq``
-itself is built on.  treq's ``HTTPClient`` adds what a gateway must not have on its hot path:
-a cookie jar shared by every upstream (one tenant's ``Set-Cookie`` would be replayed to the
-next), redirect following, gzip decoding that rewrites the body, URL re-parsing through
+The client is `txgateway.http.client`'s agent (Twisted's ``IAgent`` over httptools' parser,
+with its own pool).  treq's ``HTTPClient`` would add what a gateway must not have on its hot
+path: a cookie jar shared by every upstream (one tenant's ``Set-Cookie`` would be replayed to
+the next), redirect following, gzip decoding that rewrites the body, URL re-parsing through
 hyperlink and a body producer that waits a reactor turn before it writes.
 
 treq's ``timeout=`` only covers the wait for the response headers, and cancelling a body read
@@ -17,15 +17,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import (
     ConnectError,
     ConnectingCancelledError,
     DNSLookupError,
 )
 from twisted.internet.error import TimeoutError as ConnectTimeout
-from twisted.internet.interfaces import IPushProducer, IStreamClientEndpoint
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web._newclient import (
@@ -34,18 +33,15 @@ from twisted.web._newclient import (
     ResponseFailed,
     ResponseNeverReceived,
 )
-from twisted.web.client import (
-    Agent,
-    BrowserLikePolicyForHTTPS,
-    HTTPConnectionPool,
-    ResponseDone,
-)
+from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
-from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IResponse
+from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 from zope.interface import implementer
 
 from txgateway.config import UpstreamSettings
+from txgateway.http.client import BytesProducer, ConnectionPool, LeanAgent, lean_agent
 from txgateway.providers import UpstreamRequest
+from txgateway.streams import EventTooLarge
 
 
 class UpstreamError(Exception):
@@ -92,79 +88,9 @@ RETRYABLE_ERRORS = (UpstreamRefusedAttempt, UpstreamUnreachable, UpstreamTimeout
                     UpstreamBroken)
 
 
-def pooled_agent(reactor: Any, settings: UpstreamSettings) -> tuple[Agent, HTTPConnectionPool]:
+def pooled_agent(reactor: Any, settings: UpstreamSettings) -> tuple[LeanAgent, ConnectionPool]:
     """The shared HTTP agent: persistent connections per (scheme, host, port)."""
-    pool = HTTPConnectionPool(reactor, persistent=True)
-    pool.maxPersistentPerHost = settings.max_idle_connections_per_host
-    # Never resend a POST on a fresh connection behind the caller's back.
-    pool.retryAutomatically = False
-    endpoints = _NoDelayEndpoints(reactor, settings.connect_timeout)
-    return Agent.usingEndpointFactory(reactor, endpoints, pool=pool), pool
-
-
-@implementer(IAgentEndpointFactory)
-class _NoDelayEndpoints:
-    """
-    Twisted's standard client endpoints (verified TLS for https), with Nagle's algorithm off:
-    the agent writes a request's headers and body in two sends, and Nagle would hold the
-    second until the first is acknowledged.
-    """
-
-    def __init__(self, reactor: Any, connect_timeout: float) -> None:
-        self._reactor = reactor
-        self._timeout = connect_timeout
-        self._tls = BrowserLikePolicyForHTTPS()
-        # The agent asks for an endpoint on every request, even when the pool has a
-        # connection; building one (IDNA-encoding the host) costs more than reusing it.
-        self._endpoints: dict[tuple[bytes, bytes, int], _NoDelayEndpoint] = {}
-
-    def endpointForURI(self, uri: Any) -> Any:
-        key = (uri.scheme, uri.host, uri.port)
-        endpoint = self._endpoints.get(key)
-        if endpoint is None:
-            endpoint = self._endpoints[key] = self._new_endpoint(uri)
-        return endpoint
-
-    def _new_endpoint(self, uri: Any) -> _NoDelayEndpoint:
-        endpoint = HostnameEndpoint(self._reactor, uri.host, uri.port, timeout=self._timeout)
-        if uri.scheme == b"https":
-            endpoint = wrapClientTLS(self._tls.creatorForNetloc(uri.host, uri.port), endpoint)
-        return _NoDelayEndpoint(endpoint)
-
-
-@implementer(IStreamClientEndpoint)
-class _NoDelayEndpoint:
-    def __init__(self, endpoint: Any) -> None:
-        self._endpoint = endpoint
-
-    def connect(self, factory: Any) -> Deferred[Any]:
-        def no_delay(protocol: Any) -> Any:
-            protocol.transport.setTcpNoDelay(True)
-            return protocol
-
-        return self._endpoint.connect(factory).addCallback(no_delay)
-
-
-@implementer(IBodyProducer)
-class BytesProducer:
-    """A request body already in memory, written at once (no cooperator turn)."""
-
-    def __init__(self, body: bytes) -> None:
-        self._body = body
-        self.length = len(body)
-
-    def startProducing(self, consumer: Any) -> Deferred[None]:
-        consumer.write(self._body)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
+    return lean_agent(reactor, settings.max_idle_connections_per_host, settings.connect_timeout)
 
 
 class UpstreamCall:
@@ -210,6 +136,8 @@ class UpstreamCall:
     def read(self, response: IResponse) -> Deferred[bytes]:
         """The whole body, within the idle timeout and the size limit."""
         collector = BodyCollector(self._reactor, self._settings)
+        if response.length is not UNKNOWN_LENGTH and response.length > collector.limit:
+            collector.fail(collector.too_large())  # said at once, not read first
         self.deliver(response, collector)
         return collector.finished
 
@@ -288,9 +216,14 @@ class TimedBody(Protocol):
             self.transport.stopProducing()
 
     def dataReceived(self, data: bytes) -> None:
+        if self._stop_reason is not None:
+            return
         if self._timer is not None:  # None while paused
             self._timer.reset(self._idle_timeout)
-        self.received(data)
+        try:
+            self.received(data)
+        except EventTooLarge as error:
+            self.fail(UpstreamTooLarge(str(error)))
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         if self._timer is not None and self._timer.active():
@@ -346,15 +279,18 @@ class BodyCollector(TimedBody):
 
     def __init__(self, reactor: Any, settings: UpstreamSettings) -> None:
         super().__init__(reactor, settings)
-        self._limit = settings.max_response_bytes
+        self.limit = settings.max_response_bytes
         self._parts: list[bytes] = []
         self._size = 0
         self.finished: Deferred[bytes] = Deferred()
 
+    def too_large(self) -> UpstreamTooLarge:
+        return UpstreamTooLarge(f"the upstream answer exceeds the limit of {self.limit} bytes")
+
     def received(self, data: bytes) -> None:
         self._size += len(data)
-        if self._size > self._limit:
-            self.fail(UpstreamTooLarge(f"the upstream answer exceeds {self._limit} bytes"))
+        if self._size > self.limit:
+            self.fail(self.too_large())
         else:
             self._parts.append(data)
 
