@@ -600,6 +600,8 @@ class _Response:
     def loseConnection(self) -> None:
         self.stopProducing()
 
+    abortConnection = loseConnection
+
 
 def lean_agent(reactor: Any, max_idle_per_host: int,
                connect_timeout: float) -> tuple[LeanAgent, ConnectionPool]:
