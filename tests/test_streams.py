@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from txgateway.streams import EventSplitter, data_of, events
+from txgateway.streams import EventSplitter, EventTooLarge, data_of, events
 
 STREAM = (b'data: {"a": 1}\n\n'
           b": comment\n\n"
@@ -29,6 +29,23 @@ class EventSplitterTests(SynchronousTestCase):
 
     def test_crlf(self) -> None:
         self.check_cuts(STREAM.replace(b"\n", b"\r\n"))
+
+    def test_byte_by_byte(self) -> None:
+        for stream in (STREAM, STREAM.replace(b"\n", b"\r\n")):
+            splitter = EventSplitter()
+            run = b"".join(splitter.feed(stream[i:i + 1]) for i in range(len(stream)))
+            self.assertEqual(events(run), events(stream.replace(b"\r\n", b"\n")))
+
+    def test_event_size_limit(self) -> None:
+        """An event that grows past the limit (an endless one) is refused; events up to it,
+        in as many pieces as they come, are whole."""
+        splitter = EventSplitter(max_event_bytes=1000)
+        event = b"data: " + b"x" * 990 + b"\n\n"
+        self.assertEqual(b"".join(splitter.feed(event[i:i + 10])
+                                  for i in range(0, len(event), 10)), event)
+        splitter.feed(b"data: " + b"y" * 900)
+        with self.assertRaises(EventTooLarge):
+            splitter.feed(b"y" * 200)
 
     def test_incomplete_event_waits(self) -> None:
         splitter = EventSplitter()
