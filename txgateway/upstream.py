@@ -230,9 +230,9 @@ class TimedBody(Protocol):
             self._timer.cancel()
         if self._stop_reason is not None:
             reason = Failure(self._stop_reason)
-        elif reason.check(ResponseDone, PotentialDataLoss):
+        elif isinstance(reason.value, (ResponseDone, PotentialDataLoss)):
             reason = None
-        elif not reason.check(UpstreamError):
+        elif not isinstance(reason.value, UpstreamError):
             reason = Failure(UpstreamBroken("the upstream connection broke mid-response"))
         self.ended(reason)
 
