@@ -18,7 +18,7 @@ from twisted.internet import reactor, ssl
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectError
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web._newclient import (
@@ -148,7 +148,8 @@ class Pushed:
 
 class ClientTests(TestCase):
     def setUp(self) -> None:
-        self.pool = ConnectionPool(max_idle_per_host=10)
+        self.clock = Clock()
+        self.pool = ConnectionPool(max_idle_per_host=10, clock=self.clock)
         self.agent = LeanAgent(reactor, self.pool, connect_timeout=2)
         self.addCleanup(self.pool.closeCachedConnections)
 
@@ -358,6 +359,17 @@ class ClientTests(TestCase):
             await deferLater(reactor, 0.1)
         self.assertEqual(len(upstream.connections), 2)
 
+    async def test_long_idle_connection_not_used(self) -> None:
+        """A connection idle past the pool's expiry is closed, and a new one used."""
+        upstream, url = self.serve(fixed(b"ok"))
+        for wait in (self.pool.idle_expiry - 1, self.pool.idle_expiry + 1):
+            self.assertEqual(await readBody(await self.agent.request(b"GET", url + b"/")), b"ok")
+            self.clock.advance(wait)
+        self.assertEqual(len(upstream.connections), 1)
+        self.assertEqual(await readBody(await self.agent.request(b"GET", url + b"/")), b"ok")
+        self.assertEqual(len(upstream.connections), 2)
+        await upstream.connections[0].lost
+
     async def test_unsolicited_bytes_drop_the_connection(self) -> None:
         def answer(connection: ServerSide, head: bytes, body: bytes) -> None:
             fixed(b"ok")(connection, head, body)
@@ -555,7 +567,7 @@ class TLSTests(TestCase):
         self.url = b"https://localhost:%d/" % port.getHost().port
 
     async def test_verified_and_reused(self) -> None:
-        pool = ConnectionPool(max_idle_per_host=10)
+        pool = ConnectionPool(max_idle_per_host=10, clock=reactor)
         self.addCleanup(pool.closeCachedConnections)
         agent = LeanAgent(reactor, pool, 2, TrustOnly(self.certificate))
         for _ in range(2):
@@ -566,7 +578,7 @@ class TLSTests(TestCase):
 
     async def test_unknown_authority_refused(self) -> None:
         """The default policy verifies certificates: a self-signed one is refused."""
-        pool = ConnectionPool(max_idle_per_host=10)
+        pool = ConnectionPool(max_idle_per_host=10, clock=reactor)
         agent = LeanAgent(reactor, pool, 2)
         with self.assertRaises(Exception) as raised:
             await agent.request(b"GET", self.url)

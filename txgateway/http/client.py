@@ -174,11 +174,15 @@ def _request_head(method: bytes, path: bytes, host: bytes, headers: Headers | No
 class ConnectionPool:
     """
     Idle persistent connections per (scheme, host, port), the most recent first; at most
-    ``max_idle_per_host`` kept per host (the oldest closed beyond).
+    ``max_idle_per_host`` kept per host (the oldest closed beyond).  A connection idle for
+    longer than ``idle_expiry`` seconds is closed rather than used: a NAT or load balancer
+    may have dropped it without a word, and a request sent on it would wait in vain.
     """
 
-    def __init__(self, max_idle_per_host: int) -> None:
+    def __init__(self, max_idle_per_host: int, clock: Any, idle_expiry: float = 240.0) -> None:
         self.max_idle_per_host = max_idle_per_host
+        self.idle_expiry = idle_expiry
+        self._clock = clock
         self._idle: dict[tuple[bytes, bytes, int], list[_Connection]] = {}
 
     def take(self, key: tuple[bytes, bytes, int]) -> _Connection | None:
@@ -186,13 +190,19 @@ class ConnectionPool:
         if idle:
             connection = idle.pop()
             connection.pooled = False
-            return connection
+            if self._clock.seconds() - connection.idle_since < self.idle_expiry:
+                return connection
+            for expired in [connection, *idle]:  # the others have waited even longer
+                expired.pooled = False
+                expired.transport.loseConnection()
+            idle.clear()
         return None
 
     def put(self, connection: _Connection) -> None:
         idle = self._idle.setdefault(connection.key, [])
         idle.append(connection)
         connection.pooled = True
+        connection.idle_since = self._clock.seconds()
         if len(idle) > self.max_idle_per_host:
             oldest = idle.pop(0)
             oldest.pooled = False
@@ -238,6 +248,7 @@ class _Connection(Protocol):
     def __init__(self, pool: ConnectionPool, key: tuple[bytes, bytes, int]) -> None:
         self.key = key
         self.pooled = False
+        self.idle_since = 0.0
         self._pool = pool
         self._parser = HttpResponseParser(self)
         self._waiting: Deferred[IResponse] | None = None  # until the response's head is in
@@ -628,5 +639,5 @@ class _Response:
 def lean_agent(reactor: Any, max_idle_per_host: int,
                connect_timeout: float) -> tuple[LeanAgent, ConnectionPool]:
     """An agent and the pool it keeps its connections in."""
-    pool = ConnectionPool(max_idle_per_host)
+    pool = ConnectionPool(max_idle_per_host, reactor)
     return LeanAgent(reactor, pool, connect_timeout), pool
