@@ -7,6 +7,7 @@ The fake upstream (`bench/fake_upstream.py`) runs in its own process; only this 
 (user + system, ``getrusage``) is counted, over a fixed number of calls after a warm-up.
 
     /work/venv/bin/python bench/client.py [--requests 4000] [--concurrency 1] [--chunks 20]
+                                          [--chunk-delay 0]
 """
 
 from __future__ import annotations
@@ -140,12 +141,14 @@ async def measure(name: str, agent: Any, url: bytes, args: argparse.Namespace) -
 async def main(args: argparse.Namespace) -> None:
     upstream = subprocess.Popen(
         [sys.executable, str(Path(__file__).parent / "fake_upstream.py"), "--port", "0",
-         "--chunks", str(args.chunks)], stdout=subprocess.PIPE, text=True)
+         "--chunks", str(args.chunks), "--chunk-delay", str(args.chunk_delay)],
+        stdout=subprocess.PIPE, text=True)
     try:
         ready = upstream.stdout.readline()  # type: ignore[union-attr]
         url = ready.split()[3].encode()
         print(f"{args.requests} calls per row, concurrency {args.concurrency}, "
-              f"{args.chunks} chunks per stream; CPU of this process only")
+              f"{args.chunks} chunks per stream {args.chunk_delay:g} s apart; "
+              "CPU of this process only")
         lean, lean_pool = pooled_agent(reactor, UpstreamSettings())
         twisted, twisted_pool = twisted_agent(UpstreamSettings())
         for _ in range(args.rounds):
@@ -164,6 +167,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--chunks", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--chunk-delay", type=float, default=0.0,
+                        help="upstream seconds between events (each then comes in a read of "
+                             "its own)")
     return parser.parse_args()
 
 
