@@ -403,6 +403,21 @@ class ClientTests(TestCase):
         self.assertIsInstance(await reader.ended, ResponseFailed)
         self.assertEqual(reader.parts, [b"abc"])
 
+    async def test_invalid_requests_refused(self) -> None:
+        """A URL or method that would break the request line (a model name with a CRLF in
+        a provider's URL, say) is refused before anything is sent."""
+        upstream, url = self.serve(fixed())
+        for method, target in ((b"POST", url + b"/v1/models/x\r\nX-Injected: 1"),
+                               (b"POST", url + b"/a b"), (b"GET\r\n", url + b"/"),
+                               (b"GET", b"/relative"), (b"GET", url + b"/caf\xc3\xa9"),
+                               (b"GET", b"ftp://127.0.0.1/"), (b"GET", b"http:///x")):
+            with self.assertRaises(ValueError):
+                await self.agent.request(method, target)
+        self.assertEqual(upstream.connections, [])
+        response = await self.agent.request(b"GET", url + b"/ok?q=1#fragment")
+        self.assertEqual(await readBody(response), b"hello")
+        self.assertTrue(upstream.requests[0][0].startswith(b"GET /ok?q=1 HTTP/1.1\r\n"))
+
     async def test_refused(self) -> None:
         _, url = self.serve(fixed())
         port = int(url.rsplit(b":", 1)[1])

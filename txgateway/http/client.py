@@ -27,7 +27,7 @@ from typing import Any
 
 from httptools import HttpParserError, HttpResponseParser
 from twisted.internet import tcp
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
@@ -51,7 +51,11 @@ CONNECTION_HEADERS = frozenset({
     b"connection", b"content-length", b"keep-alive", b"proxy-connection", b"te", b"trailer",
     b"trailers", b"transfer-encoding", b"upgrade",
 })
-_URL = re.compile(rb"([A-Za-z][A-Za-z0-9+.-]*://[^/?#]*)([^#]*)")
+#: An absolute URL of visible ASCII (no space, CR or LF could reach the request line): its
+#: origin, then its path and query; a fragment is dropped.
+_URL = re.compile(rb"([A-Za-z][A-Za-z0-9+.-]*://[\x21-\x22\x24-\x2e\x30-\x3e\x40-\x7e]*)"
+                  rb"([\x21-\x22\x24-\x7e]*)(?:#[\x21-\x7e]*)?")
+_METHOD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BODYLESS_STATUSES = frozenset({204, 304})
 _VERSIONS = {"1.1": (b"HTTP", 1, 1), "1.0": (b"HTTP", 1, 0)}
 #: How every body read to its end ends: one instance, whose ``check`` is computed once.
@@ -97,13 +101,16 @@ class LeanAgent:
 
     def request(self, method: bytes, uri: bytes, headers: Headers | None = None,
                 bodyProducer: IBodyProducer | None = None) -> Deferred[IResponse]:
-        match = _URL.match(uri)
-        if match is None:
-            raise ValueError(f"not an absolute http(s) URL: {uri!r}")
+        match = _URL.fullmatch(uri)
+        if match is None or _METHOD.fullmatch(method) is None:
+            return fail(ValueError(f"not a valid request: {method!r} {uri!r}"))
         prefix, path = match.groups()
         origin = self._origins.get(prefix)
         if origin is None:
-            origin = self._origins[prefix] = self._origin(prefix)
+            try:
+                origin = self._origins[prefix] = self._origin(prefix)
+            except ValueError as error:
+                return fail(error)
         if not path.startswith(b"/"):
             path = b"/" + path
         head = _request_head(method, path, origin.host, headers, bodyProducer)
@@ -118,7 +125,7 @@ class LeanAgent:
 
     def _origin(self, prefix: bytes) -> _Origin:
         uri = URI.fromBytes(prefix)
-        if uri.scheme not in (b"http", b"https"):
+        if uri.scheme not in (b"http", b"https") or not uri.host:
             raise ValueError(f"not an http(s) URL: {prefix!r}")
         host = uri.host.decode("ascii")
         endpoint: Any = HostnameEndpoint(self._reactor, host, uri.port,
