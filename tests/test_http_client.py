@@ -17,6 +17,7 @@ from cryptography.x509.oid import NameOID
 from twisted.internet import reactor, ssl
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectError
+from twisted.internet.interfaces import IPullProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock, deferLater
 from twisted.python.failure import Failure
@@ -33,7 +34,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
-from txgateway.http.client import BytesProducer, ConnectionPool, LeanAgent
+from txgateway.http.client import KEPT_UNREAD, BytesProducer, ConnectionPool, LeanAgent
 
 
 class ServerSide(Protocol):
@@ -289,15 +290,15 @@ class ClientTests(TestCase):
         self.assertEqual(await readBody(second), b"ok")
         self.assertEqual(len(upstream.connections), 2)
 
-    async def test_paused_body_stops_reading(self) -> None:
-        """Pausing the body's transport stops reading the upstream: its writes back up."""
-        written = []
+    def serve_endless(self) -> tuple[list[int], bytes]:
+        """A server writing a body as fast as it is read; the pieces it wrote."""
+        written: list[int] = []
 
         def answer(connection: ServerSide, head: bytes, body: bytes) -> None:
             connection.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n"
                                        % (64 * 1024 * 1024))
 
-            @implementer(IBodyProducer)
+            @implementer(IPullProducer)
             class Endless:
                 def resumeProducing(self) -> None:
                     written.append(65536)
@@ -309,17 +310,41 @@ class ClientTests(TestCase):
             connection.transport.registerProducer(Endless(), False)
 
         _, url = self.serve(answer)
+        return written, url
+
+    async def wait_blocked(self, written: list[int]) -> int:
+        """Until the server has stopped writing (nobody reads); what it wrote."""
+        sent = -1
+        while sent != len(written):
+            sent = len(written)
+            await deferLater(reactor, 0.2)
+        self.assertLess(sent * 65536, 32 * 1024 * 1024)
+        return sent
+
+    async def test_paused_body_stops_reading(self) -> None:
+        """Pausing the body's transport stops reading the upstream: its writes back up."""
+        written, url = self.serve_endless()
         response = await self.agent.request(b"GET", url + b"/")
         reader = Collect()
         response.deliverBody(reader)
         reader.transport.pauseProducing()
-        await deferLater(reactor, 0.3)
-        sent = len(written)
-        await deferLater(reactor, 0.2)
-        self.assertEqual(len(written), sent)  # the server is blocked: nobody reads
-        self.assertLess(sent * 65536, 32 * 1024 * 1024)
+        sent = await self.wait_blocked(written)
         reader.transport.resumeProducing()
         while len(written) < sent + 10:
+            await deferLater(reactor, 0.01)
+        reader.transport.stopProducing()
+        await reader.ended
+
+    async def test_unread_body_bounded(self) -> None:
+        """A response whose body nobody reads yet holds a bounded part of it (the connection
+        is paused), all handed over once a reader comes."""
+        written, url = self.serve_endless()
+        response = await self.agent.request(b"GET", url + b"/")
+        await self.wait_blocked(written)
+        self.assertLess(sum(len(part) for part in response._kept), 2 * KEPT_UNREAD)
+        reader = Collect()
+        response.deliverBody(reader)
+        while sum(map(len, reader.parts)) < 10 * KEPT_UNREAD:
             await deferLater(reactor, 0.01)
         reader.transport.stopProducing()
         await reader.ended

@@ -58,6 +58,9 @@ _URL = re.compile(rb"([A-Za-z][A-Za-z0-9+.-]*://[\x21-\x22\x24-\x2e\x30-\x3e\x40
 _METHOD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BODYLESS_STATUSES = frozenset({204, 304})
 _VERSIONS = {"1.1": (b"HTTP", 1, 1), "1.0": (b"HTTP", 1, 0)}
+#: Body bytes kept for a response whose reader is not there yet, before its connection is
+#: paused: an answer left unread must not fill the memory.
+KEPT_UNREAD = 256 * 1024
 #: How every body read to its end ends: one instance, whose ``check`` is computed once.
 _RESPONSE_DONE = Failure(ResponseDone())
 
@@ -590,6 +593,8 @@ class _Response:
         self._connection: _Connection | None = connection  # until the body is over
         self._protocol: Any = None
         self._kept: list[bytes] = []
+        self._kept_size = 0
+        self._holding = False  # the connection paused: too much kept unread
         self._end: Failure | None = None
 
     def deliverBody(self, protocol: Any) -> None:
@@ -597,6 +602,9 @@ class _Response:
             raise RuntimeError("a response body is delivered once")
         self._protocol = protocol
         protocol.makeConnection(self)
+        if self._holding and self._connection is not None:
+            self._holding = False
+            self._connection.resume()  # (read on a later turn: the protocol may pause it)
         kept, self._kept = self._kept, []
         for data in kept:
             if not self.stopped:
@@ -612,6 +620,10 @@ class _Response:
             return
         if self._protocol is None:
             self._kept.append(data)
+            self._kept_size += len(data)
+            if self._kept_size > KEPT_UNREAD and not self._holding and self._connection:
+                self._holding = True
+                self._connection.pause()
         else:
             self._protocol.dataReceived(data)
 
