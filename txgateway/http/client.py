@@ -277,7 +277,7 @@ class _Connection(Protocol):
         self._closed_waiters: list[Deferred[None]] = []
         # The response head being parsed.
         self._phrase = b""
-        self._headers: Headers | None = None
+        self._headers = Headers()
         self._length: Any = UNKNOWN_LENGTH
         self._chunked = False
 
@@ -476,7 +476,7 @@ class _Connection(Protocol):
             elif lower == b"transfer-encoding":
                 self._chunked = b"chunked" in value.lower()
         else:
-            self._headers.addRawHeader(name, value)  # type: ignore[union-attr]
+            self._headers.addRawHeader(name, value)
 
     def on_headers_complete(self) -> None:
         code = self._parser.get_status_code()
@@ -518,7 +518,7 @@ class _RequestBody:
         self._producer = producer
         self._transport = connection.transport
         self._chunked = producer.length is UNKNOWN_LENGTH
-        self._remaining = None if self._chunked else producer.length
+        self._remaining: int = 0 if self._chunked else producer.length
         self._stopped = False
 
     def start(self) -> None:
