@@ -34,7 +34,13 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
-from txgateway.http.client import KEPT_UNREAD, BytesProducer, ConnectionPool, LeanAgent
+from txgateway.http.client import (
+    KEPT_UNREAD,
+    MAX_HEAD_BYTES,
+    BytesProducer,
+    ConnectionPool,
+    LeanAgent,
+)
 
 
 class ServerSide(Protocol):
@@ -414,6 +420,18 @@ class ClientTests(TestCase):
             lambda connection, head, body: connection.transport.write(b"HTTP/1.1 2x0 OK\r\n\r\n"))
         with self.assertRaises(ResponseFailed):
             await self.agent.request(b"GET", url + b"/")
+        await upstream.connections[0].lost
+
+    async def test_endless_head_refused(self) -> None:
+        def answer(connection: ServerSide, head: bytes, body: bytes) -> None:
+            connection.transport.write(b"HTTP/1.1 200 OK\r\nX-Long: ")
+            for _ in range(MAX_HEAD_BYTES // 65536 + 2):
+                connection.transport.write(b"x" * 65536)
+
+        upstream, url = self.serve(answer)
+        with self.assertRaises(ResponseFailed) as raised:
+            await self.agent.request(b"GET", url + b"/")
+        self.assertIn("head exceeds", str(raised.exception.reasons[0].value))
         await upstream.connections[0].lost
 
     async def test_body_cut_short(self) -> None:

@@ -58,6 +58,9 @@ _URL = re.compile(rb"([A-Za-z][A-Za-z0-9+.-]*://[\x21-\x22\x24-\x2e\x30-\x3e\x40
 _METHOD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BODYLESS_STATUSES = frozenset({204, 304})
 _VERSIONS = {"1.1": (b"HTTP", 1, 1), "1.0": (b"HTTP", 1, 0)}
+#: The most read before a response's head is whole (Twisted's client allowed 16 kB a line):
+#: an upstream that sends headers without end is cut off.
+MAX_HEAD_BYTES = 1024 * 1024
 #: Body bytes kept for a response whose reader is not there yet, before its connection is
 #: paused: an answer left unread must not fill the memory.
 KEPT_UNREAD = 256 * 1024
@@ -272,6 +275,7 @@ class _Connection(Protocol):
         self._body: list[bytes] = []
         self._complete = False
         self._keep_alive = False
+        self._head_size = 0  # bytes read before the response's head was whole
         self._paused = False
         self._lost = False
         self._closed_waiters: list[Deferred[None]] = []
@@ -303,6 +307,7 @@ class _Connection(Protocol):
         self._waiting = waiting
         self._head_only = head_only
         self._message = self._complete = False
+        self._head_size = 0
         if body is None:
             self._write_now(head)
         elif type(body) is BytesProducer:
@@ -366,6 +371,12 @@ class _Connection(Protocol):
             self.transport.abortConnection()
             return
         self._message = True
+        if self._response is None:
+            self._head_size += len(data)
+            if self._head_size > MAX_HEAD_BYTES:
+                self._malformed(Failure(HttpParserError(
+                    f"the response head exceeds {MAX_HEAD_BYTES} bytes")))
+                return
         try:
             self._parser.feed_data(data)
         except HttpParserError as error:
