@@ -21,7 +21,7 @@ from twisted.internet.interfaces import IPullProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock, deferLater
 from twisted.python.failure import Failure
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web._newclient import (
     RequestGenerationFailed,
     RequestTransmissionFailed,
@@ -34,6 +34,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
+from txgateway.config import Seconds, UpstreamSettings
 from txgateway.http.client import (
     KEPT_UNREAD,
     MAX_HEAD_BYTES,
@@ -41,6 +42,7 @@ from txgateway.http.client import (
     ConnectionPool,
     LeanAgent,
 )
+from txgateway.upstream import TimedBody, UpstreamTimeout
 
 
 class ServerSide(Protocol):
@@ -642,3 +644,58 @@ class TLSTests(TestCase):
             await agent.request(b"GET", self.url)
         self.assertIn("certificate verify failed", repr(raised.exception))
         self.assertEqual(self.upstream.requests, [])
+
+
+class StillTransport:
+    """A body's transport that records being stopped, paused and resumed."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def stopProducing(self) -> None:
+        self.calls.append("stop")
+
+    def pauseProducing(self) -> None:
+        self.calls.append("pause")
+
+    def resumeProducing(self) -> None:
+        self.calls.append("resume")
+
+
+class Kept(TimedBody):
+    def received(self, data: bytes) -> None:
+        pass
+
+    def ended(self, failure: Failure | None) -> None:
+        pass
+
+
+class TimedBodyTests(SynchronousTestCase):
+    """The idle timer: reads keep it off, silence past the timeout (not while paused) stops
+    the body."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.body = Kept(self.clock, UpstreamSettings(idle_timeout=Seconds(0.5)))
+        self.transport = StillTransport()
+        self.body.makeConnection(self.transport)
+
+    def test_reads_within_the_timeout(self) -> None:
+        for _ in range(5):
+            self.clock.advance(0.4)
+            self.body.dataReceived(b"x")
+        self.clock.advance(0.45)
+        self.assertEqual(self.transport.calls, [])
+        self.clock.advance(0.1)
+        self.assertEqual(self.transport.calls, ["stop"])
+        self.assertIsInstance(self.body._stop_reason, UpstreamTimeout)
+
+    def test_paused_silence_is_no_stall(self) -> None:
+        self.body.pauseProducing()
+        self.clock.advance(5)
+        self.body.resumeProducing()
+        self.clock.advance(0.4)
+        self.assertEqual(self.transport.calls, ["pause", "resume"])
+        self.clock.advance(0.2)
+        self.assertEqual(self.transport.calls, ["pause", "resume", "stop"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
