@@ -6,6 +6,7 @@ from twisted.web.resource import Resource
 
 from txgateway.gateway import Gateway
 from txgateway.realtime.server import realtime_resource
+from txgateway.tracing import TracedRoot
 from txgateway.web.admin import Admin
 from txgateway.web.audio import audio_tree
 from txgateway.web.batches import Batches
@@ -25,7 +26,8 @@ from txgateway.web.responses_input import responses_tree
 
 
 def build_root(gateway: Gateway) -> Resource:
-    root = Root(gateway.accountant)
+    root = (Root(gateway.accountant) if gateway.tracing is None
+            else TracedRoot(gateway.accountant, gateway.tracing))
     v1 = JSONResource()
     chat = JSONResource()
     root.putChild(b"v1", v1)
