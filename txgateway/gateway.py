@@ -78,6 +78,7 @@ class Gateway:
         self.prices = shipped_table(config.prices)
         self.accountant.prices = self.prices
         self.providers = providers
+        self.metrics.provider_kinds = provider_kinds(providers)
         self.router = Router(config.models, providers, config.routing, self.reactor.seconds)
         self.authenticator = authenticator
         self.realtime.settings = config.realtime
@@ -90,6 +91,11 @@ def build_providers(config: GatewayConfig, plugins: Mapping[str, IProviderPlugin
         name: plugins[provider.plugin].build(name, provider.settings, context)
         for name, provider in config.providers.items()
     }
+
+
+def provider_kinds(providers: Mapping[str, IProvider]) -> dict[str, str]:
+    """Each provider's kind (its plugin) by its name, for the gen_ai metrics' labels."""
+    return {name: provider.kind for name, provider in providers.items()}
 
 
 def build_gateway(
@@ -106,6 +112,7 @@ def build_gateway(
     context = ProviderContext(reactor=reactor, http_agent=agent)
     providers = build_providers(config, plugins, context)
     metrics = GatewayMetrics()
+    metrics.provider_kinds = provider_kinds(providers)
     store = open_store(config.store, reactor)
     ledger = Ledger(store, reactor)
     limiter = open_limiter(config.limiter, reactor)
