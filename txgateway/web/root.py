@@ -13,12 +13,14 @@ from txgateway.web.batches import Batches
 from txgateway.web.chat import ChatCompletions
 from txgateway.web.completions import Completions
 from txgateway.web.conversations import Conversations
+from txgateway.web.dashboard import DocsPage
 from txgateway.web.embeddings import Embeddings
 from txgateway.web.files import Files
 from txgateway.web.health import Health, Metrics, Ready
 from txgateway.web.images import images_tree
 from txgateway.web.messages import messages_tree
 from txgateway.web.models import Models
+from txgateway.web.openapi import OpenAPIDocument
 from txgateway.web.passthrough import Passthrough
 from txgateway.web.rerank import Rerank
 from txgateway.web.resource import JSONResource, Root
@@ -65,4 +67,6 @@ def build_root(gateway: Gateway) -> Resource:
     health.putChild(b"ready", Ready(gateway))
     root.putChild(b"health", health)
     root.putChild(b"metrics", Metrics(gateway))
+    root.putChild(b"openapi.json", OpenAPIDocument(root))
+    root.putChild(b"docs", DocsPage())
     return root
