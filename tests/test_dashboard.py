@@ -9,7 +9,6 @@ Also the live sessions stream and the providers view, through plain HTTP.
 from __future__ import annotations
 
 import os
-import shutil
 from typing import Any
 
 import orjson
@@ -162,9 +161,6 @@ class DashboardTests(RealtimeTestCase):
         for url in await self.in_browser(lambda: browser.requests):
             self.assertTrue(url.startswith(self.base_url), url)
             self.assertNotIn(ADMIN, url)
-        if os.environ.get("TXGATEWAY_DOCS_SCREENSHOT"):
-            shutil.copy(os.path.join(ARTIFACTS, "dashboard-sessions.png"),
-                        os.environ["TXGATEWAY_DOCS_SCREENSHOT"])
         client.sendClose(1000)
         await self.clients[0][1].closed
 

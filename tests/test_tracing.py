@@ -9,8 +9,9 @@ from twisted.internet.threads import deferToThread
 from twisted.web.resource import getChildForRequest
 from twisted.web.test.requesthelper import DummyRequest
 
-from tests.gateway_harness import CONFIG, GatewayTestCase
+from tests.gateway_harness import GatewayTestCase
 from tests.otlp_receiver import attributes, start_receiver
+from tests.realtime_harness import RealtimeTestCase, until
 from txgateway.tracing import TracedRoot, TracingAgent
 
 CALLER_TRACE = "0af7651916cd43dd8448eb211c80319c"
@@ -20,13 +21,20 @@ TRACEPARENT = f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"
 SERVER, CLIENT = 2, 3  # OTLP's SpanKind numbers
 
 
-class TracingTests(GatewayTestCase):
+class ExportingTraces:
+    """Mixed in before a test case: its gateway exports to an OTLP receiver on loopback."""
+
+    config: str
+
     async def _start(self) -> None:
         self.receiver, self.receiver_port = start_receiver()
-        self.addCleanup(self.receiver_port.stopListening)
+        self.addCleanup(self.receiver_port.stopListening)  # type: ignore[attr-defined]
         endpoint = f"http://127.0.0.1:{self.receiver_port.getHost().port}/v1/traces"
-        self.config = CONFIG + f"tracing:\n  otlp_endpoint: {endpoint}\n  service_name: gw-test\n"
-        await super()._start()
+        self.config += f"tracing:\n  otlp_endpoint: {endpoint}\n  service_name: gw-test\n"
+        await super()._start()  # type: ignore[misc]
+
+
+class TracingTests(ExportingTraces, GatewayTestCase):
 
     async def exported(self) -> list[tuple[dict[str, Any], Any]]:
         # The exporter posts from its own thread to the receiver this reactor serves.
@@ -112,3 +120,31 @@ class TracingOffTests(GatewayTestCase):
         request = DummyRequest([b"v1", b"chat", b"completions"])
         endpoint = getChildForRequest(root, request)
         self.assertEqual(type(endpoint).__name__, "ChatCompletions")
+
+
+class RealtimeTracingTests(ExportingTraces, RealtimeTestCase):
+
+    async def test_a_session_is_one_span_with_its_tokens(self) -> None:
+        client = await self.connect("model=demo")
+        await client.next("session.created")
+        client.send_event(type="conversation.item.create", item={
+            "type": "message", "role": "user",
+            "content": [{"type": "input_text", "text": "hello there"}]})
+        client.send_event(type="response.create")
+        done = await client.next("response.done")
+        client.sendClose(1000)
+        await self.clients[0][1].closed
+        await until(lambda: not self.service.gateway.realtime.active())
+        await deferToThread(self.service.gateway.tracing.provider.force_flush)
+        [(_, span)] = self.receiver.spans
+        self.assertEqual((span.name, span.kind), ("realtime demo", SERVER))
+        facts = attributes(span.attributes)
+        [session] = self.service.gateway.realtime.recent()
+        self.assertEqual(facts["gen_ai.conversation.id"], session.info.id)
+        self.assertEqual(facts["gen_ai.provider.name"], "demo")
+        usage = done["response"]["usage"]
+        self.assertEqual(facts["gen_ai.usage.input_tokens"], usage["input_tokens"])
+        self.assertEqual(facts["gen_ai.usage.output_tokens"], usage["output_tokens"])
+        self.assertEqual(facts["txgateway.realtime.client_close_code"], 1000)
+        self.assertNotIn("txgateway.realtime.ended_by", facts)  # a clean close by the caller
+        self.assertGreater(span.end_time_unix_nano, span.start_time_unix_nano)

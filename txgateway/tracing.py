@@ -42,6 +42,7 @@ class Tracing:
     """The tracer provider and its exporter, and the spans of calls and sessions."""
 
     def __init__(self, settings: TracingSettings) -> None:
+        # The provider flushes what it buffered when the process exits.
         self.provider = TracerProvider(
             sampler=ParentBased(TraceIdRatioBased(settings.sample_ratio)),
             resource=OTelResource.create({"service.name": settings.service_name}))
@@ -109,15 +110,15 @@ class Tracing:
                 "txgateway.realtime.output_audio_tokens": usage.output_audio_tokens,
                 "txgateway.realtime.transcription_input_tokens":
                     usage.transcription_input_tokens,
-                "txgateway.realtime.ended_by": session.ended_by or "",
                 "txgateway.provider": info.provider,
-                **({"txgateway.key_id": info.key_id} if info.key_id else {}),
             })
+        for name, value in (("txgateway.key_id", info.key_id),
+                            ("txgateway.realtime.ended_by", session.ended_by),
+                            ("txgateway.realtime.client_close_code",
+                             session.client_close and session.client_close[0])):
+            if value:
+                span.set_attribute(name, value)
         span.end(end_time=_ns(tally.ended or tally.started))
-
-    def shutdown(self) -> None:
-        """Export what is buffered and stop the exporter's thread."""
-        self.provider.shutdown()
 
 
 def open_tracing(settings: TracingSettings) -> Tracing | None:
