@@ -51,17 +51,23 @@ class Browser:
                                                          args=CHROMIUM_ARGS)
         self.page = self._browser.new_page(viewport={"width": 1280, "height": 800})
         self.page.set_default_timeout(10000)
-        self.page.on("dialog", lambda dialog: dialog.accept())
+        #: What the page's prompts are answered, in turn (a confirm is accepted).
+        self.answers: list[str] = []
+        self.page.on("dialog", lambda dialog: dialog.accept(
+            self.answers.pop(0) if dialog.type == "prompt" else None))
         self.errors: list[str] = []
         self.page.on("pageerror", lambda error: self.errors.append(str(error)))
+        #: Every URL asked for, and those that were fetched (the page's policy stops others).
         self.requests: list[str] = []
         self.page.on("request", lambda request: self.requests.append(request.url))
+        self.fetched: list[str] = []
+        self.page.on("requestfinished", lambda request: self.fetched.append(request.url))
         self._base_url = base_url
 
-    def shot(self, name: str) -> str:
+    def shot(self, name: str, full_page: bool = True) -> str:
         os.makedirs(ARTIFACTS, exist_ok=True)
         path = os.path.join(ARTIFACTS, name)
-        self.page.screenshot(path=path, full_page=True)
+        self.page.screenshot(path=path, full_page=full_page)
         return path
 
     def close(self) -> None:
@@ -142,6 +148,10 @@ class DashboardTests(RealtimeTestCase):
             row = page.wait_for_selector("#keys-table tr:has-text('browser-made')")
             key_id = row.get_attribute("data-key")
             browser.shot("dashboard-keys.png")
+            browser.answers[:] = ["60", "", "12.5"]  # requests, tokens per minute, budget
+            row.query_selector("button.limits").click()
+            page.wait_for_selector(f"#keys-table tr[data-key='{key_id}']:has-text('12.5')")
+            row = page.wait_for_selector(f"#keys-table tr[data-key='{key_id}']")
             row.query_selector("button.revoke").click()
             page.wait_for_selector(f"#keys-table tr[data-key='{key_id}']:has-text('revoked')")
             page.click("#tabs button[data-tab=providers]")
@@ -152,7 +162,8 @@ class DashboardTests(RealtimeTestCase):
         response = await treq.get(self.base_url + f"/admin/keys/{key_id}", pool=self.pool,
                                   headers={"authorization": f"Bearer {ADMIN}"})
         record = await response.json()
-        self.assertEqual(record["requests_per_minute"], 30)
+        self.assertEqual((record["requests_per_minute"], record["tokens_per_minute"],
+                          record["budget_usd"]), (60, 0, 12.5))
         self.assertIsNotNone(record["revoked_at"])
         self.assertNotIn(secret.split(":")[1].split()[0], orjson.dumps(record).decode())
 
@@ -163,6 +174,23 @@ class DashboardTests(RealtimeTestCase):
             self.assertNotIn(ADMIN, url)
         client.sendClose(1000)
         await self.clients[0][1].closed
+
+
+    async def test_the_api_docs_render(self) -> None:
+        browser = await self.in_browser(Browser, self.base_url)
+        self.addCleanup(lambda: self.in_browser(browser.close))
+
+        def read_docs() -> str:
+            browser.page.goto(self.base_url + "/docs")
+            return browser.page.wait_for_selector(
+                "h2:has-text('Create a chat completion')").inner_text()
+
+        self.assertEqual(await self.in_browser(read_docs), "Create a chat completion")
+        await self.in_browser(browser.shot, "docs.png", False)  # the page is long
+        self.assertEqual(await self.in_browser(lambda: browser.errors), [])
+        elsewhere = [url for url in await self.in_browser(lambda: browser.fetched)
+                     if not url.startswith((self.base_url, "blob:" + self.base_url))]
+        self.assertEqual(elsewhere, [])
 
 
 class _Events(Protocol):

@@ -77,6 +77,7 @@ class OpenAPITests(GatewayTestCase):
     async def test_every_documented_route_answers(self) -> None:
         document = await self._document()
         agent = Agent(reactor, pool=self.pool)
+        tags = {tag["name"] for tag in document["tags"]}
         for path, operations in document["paths"].items():
             url = re.sub(r"\{path\}", "v1/models", path)
             url = re.sub(r"\{file\}", "dashboard.js" if path.startswith("/admin") else
@@ -85,6 +86,7 @@ class OpenAPITests(GatewayTestCase):
             token = ADMIN if path.startswith("/admin") else "sk-caller"
             for method, operation in operations.items():
                 self.assertIn("200", operation["responses"])
+                self.assertLessEqual(set(operation["tags"]), tags)
                 headers = Headers({b"authorization": [f"Bearer {token}".encode()],
                                    b"content-type": [b"application/json"]})
                 body = None

@@ -169,7 +169,8 @@ class _RealtimeResource(WebSocketResource):
     """Lends the upgraded request's HTTP channel to the protocol it is handed to."""
 
     openapi = Endpoint("Realtime", {"GET": Operation(
-        "Open a realtime session (a WebSocket upgrade; see docs/realtime.md)")})
+        "Open a realtime session (a WebSocket upgrade; see docs/realtime.md)", query={
+            "model": "the model routed", "intent": "transcription for a transcription session"})})
 
     def render(self, request: Any) -> Any:
         self._factory.upgrading = request.channel

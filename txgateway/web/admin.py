@@ -113,7 +113,11 @@ class UsageReport(JSONResource):
     """
 
     openapi = Endpoint("Admin", {"GET": Operation("Usage from the ledger, grouped", None,
-                                                  "List")})
+                                                  "List", {
+        "group_by": "key, model (the default) or provider",
+        "bucket": "hour or day (UTC); none sums the whole range",
+        "from": "unix seconds or an ISO 8601 time (UTC unless it says)",
+        "to": "unix seconds or an ISO 8601 time, excluded"})})
 
     isLeaf = True
 

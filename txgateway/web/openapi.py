@@ -30,6 +30,8 @@ class Operation:
     request: str | None = None
     #: The schema name of a successful answer's JSON, or a media type ("text/plain").
     response: str = "Object"
+    #: Query parameters, by name: what each means.
+    query: Mapping[str, str] = attrs.field(factory=dict)
 
 
 @attrs.frozen
@@ -111,6 +113,10 @@ SCHEMAS: dict[str, Any] = {
                    budget_usd=_NUMBER, budget_period=_STRING, revoked_at=_NUMBER),
 }
 
+#: The order the docs page shows the tags in.
+_TAG_ORDER = ("OpenAI", "Anthropic", "Cohere", "Realtime", "Passthrough", "Admin", "Dashboard",
+              "Operations", "Gateway")
+
 _SECURITY_SCHEMES = {
     "apiKey": {"type": "http", "scheme": "bearer", "description": "A virtual key."},
     "anthropicKey": {"type": "apiKey", "in": "header", "name": "x-api-key",
@@ -159,6 +165,7 @@ def document(root: Resource) -> dict[str, Any]:
         "info": {"title": "txgateway", "version": version("txgateway"),
                  "description": "The gateway's own endpoints: the OpenAI, Anthropic and "
                                 "Cohere APIs it serves, its admin API, health and metrics."},
+        "tags": [{"name": tag} for tag in _TAG_ORDER],
         "paths": dict(sorted(paths.items())),
         "components": {"schemas": SCHEMAS, "securitySchemes": _SECURITY_SCHEMES},
     }
@@ -186,6 +193,8 @@ def _operation(path: str, method: str, operation: Operation, tag: str) -> dict[s
     }
     parameters = [{"name": name, "in": "path", "required": True, "schema": _STRING}
                   for name in re.findall(r"\{(\w+)\}", path)]
+    parameters += [{"name": name, "in": "query", "description": meaning, "schema": _STRING}
+                   for name, meaning in operation.query.items()]
     if parameters:
         shown["parameters"] = parameters
     if operation.request == "form":
