@@ -47,9 +47,10 @@ class Endpoint:
 
 
 #: Who may call: a caller's virtual key, or the admin token.
-_CALLER = [{"apiKey": []}, {"anthropicKey": []}]
-_ADMIN = [{"adminToken": []}]
-_OPEN: list[dict[str, list[str]]] = []
+_Security = list[dict[str, list[str]]]
+_CALLER: _Security = [{"apiKey": []}, {"anthropicKey": []}]
+_ADMIN: _Security = [{"adminToken": []}]
+_OPEN: _Security = []
 
 
 def _object(required: tuple[str, ...] = (), **properties: Any) -> dict[str, Any]:
