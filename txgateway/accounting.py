@@ -50,6 +50,9 @@ class Exchange:
 class Accountant:
     """Turns finished exchanges into metrics and one access log line each."""
 
+    #: A `txgateway.tracing.Tracing` told of each end, when traces are exported.
+    tracing: Any = None
+
     def __init__(self, clock: Any, metrics: GatewayMetrics, access_log: AccessWriter,
                  ledger: Ledger, limiter: ILimiter, prices: PriceTable) -> None:
         self._clock = clock
@@ -149,6 +152,8 @@ class Accountant:
             "ttft_ms": None if ttft is None else round(ttft * 1000, 3),
             "error": exchange.error,
         })
+        if self.tracing is not None:
+            self.tracing.exchange_finished(exchange)
 
     def _cost(self, exchange: Exchange, model: str, usage: Usage) -> float:
         """What the call cost at the price table's rates (0 for unpriced models)."""
@@ -166,6 +171,8 @@ class Accountant:
         told to the limiter (`txgateway.realtime.session.SessionBook` calls this).
         """
         info, tally = session.info, session.tally
+        if self.tracing is not None:
+            self.tracing.session_ended(session)
         usage = tally.usage
         model = info.upstream_model or info.model
         # Transcription is priced as its own model: the session's, or a transcription
