@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from txgateway.dialects.openai import stream_error_event
-from txgateway.providers.aws import AwsEventStreamDecoder, EventStreamCorrupt
+from txgateway.plugins.bedrock.aws import AwsEventStreamDecoder, EventStreamCorrupt
 from txgateway.translate import (
     ToChatChunks,
     Untranslatable,
