@@ -235,12 +235,20 @@ class Upload:
         self._producer = producer
         held = b"".join(self._held)
         self._held, self._held_size = [], 0
+        pieces = [held]
         if splice is not None:
             start, end, replacement = splice
-            assert end <= len(held), "a splice must be in the bytes already received"
-            pieces = [held[:start], replacement, held[end:]]
-        else:
-            pieces = [held]
+            if end <= len(held):
+                pieces = [held[:start], replacement, held[end:]]
+            else:
+                # The splice reaches into the last chunk, which waits for the body's end
+                # (`end`): so does everything from the splice on.
+                assert self._final is not None, "a splice must be in the bytes received"
+                body = held + self._final
+                assert end <= len(body), "a splice must be in the bytes received"
+                cut = min(start, len(held))
+                pieces = [body[:cut]]
+                self._final = body[cut:start] + replacement + body[end:]
         for piece in pieces:
             if piece:
                 producer.write(piece)
