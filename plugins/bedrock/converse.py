@@ -30,7 +30,7 @@ from txgateway.translate import (
 )
 from txgateway.usage import Usage, estimate_tokens
 
-FINISH_REASONS = {
+FINISH_REASONS: dict[str | None, str] = {
     "end_turn": "stop",
     "stop_sequence": "stop",
     "max_tokens": "length",

@@ -16,8 +16,10 @@ from types import MappingProxyType
 from typing import Any
 
 import attrs
+from twisted.internet.interfaces import IReactorTime
 from twisted.plugin import IPlugin
 from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent
 from zope.interface import Attribute, Interface, implementer
 
 
@@ -26,9 +28,9 @@ class ProviderContext:
     """What the gateway lends a provider it builds."""
 
     #: The reactor (an ``IReactorTime`` at least), for timers.
-    reactor: object
+    reactor: IReactorTime
     #: The gateway's pooled HTTP ``IAgent``, for providers that call out over the network.
-    http_agent: object
+    http_agent: IAgent
 
 
 @attrs.frozen
@@ -160,7 +162,7 @@ class IPreparingProvider(IProvider):
 class IRealtimeProvider(IProvider):
     """A provider that serves ``/v1/realtime`` sessions."""
 
-    def realtime_target(model: str | None, intent: str | None,  # noqa: N805
+    def realtime_target(model: str | None, intent: str,  # noqa: N805
                         beta: bool) -> RealtimeTarget | None:
         """Where a session for ``model`` is relayed, or None when the model has none."""
 
@@ -190,7 +192,7 @@ def prepare(provider: IProvider) -> Any:
     return provider.prepare() if IPreparingProvider.providedBy(provider) else None
 
 
-def realtime_target(provider: IProvider, model: str, intent: str | None,
+def realtime_target(provider: IProvider, model: str, intent: str,
                     beta: bool) -> RealtimeTarget | None:
     """
     The provider's realtime target, or None when it serves no realtime sessions (it is no

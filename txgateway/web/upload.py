@@ -213,11 +213,11 @@ class Upload:
         if self._producer is not None or self._dropping:
             raise RuntimeError("an upload is sent once")
         assert splice is None or not self._rewritten, "splice a body not rewritten"
-        length = UNKNOWN_LENGTH
-        if self.length is not None and not self._rewritten:
-            length = self.length
-            if splice is not None:
-                length += len(splice[2]) - (splice[1] - splice[0])
+        if self.length is None or self._rewritten:
+            return UploadProducer(self, UNKNOWN_LENGTH, splice, on_start)
+        length = self.length
+        if splice is not None:
+            length += len(splice[2]) - (splice[1] - splice[0])
         return UploadProducer(self, length, splice, on_start)
 
     def discard(self) -> None:
