@@ -119,7 +119,8 @@ class BedrockVectors(unittest.TestCase):
         OpenAI caller embeds what it stores as often as what it asks)."""
         for case, kind, model in (("basic", "bedrock-titan", "amazon.titan-embed-text-v2:0"),
                                   ("basic", "bedrock-cohere", "cohere.embed-english-v3"),
-                                  ("array", "bedrock-cohere", "cohere.embed-english-v3")):
+                                  ("array", "bedrock-cohere", "cohere.embed-english-v3"),
+                                  ("cohere-v4", "bedrock-cohere", "cohere.embed-v4:0")):
             with self.subTest(f"{case} {kind}"):
                 request = orjson.loads(vector(f"requests/embeddings/{case}.json"))
                 expected = snapshot(f"requests/embeddings/{case}.{kind}.snap")["request"]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-
 #: The options of Cohere's rerank models that Bedrock passes on to them.
 COHERE_OPTIONS = ("truncation", "max_tokens_per_doc")
 
