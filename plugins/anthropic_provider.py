@@ -20,7 +20,8 @@ from zope.interface import implementer
 from txgateway.config import HttpURL
 from txgateway.providers import (
     ApiCall,
-    IProvider,
+    IPassthroughProvider,
+    ITranslatingProvider,
     ProviderContext,
     ProviderPlugin,
     UpstreamRequest,
@@ -56,10 +57,11 @@ class AnthropicSettings:
     headers: dict[str, str] = attrs.field(factory=dict)
 
 
-@implementer(IProvider)
+@implementer(IPassthroughProvider, ITranslatingProvider)
 class AnthropicProvider:
     kind = "anthropic"
     dialect = "anthropic"
+    stream_content_type = b"text/event-stream"
     apis = frozenset(PATHS)
 
     def __init__(self, name: str, settings: AnthropicSettings,
@@ -104,7 +106,7 @@ class AnthropicProvider:
             headers.setRawHeaders(b"anthropic-beta", [merged.encode("latin-1")])
         return headers
 
-    def translate_response(self, body: bytes) -> tuple[bytes, Usage | None]:
+    def translate_response(self, body: bytes, api: str = "chat") -> tuple[bytes, Usage | None]:
         completion, usage = chat_completion(orjson.loads(body), int(self._clock.seconds()))
         return orjson.dumps(completion), usage
 

@@ -18,7 +18,8 @@ from txgateway.config import HttpURL
 from txgateway.dialects.openai_rest import OPENAI_PATHS as PATHS
 from txgateway.providers import (
     ApiCall,
-    IProvider,
+    IPassthroughProvider,
+    IRealtimeProvider,
     ProviderContext,
     ProviderPlugin,
     RealtimeTarget,
@@ -55,7 +56,7 @@ class AzureSettings:
     headers: dict[str, str] = attrs.field(factory=dict)
 
 
-@implementer(IProvider)
+@implementer(IPassthroughProvider, IRealtimeProvider)
 class AzureProvider:
     kind = "azure"
     apis = frozenset(PATHS)

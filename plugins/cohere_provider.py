@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import attrs
 import orjson
+from zope.interface import implementer_only
 
 from txgateway.config import HttpURL
 from txgateway.plugins.openai_provider import OpenAIProvider, OpenAISettings
-from txgateway.providers import ApiCall, ProviderPlugin, UpstreamRequest
+from txgateway.providers import ApiCall, IPassthroughProvider, ProviderPlugin, UpstreamRequest
 
 #: Paths under ``base_url`` per API family (rerank's is the ``rerank_path`` setting).
 COMPATIBILITY_PATHS = {
@@ -32,10 +33,9 @@ class CohereSettings(OpenAISettings):
     rerank_path: str = "/v2/rerank"
 
 
+@implementer_only(IPassthroughProvider)  # Cohere has no realtime API
 class CohereProvider(OpenAIProvider):
     kind = "cohere"
-    #: Cohere has no realtime API.
-    realtime_target = None
 
     def paths(self, settings: OpenAISettings) -> dict[str, str]:
         return {**COMPATIBILITY_PATHS, "rerank": "/" + settings.rerank_path.lstrip("/")}

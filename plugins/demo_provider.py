@@ -23,7 +23,7 @@ from txgateway.plugins import demo_apis
 from txgateway.plugins.demo_realtime import DemoRealtime
 from txgateway.providers import (
     ApiCall,
-    IProvider,
+    IRealtimeProvider,
     ProviderContext,
     ProviderPlugin,
     RealtimeTarget,
@@ -48,7 +48,7 @@ class DemoSettings:
     reply: str | None = None
 
 
-@implementer(IProvider)
+@implementer(IRealtimeProvider)
 class DemoProvider:
     kind = "demo"
     apis = frozenset({"chat", "completions", "embeddings"})

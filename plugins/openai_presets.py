@@ -8,10 +8,11 @@ provider kind, and no realtime sessions.
 from __future__ import annotations
 
 import attrs
+from zope.interface import classImplementsOnly
 
 from txgateway.config import HttpURL
 from txgateway.plugins.openai_provider import OpenAIProvider, OpenAISettings
-from txgateway.providers import ProviderContext, ProviderPlugin
+from txgateway.providers import IPassthroughProvider, ProviderContext, ProviderPlugin
 
 
 def _preset(name: str, base_url: str, key_required: bool, rerank_path: str = "",
@@ -25,8 +26,8 @@ def _preset(name: str, base_url: str, key_required: bool, rerank_path: str = "",
     settings = attrs.frozen(kw_only=True)(type(f"{title}Settings", (settings_base,), {
         "__annotations__": fields, "__module__": __name__,
         "base_url": HttpURL(base_url), "rerank_path": rerank_path}))
-    provider = type(f"{title}Provider", (provider_base,),
-                    {"kind": name, "realtime_target": None, "__module__": __name__})
+    provider = type(f"{title}Provider", (provider_base,), {"kind": name, "__module__": __name__})
+    classImplementsOnly(provider, IPassthroughProvider)  # no realtime sessions
     return ProviderPlugin(name, settings, provider)
 
 

@@ -12,7 +12,8 @@ from txgateway.config import HttpURL
 from txgateway.dialects.openai_rest import OPENAI_PATHS as PATHS
 from txgateway.providers import (
     ApiCall,
-    IProvider,
+    IPassthroughProvider,
+    IRealtimeProvider,
     ProviderContext,
     ProviderPlugin,
     RealtimeTarget,
@@ -35,7 +36,7 @@ class OpenAISettings:
     rerank_path: str = ""
 
 
-@implementer(IProvider)
+@implementer(IPassthroughProvider, IRealtimeProvider)
 class OpenAIProvider:
     kind = "openai"
     apis = frozenset(PATHS)

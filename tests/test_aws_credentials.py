@@ -11,7 +11,7 @@ from twisted.internet import reactor
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from txgateway.providers.aws import AwsCredentials, CredentialsUnavailable
+from txgateway.plugins.bedrock.aws import AwsCredentials, CredentialsUnavailable
 
 #: A ``credential_process`` that hands out a new key each run, expiring in five minutes:
 #: inside botocore's refresh windows, so every use asks for a refresh.

@@ -13,7 +13,8 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 
 from tests.fake_openai import CONTENT, TOOL_ARGUMENT_FRAGMENTS, USAGE
-from tests.gateway_harness import GatewayTestCase
+from tests.gateway_harness import GatewayTestCase, closed_port
+from txgateway.limits import open_limiter
 
 MESSAGES = [{"role": "user", "content": "Say hello"}]
 TOOLS = [{"type": "function", "function": {
@@ -360,6 +361,20 @@ class ModelsHealthMetricsTests(GatewayTestCase):
         response = await treq.get(self.base_url + "/health/ready", pool=self.pool)
         self.assertEqual(response.code, 503)
         self.assertFalse((await response.json())["checks"]["accepting"])
+
+    async def test_ready_but_degraded_while_the_limiter_is_down(self) -> None:
+        """Redis down: the limiter fails open and calls are served, so readiness stays 200."""
+        gateway = self.service.gateway
+        down = open_limiter(f"redis://127.0.0.1:{closed_port()}/0?timeout=0.2", reactor)
+        self.addCleanup(down.close)
+        self.patch(gateway, "limiter", down)
+        response = await treq.get(self.base_url + "/health/ready", pool=self.pool)
+        document = await response.json()
+        self.assertEqual((response.code, document["status"]), (200, "degraded"))
+        self.assertEqual(document["checks"]["limiter"], False)
+        completion = await self.sdk(self.client.chat.completions.create, model="gpt-4o-mini",
+                                    messages=MESSAGES)
+        self.assertTrue(completion.choices)
 
     async def test_metrics(self) -> None:
         """Requests, tokens, durations and time to first token are counted, streams too."""

@@ -16,7 +16,7 @@ from tests.test_chat import MESSAGES, TOOLS, collect_stream
 from tests.test_messages import TOOLS as ANTHROPIC_TOOLS
 from tests.test_messages import final_message
 from txgateway.config import ConfigError, load_config
-from txgateway.providers import ApiCall, ProviderContext
+from txgateway.providers import ApiCall, IRealtimeProvider, ProviderContext
 from txgateway.providers.registry import find_plugins
 
 CONFIG = """
@@ -133,7 +133,7 @@ class CohereProviderTests(TestCase):
             "chat": b"https://api.cohere.com/compatibility/v1/chat/completions",
             "embeddings": b"https://api.cohere.com/compatibility/v1/embeddings",
             "rerank": b"https://api.cohere.com/v2/rerank"})
-        self.assertIsNone(provider.realtime_target)
+        self.assertFalse(IRealtimeProvider.providedBy(provider))
 
     def test_api_key_required(self) -> None:
         with self.assertRaises(ConfigError) as caught:

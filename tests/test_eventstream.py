@@ -7,7 +7,7 @@ import base64
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.fake_bedrock import event, exception, frame
-from txgateway.providers.aws import AwsEventStreamDecoder, EventStreamCorrupt
+from txgateway.plugins.bedrock.aws import AwsEventStreamDecoder, EventStreamCorrupt
 
 #: AWS's own "empty_message" test vector (aws-c-event-stream): prelude CRC 0x05c248eb,
 #: message CRC 0x7d98c8ff.

@@ -171,6 +171,15 @@ class KeyTests(GatewayTestCase):
             ("model", "priced"), ("provider", "fake"), ("route", "chat")))]
         self.assertEqual(cost, 15.0)
 
+    async def test_a_key_without_a_budget_shows_its_spend(self) -> None:
+        _, made = await self.admin("POST", "/admin/keys", {"name": "unbudgeted"})
+        await self.chat(made["key"], "priced")
+        await self.chat(TEAM_KEY, "priced")
+        await self.ledger_written()
+        for key_id in (made["id"], "cfg_team"):
+            status, shown = await self.admin("GET", f"/admin/keys/{key_id}")
+            self.assertEqual((status, shown["spent_usd"]), (200, 15.0))
+
     async def test_the_ledger_answers_the_usage_api(self) -> None:
         await self.chat(TEAM_KEY)
         await self.chat(TEAM_KEY, "priced")

@@ -20,9 +20,11 @@ from twisted.internet.defer import ensureDeferred, gatherResults
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface.verify import verifyObject
 
 from txgateway.limits import (
     Admission,
+    ILimiter,
     Limits,
     MemoryLimiter,
     RedisLimiter,
@@ -169,6 +171,9 @@ class LimiterCases:
 
     limiter: Any
     clock: Clock
+
+    def test_interface(self) -> None:
+        verifyObject(ILimiter, self.limiter)
 
     async def run_case(self, steps: list[tuple]) -> None:
         for number, step in enumerate(steps):

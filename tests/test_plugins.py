@@ -11,6 +11,7 @@ import textwrap
 
 from twisted.internet import reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface import providedBy
 from zope.interface.verify import verifyObject
 
 from txgateway.config import load_config
@@ -66,7 +67,10 @@ class ShippedPluginTests(SynchronousTestCase):
         for name, plugin in plugins.items():
             verifyObject(IProviderPlugin, plugin)
             settings = plugin.settings_type(**REQUIRED_SETTINGS.get(name, {}))
-            verifyObject(IProvider, plugin.build("x", settings, context))
+            provider = plugin.build("x", settings, context)
+            verifyObject(IProvider, provider)
+            for interface in providedBy(provider):  # every hook it declares, as declared
+                verifyObject(interface, provider)
 
 
 class DroppedPluginTests(TestCase):

@@ -10,7 +10,7 @@ from twisted.trial.unittest import TestCase
 from tests.gateway_harness import GatewayTestCase
 from tests.test_chat import MESSAGES
 from txgateway.config import ConfigError, load_config, read_config
-from txgateway.providers import ApiCall, ProviderContext
+from txgateway.providers import ApiCall, IRealtimeProvider, ProviderContext
 from txgateway.providers.registry import find_plugins
 
 #: Each preset's default base URL, and whether it needs a key.
@@ -46,7 +46,7 @@ class PresetDefaultsTests(TestCase):
             provider = self.build(name, api_key="k")
             self.assertEqual(chat_url(provider), (base_url + "/chat/completions").encode())
             self.assertEqual(provider.kind, name)
-            self.assertIsNone(provider.realtime_target)
+            self.assertFalse(IRealtimeProvider.providedBy(provider))
         self.assertIn("rerank", self.build("vllm").apis)
         self.assertNotIn("rerank", self.build("ollama").apis)
 

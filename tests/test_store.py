@@ -15,9 +15,11 @@ from urllib.parse import quote
 import attrs
 import psycopg
 from twisted.internet import reactor
-from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.internet.defer import ensureDeferred, gatherResults, inlineCallbacks
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface.verify import verifyObject
 
+from txgateway.auth import ANONYMOUS, KeyAuthenticator
 from txgateway.store import IStore, KeyRecord, UsageRecord, hash_key, open_store
 from txgateway.store.migrations import LATEST
 from txgateway.store.postgres import PostgresStore
@@ -63,7 +65,7 @@ class StoreContract:
     def test_migrations_run_once(self) -> Any:
         """A second start against a migrated database applies nothing again."""
         first = yield self.started()
-        self.assertTrue(IStore.providedBy(first))
+        verifyObject(IStore, first)
         second = yield self.started()
         self.assertEqual((yield self.versions(second)), list(range(1, LATEST + 1)))
         self.assertTrue((yield first.check()))
@@ -76,6 +78,26 @@ class StoreContract:
             self.addCleanup(store.close)
         yield gatherResults([store.start() for store in stores], consumeErrors=True)
         self.assertEqual((yield self.versions(stores[0])), list(range(1, LATEST + 1)))
+
+    @inlineCallbacks
+    def test_an_open_gateway_closes_when_another_process_makes_a_key(self) -> Any:
+        """
+        A gateway that started with no keys asks the store again within ``cache_seconds``:
+        the first key another gateway process creates closes it here too.
+        """
+        here, there = yield gatherResults([self.started(), self.started()])
+        now = [1000.0]
+        authenticator = KeyAuthenticator(lambda: now[0], here, [], cache_seconds=10)
+        yield ensureDeferred(authenticator.start())
+        self.assertIs((yield authenticator.authenticate(None)), ANONYMOUS)
+        secret, record = KeyRecord.new_key("made-elsewhere")
+        yield there.put_key(record)
+        now[0] += 9
+        self.assertIs((yield authenticator.authenticate(None)), ANONYMOUS)
+        now[0] += 2
+        self.assertIsNone((yield authenticator.authenticate(None)))
+        self.assertFalse(authenticator.open)
+        self.assertEqual((yield authenticator.authenticate(secret)).key_id, record.id)
 
     @inlineCallbacks
     def test_close_twice(self) -> Any:

@@ -11,11 +11,11 @@ Where we differ on purpose the test says so and normalises that one point:
 from __future__ import annotations
 
 import json
-import os
 import unittest
 
 import orjson
 
+from tests.vectors import needs_vectors, snapshot, vector
 from txgateway.translate.chat_to_messages import (
     MessagesToChatStream,
     chat_completion,
@@ -23,20 +23,6 @@ from txgateway.translate.chat_to_messages import (
 )
 from txgateway.translate.messages_to_chat import ChatToMessagesStream, chat_request, message
 from txgateway.usage import Usage
-
-VECTORS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "vectors",
-                       "agentgateway")
-
-
-def vector(path: str) -> bytes:
-    with open(os.path.join(VECTORS, path), "rb") as file:
-        return file.read()
-
-
-def snapshot(path: str) -> dict:
-    """The JSON after a snapshot's YAML front matter."""
-    text = vector(path).decode()
-    return json.loads(text[text.index("\n---\n", 4) + 5:])
 
 
 def merge_tool_results(messages: list[dict]) -> list[dict]:
@@ -51,7 +37,7 @@ def merge_tool_results(messages: list[dict]) -> list[dict]:
     return merged
 
 
-@unittest.skipUnless(os.path.isdir(VECTORS), "the shared vectors are not beside the repo")
+@needs_vectors
 class ChatToMessagesVectors(unittest.TestCase):
     def test_requests(self) -> None:
         for case in ("basic", "full", "tool-call", "image-url", "reasoning", "reasoning_max"):
@@ -135,7 +121,7 @@ def chunks_summary(sse: bytes) -> dict:
             "finish": finish}
 
 
-@unittest.skipUnless(os.path.isdir(VECTORS), "the shared vectors are not beside the repo")
+@needs_vectors
 class MessagesToChatVectors(unittest.TestCase):
     def test_requests(self) -> None:
         """Same request, but a string content stays a string (both mean the same to OpenAI)."""

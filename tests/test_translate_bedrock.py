@@ -8,8 +8,7 @@ import orjson
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.fake_bedrock import event, exception, frame
-from txgateway.translate import Untranslatable
-from txgateway.translate.bedrock import (
+from txgateway.plugins.bedrock.converse import (
     ConverseStreamToChat,
     chat_completion,
     converse_request,
@@ -17,6 +16,7 @@ from txgateway.translate.bedrock import (
     embeddings_response,
     error_message,
 )
+from txgateway.translate import Untranslatable
 from txgateway.usage import Usage
 
 PNG = "data:image/png;base64,iVBORw0KGgo="

@@ -13,7 +13,8 @@ from typing import Any
 import orjson
 from twisted.trial.unittest import TestCase
 
-from txgateway.translate import Untranslatable, gemini
+from txgateway.plugins.gemini import wire as gemini
+from txgateway.translate import Untranslatable
 from txgateway.translate.chain import ChainedStream
 from txgateway.translate.messages_to_chat import ChatToMessagesStream
 from txgateway.usage import Usage

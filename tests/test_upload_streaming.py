@@ -420,6 +420,28 @@ class UploadTests(SynchronousTestCase):
         self.successResultOf(done)
         self.assertRaises(RuntimeError, upload.producer)
 
+    def test_splice_in_the_last_chunk(self) -> None:
+        """
+        A splice that reaches into the last chunk of a Content-Length body (a whole small
+        form in one read, the producer started before the site ends the body) is applied,
+        and what follows it still waits for the end.
+        """
+        for chunks, splice in (([b"model=ab&rest"], (6, 8, b"XYZ")),
+                               ([b"model=a", b"b&rest"], (6, 8, b"XYZ")),
+                               ([b"mode", b"l=ab&rest"], (6, 8, b"XYZ"))):
+            upload = Upload(StringTransport(), sum(map(len, chunks)))
+            for chunk in chunks:
+                upload.feed(chunk)
+            producer = upload.producer(splice)
+            self.assertEqual(producer.length, 14)
+            upstream = StringTransport()
+            done = producer.startProducing(upstream)
+            self.assertEqual(upstream.value(), b"".join(chunks[:-1])[:6])
+            self.assertNoResult(done)
+            upload.end()
+            self.assertEqual(upstream.value(), b"model=XYZ&rest")
+            self.successResultOf(done)
+
     def test_rewritten_by_its_watcher(self) -> None:
         """Rewritten: the kept bytes then what the watcher emits, held until the producer
         starts (the client paused past ``hold``), of unknown length, the upstream's pauses

@@ -24,7 +24,6 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from plugins.vertex_provider import VertexProvider, VertexSettings
 from tests.fake_anthropic import FINAL_USAGE
 from tests.fake_anthropic import TEXT as CLAUDE_TEXT
 from tests.fake_gemini import TEXT, start_fake_google
@@ -32,8 +31,9 @@ from tests.test_chat import MESSAGES, collect_stream
 from tests.test_gemini import GoogleTestCase, google_config
 from tests.test_messages import final_message
 from txgateway.config import ConfigError
+from txgateway.plugins.vertex import VertexProvider, VertexSettings
+from txgateway.plugins.vertex.google_auth import REFRESH_MARGIN, ServiceAccountTokens, TokenError
 from txgateway.providers import ApiCall, ProviderContext, dialect
-from txgateway.providers.google_auth import REFRESH_MARGIN, ServiceAccountTokens, TokenError
 
 KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 EMAIL = "gateway@proj-1.iam.gserviceaccount.com"

@@ -104,7 +104,7 @@ class Accountant:
                     self._metrics.tokens(exchange.route, exchange.provider_kind, model, kind,
                                          count)
         cost = self._cost(exchange, model, usage)
-        if exchange.limits is not None:
+        if exchange.limits is not None and exchange.key_id is not None:
             self._limiter.commit(
                 exchange.key_id, exchange.limits, exchange.admitted_tokens,
                 usage.input_tokens + usage.output_tokens, cost,

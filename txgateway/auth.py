@@ -48,14 +48,6 @@ class IAuthenticator(Interface):
         """Fires with the caller behind ``key`` (None when none was sent), or None to refuse."""
 
 
-@implementer(IAuthenticator)
-class OpenGate:
-    """No keys: every caller is let in, anonymously."""
-
-    def authenticate(self, key: str | None) -> Deferred:
-        return succeed(ANONYMOUS)
-
-
 def principal_of(record: KeyRecord) -> Principal:
     limits = Limits(requests_per_minute=record.requests_per_minute,
                     tokens_per_minute=record.tokens_per_minute,
@@ -79,7 +71,8 @@ class KeyAuthenticator:
     """
     Checks keys against the config's, then the store's.  Store lookups are cached for
     ``cache_seconds`` (refusals too, so a flood of bad keys does not reach the database);
-    that is also how long another process's revocation takes to be seen here.
+    that is also how long another process's revocation takes to be seen here, and, while the
+    gateway is open, the first key another process creates.
     """
 
     max_cached = 100_000
@@ -94,13 +87,12 @@ class KeyAuthenticator:
         self._cache: dict[str, tuple[float, Principal | None]] = {}
         #: True while no key exists anywhere: every caller is let in.
         self.open = not self._declared
+        #: While open, when to ask the store again whether a key exists.
+        self._open_until = 0.0
 
     async def start(self) -> None:
         """Find out whether keys exist in the store (the gateway is open if none)."""
-        if self.open:
-            self.open = not any(record.revoked_at is None
-                                for record in await self._store.list_keys())
-        if self.open:
+        if await self._still_open():
             log.warn("txgateway is OPEN: no API keys are configured, so every caller is let "
                      "in. Declare keys in the config or create them with POST /admin/keys.")
 
@@ -112,9 +104,20 @@ class KeyAuthenticator:
         """A key changed or was revoked: look it up afresh next time."""
         self._cache.pop(key_hash, None)
 
+    async def _still_open(self) -> bool:
+        """Whether the gateway stays open: no key in the config, none live in the store."""
+        if self.open:
+            # Set first: the callers that arrive meanwhile need not ask the store too.
+            self._open_until = self._clock() + self._cache_seconds
+            self.open = not any(record.revoked_at is None
+                                for record in await self._store.list_keys())
+        return self.open
+
     def authenticate(self, key: str | None) -> Deferred:
         if self.open:
-            return succeed(ANONYMOUS)
+            if self._open_until > self._clock():
+                return succeed(ANONYMOUS)
+            return Deferred.fromCoroutine(self._authenticate_after_check(key))
         if not key:
             return succeed(None)
         key_hash = hash_key(key)
@@ -125,6 +128,11 @@ class KeyAuthenticator:
         if cached is not None and cached[0] > self._clock():
             return succeed(cached[1])
         return Deferred.fromCoroutine(self._look_up(key_hash))
+
+    async def _authenticate_after_check(self, key: str | None) -> Principal | None:
+        if await self._still_open():
+            return ANONYMOUS
+        return await self.authenticate(key)
 
     async def _look_up(self, key_hash: str) -> Principal | None:
         record = await self._store.key_by_hash(key_hash)

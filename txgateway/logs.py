@@ -6,12 +6,20 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import orjson
 
 AccessWriter = Callable[[dict[str, Any]], None]
 """Takes one access record's fields (``AccessLog.write``, or a test's list.append)."""
+
+
+class Sink(Protocol):
+    """Where lines go: a binary file, or stdout's buffer."""
+
+    def write(self, data: bytes, /) -> object: ...
+
+    def flush(self) -> object: ...
 
 
 class JSONLinesWriter:
@@ -25,7 +33,7 @@ class JSONLinesWriter:
     record.)
     """
 
-    def __init__(self, stream: IO[bytes], clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, stream: Sink, clock: Callable[[], float] = time.time) -> None:
         self._stream = stream
         self._clock = clock
         self._second = -1
@@ -61,7 +69,9 @@ class AccessLog:
             return
         if target == "-":
             # sys.__stdout__: twistd redirects sys.stdout into the log system itself.
-            stream = sys.__stdout__.buffer
+            if sys.__stdout__ is None:
+                raise ValueError("the access log goes to stdout, but there is none")
+            stream: Sink = sys.__stdout__.buffer
         else:
             stream = self._file = open(target, "ab")  # noqa: SIM115 (closed by close())
         self._writer = self.write = JSONLinesWriter(stream)

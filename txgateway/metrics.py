@@ -35,7 +35,7 @@ TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5,
 class _Series:
     """One metric's values by label values; a counter's or gauge's value is a float."""
 
-    family: type[Metric] = CounterMetricFamily
+    family: type[CounterMetricFamily | GaugeMetricFamily] = CounterMetricFamily
 
     def __init__(self, name: str, documentation: str, labels: Sequence[str] = ()) -> None:
         self.name = name

@@ -1,6 +1,6 @@
 """
 Server-sent events: finding whole events in a byte stream as it arrives.  (AWS's binary
-event streams are `txgateway.providers.aws`'s.)
+event streams are `txgateway.plugins.bedrock.aws`'s.)
 """
 
 from __future__ import annotations

@@ -26,7 +26,8 @@ ERROR_TYPES = {
     529: "overloaded_error",
 }
 #: The status for each Anthropic error type (what an OpenAI caller gets for it).
-ERROR_STATUSES = {kind: status for status, kind in ERROR_TYPES.items() if status != 405}
+ERROR_STATUSES: dict[str | None, int] = {
+    kind: status for status, kind in ERROR_TYPES.items() if status != 405}
 
 
 def error_type(status: int) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeGuard
 
 import attrs
 import orjson
@@ -88,7 +88,7 @@ def model_of(parsed: dict[str, Any]) -> str:
     return model
 
 
-def _is_list_of(value: Any, kind: type) -> bool:
+def _is_list_of(value: Any, kind: type) -> TypeGuard[list[Any]]:
     return (isinstance(value, list) and bool(value)
             and all(type(item) is kind for item in value))
 

@@ -1,9 +1,12 @@
 """
 The provider seam: what a provider plugin gives the gateway.
 
-A provider plugin is a module in the ``txgateway.plugins`` package holding an object that
-provides both `twisted.plugin.IPlugin` and `IProviderPlugin`.  The core never imports a plugin
-by name; `txgateway.providers.registry` finds them with ``getPlugins``.
+A provider plugin is a module or a package in the ``txgateway.plugins`` package holding (in
+the package's ``__init__``) an object that provides both `twisted.plugin.IPlugin` and
+`IProviderPlugin`; a package keeps its own wire code beside it (``plugins/bedrock/``).
+Beyond `IProvider`, the hooks a provider offers are the narrower interfaces it declares.
+The core never imports a plugin by name; `txgateway.providers.registry` finds them with
+``getPlugins``.
 """
 
 from __future__ import annotations
@@ -13,8 +16,10 @@ from types import MappingProxyType
 from typing import Any
 
 import attrs
+from twisted.internet.interfaces import IReactorTime
 from twisted.plugin import IPlugin
 from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent
 from zope.interface import Attribute, Interface, implementer
 
 
@@ -23,9 +28,9 @@ class ProviderContext:
     """What the gateway lends a provider it builds."""
 
     #: The reactor (an ``IReactorTime`` at least), for timers.
-    reactor: object
+    reactor: IReactorTime
     #: The gateway's pooled HTTP ``IAgent``, for providers that call out over the network.
-    http_agent: object
+    http_agent: IAgent
 
 
 @attrs.frozen
@@ -114,6 +119,10 @@ class ITranslatingProvider(IProvider):
     """
 
     dialect = Attribute("The wire format of the provider's answers, e.g. 'anthropic'.")
+    stream_content_type = Attribute(
+        "The content type its streams come in (bytes): b'text/event-stream', or e.g. AWS's "
+        "b'application/vnd.amazon.eventstream'; an answer of another type is no stream."
+    )
 
     def translate_response(body: bytes, api: str = "chat") -> tuple[bytes, Any]:  # noqa: N805
         """
@@ -133,39 +142,65 @@ class ITranslatingProvider(IProvider):
         """
 
 
+class IModelDialects(ITranslatingProvider):
+    """A translating provider whose models answer in different wire formats (Vertex AI)."""
+
+    def dialect_of(model: str) -> str:  # noqa: N805
+        """The wire format ``model`` answers in, e.g. 'gemini' or 'anthropic'."""
+
+
+class IPreparingProvider(IProvider):
+    """A provider with an asynchronous step to wait for before ``build_request``."""
+
+    def prepare() -> Any:  # noqa: N805
+        """
+        A Deferred to await first (minting an OAuth token, the AWS credential chain's first
+        lookup), failing with an ``UpstreamError`` when that step fails; or None when ready.
+        """
+
+
+class IRealtimeProvider(IProvider):
+    """A provider that serves ``/v1/realtime`` sessions."""
+
+    def realtime_target(model: str | None, intent: str,  # noqa: N805
+                        beta: bool) -> RealtimeTarget | None:
+        """Where a session for ``model`` is relayed, or None when the model has none."""
+
+
+class IPassthroughProvider(IProvider):
+    """A provider whose own API callers may reach as it is, under ``/p/{name}/...``."""
+
+    passthrough_base = Attribute("The URL ``/p/{name}/`` stands for, e.g. its base_url.")
+    passthrough_headers = Attribute(
+        "The headers (a mapping of str) sent in place of the caller's credentials; empty "
+        "values are left out."
+    )
+
+
 def dialect(provider: IProvider, model: str | None = None) -> str:
     """
-    The wire format of a provider's answers: "openai" unless it says otherwise.  A provider
-    whose models differ (Vertex AI: Gemini and Claude) says per ``model`` with an optional
-    ``dialect_of(model)``.
+    The wire format of a provider's answers: "openai" unless it translates; per ``model``
+    for a provider whose models differ (`IModelDialects`).
     """
-    if model is not None:
-        dialect_of = getattr(provider, "dialect_of", None)
-        if dialect_of is not None:
-            return dialect_of(model)
-    return getattr(provider, "dialect", "openai")
+    if model is not None and IModelDialects.providedBy(provider):
+        return provider.dialect_of(model)
+    return provider.dialect if ITranslatingProvider.providedBy(provider) else "openai"
 
 
 def prepare(provider: IProvider) -> Any:
-    """
-    What to await before ``build_request``, or None: the optional ``prepare()`` of a provider
-    that needs an asynchronous step first (minting an OAuth token); it fails with an
-    ``UpstreamError`` when that step fails.
-    """
-    method = getattr(provider, "prepare", None)
-    return None if method is None else method()
+    """What to await before ``build_request``, or None (see `IPreparingProvider`)."""
+    return provider.prepare() if IPreparingProvider.providedBy(provider) else None
 
 
-def realtime_target(provider: IProvider, model: str, intent: str | None,
+def realtime_target(provider: IProvider, model: str, intent: str,
                     beta: bool) -> RealtimeTarget | None:
     """
-    The provider's realtime target, or None when it serves no realtime sessions.
-
-    ``realtime_target(model, intent, beta)`` is optional on a provider: one without it
-    simply does not serve ``/v1/realtime``.
+    The provider's realtime target, or None when it serves no realtime sessions (it is no
+    `IRealtimeProvider`).
     """
-    method = getattr(provider, "realtime_target", None)
-    return None if method is None else method(model, intent, beta)
+    if not IRealtimeProvider.providedBy(provider):
+        return None
+    return provider.realtime_target(model, intent, beta)
 
 
 class IProviderPlugin(Interface):

@@ -16,9 +16,7 @@ from autobahn.websocket.protocol import WebSocketProtocol
 NORMAL = 1000
 GOING_AWAY = 1001
 POLICY = 1008
-TOO_BIG = 1009
 INTERNAL = 1011
-TRY_AGAIN = 1013
 #: Private use: the caller read too slowly (a slow consumer).
 SLOW_CLIENT = 4008
 #: RFC 6455: a close frame's reason is at most 123 bytes of UTF-8.

@@ -12,11 +12,13 @@ import hashlib
 import os
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
 from zope.interface import Interface
+
+from txgateway.limits import Period
 
 #: What every secret key the gateway issues starts with.
 SECRET_PREFIX = "sk-gw-"
@@ -58,6 +60,10 @@ def hash_key(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+def _strings(values: Iterable[str]) -> tuple[str, ...]:
+    return tuple(values)
+
+
 @attrs.frozen
 class KeyRecord:
     """A virtual key: its public id, the hash of its secret, and its limits."""
@@ -66,11 +72,11 @@ class KeyRecord:
     hash: str
     name: str = ""
     prefix: str = ""
-    allowed_models: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    allowed_models: tuple[str, ...] = attrs.field(default=(), converter=_strings)
     requests_per_minute: int = 0
     tokens_per_minute: int = 0
     budget_usd: float = 0.0
-    budget_period: str = "month"
+    budget_period: Period = "month"
     metadata: Mapping[str, str] = attrs.field(factory=dict)
     created_at: float = 0.0
     revoked_at: float | None = None

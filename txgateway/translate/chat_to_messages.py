@@ -28,7 +28,7 @@ THINKING_BUDGETS = {"minimal": 1024, "low": 1024, "medium": 2048, "high": 8192, 
 #: Anthropic's smallest thinking budget.
 MIN_THINKING_BUDGET = 1024
 
-FINISH_REASONS = {
+FINISH_REASONS: dict[str | None, str] = {
     "end_turn": "stop",
     "stop_sequence": "stop",
     "pause_turn": "stop",

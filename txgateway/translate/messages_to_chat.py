@@ -38,7 +38,7 @@ def chat_request(messages: dict[str, Any], model: str) -> dict[str, Any]:
     if isinstance(choice, dict):
         kind = choice.get("type")
         chat["tool_choice"] = ({"type": "function", "function": {"name": choice.get("name")}}
-                               if kind == "tool" else {"any": "required"}.get(kind, kind))
+                               if kind == "tool" else "required" if kind == "any" else kind)
         if choice.get("disable_parallel_tool_use"):
             chat["parallel_tool_calls"] = False
     user = (messages.get("metadata") or {}).get("user_id")

@@ -13,6 +13,9 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+#: The options of Cohere's rerank models that Bedrock passes on to them.
+COHERE_OPTIONS = ("truncation", "max_tokens_per_doc")
+
 
 def _texts(rerank: dict[str, Any]) -> list[str]:
     """The documents as strings (``{"text": ...}`` objects flattened; checked on the way in)."""
@@ -42,16 +45,21 @@ def bedrock_model_arn(model: str, region: str) -> str:
 def bedrock_request(rerank: dict[str, Any], model_arn: str) -> dict[str, Any]:
     """
     The ``Rerank`` body: the query, the documents as inline text sources, and as many results
-    as ``top_n`` asks (all of them by default, as Cohere answers).
+    as ``top_n`` asks (all of them by default, as Cohere answers).  Cohere's own options
+    (``truncation``, ``max_tokens_per_doc``) go to the model as they are.
     """
     texts = _texts(rerank)
+    model: dict[str, Any] = {"modelArn": model_arn}
+    options = {name: rerank[name] for name in COHERE_OPTIONS if name in rerank}
+    if options:
+        model["additionalModelRequestFields"] = options
     return {
         "queries": [{"type": "TEXT", "textQuery": {"text": rerank["query"]}}],
         "sources": [{"type": "INLINE", "inlineDocumentSource": {
             "type": "TEXT", "textDocument": {"text": text}}} for text in texts],
         "rerankingConfiguration": {"type": "BEDROCK_RERANKING_MODEL",
                                    "bedrockRerankingConfiguration": {
-                                       "modelConfiguration": {"modelArn": model_arn},
+                                       "modelConfiguration": model,
                                        "numberOfResults": rerank.get("top_n") or len(texts)}},
     }
 

@@ -139,10 +139,18 @@ class _OneKey(JSONResource):
         return _guard(request, shown)
 
     async def _with_spend(self, record: KeyRecord) -> dict[str, Any]:
+        """
+        The record with ``spent_usd``: against a budget, the current period's as the limiter
+        counts it; without one, everything the ledger holds for the key.
+        """
         shown = record.to_json()
         if record.budget_usd:
             limits = Limits(budget_usd=record.budget_usd, budget_period=record.budget_period)
             shown["spent_usd"] = await self._gateway.limiter.spent(record.id, limits)
+        else:
+            rows = await self._gateway.store.usage_report("key")
+            shown["spent_usd"] = sum(row["cost_usd"] or 0.0 for row in rows
+                                     if row["key"] == record.id)
         return shown
 
     def render_PATCH(self, request: Any) -> Any:

@@ -24,8 +24,10 @@ class Health(JSONResource):
 class Ready(JSONResource):
     """
     200 when the gateway can do its work: it is not draining for a stop, it has providers
-    and routes to send calls to, and its store and limiter answer.  Each check is listed, so
-    an operator sees which one failed.
+    and routes to send calls to, and its store answers.  Each check is listed, so an operator
+    sees which one failed.  A limiter that does not answer (Redis down) makes the gateway
+    "degraded", still 200: the limiter fails open and calls are served, so a load balancer
+    must keep sending them.
     """
 
     openapi = Endpoint("Operations", {"GET": Operation("Readiness, check by check")})
@@ -53,10 +55,10 @@ class Ready(JSONResource):
             "store": store,
             "limiter": limiter,
         }
-        ready = all(checks.values())
+        ready = all(value for name, value in checks.items() if name != "limiter")
+        status = ("not ready" if not ready else "ready" if limiter else "degraded")
         return (200 if ready else 503), {
-            "status": "ready" if ready else "not ready", "checks": checks,
-            "ledger_pending": gateway.ledger.pending}
+            "status": status, "checks": checks, "ledger_pending": gateway.ledger.pending}
 
     async def _probe(self, check: Deferred[bool]) -> bool:
         try:

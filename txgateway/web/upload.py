@@ -213,11 +213,11 @@ class Upload:
         if self._producer is not None or self._dropping:
             raise RuntimeError("an upload is sent once")
         assert splice is None or not self._rewritten, "splice a body not rewritten"
-        length = UNKNOWN_LENGTH
-        if self.length is not None and not self._rewritten:
-            length = self.length
-            if splice is not None:
-                length += len(splice[2]) - (splice[1] - splice[0])
+        if self.length is None or self._rewritten:
+            return UploadProducer(self, UNKNOWN_LENGTH, splice, on_start)
+        length = self.length
+        if splice is not None:
+            length += len(splice[2]) - (splice[1] - splice[0])
         return UploadProducer(self, length, splice, on_start)
 
     def discard(self) -> None:
@@ -235,12 +235,20 @@ class Upload:
         self._producer = producer
         held = b"".join(self._held)
         self._held, self._held_size = [], 0
+        pieces = [held]
         if splice is not None:
             start, end, replacement = splice
-            assert end <= len(held), "a splice must be in the bytes already received"
-            pieces = [held[:start], replacement, held[end:]]
-        else:
-            pieces = [held]
+            if end <= len(held):
+                pieces = [held[:start], replacement, held[end:]]
+            else:
+                # The splice reaches into the last chunk, which waits for the body's end
+                # (`end`): so does everything from the splice on.
+                assert self._final is not None, "a splice must be in the bytes received"
+                body = held + self._final
+                assert end <= len(body), "a splice must be in the bytes received"
+                cut = min(start, len(held))
+                pieces = [body[:cut]]
+                self._final = body[cut:start] + replacement + body[end:]
         for piece in pieces:
             if piece:
                 producer.write(piece)

@@ -369,7 +369,9 @@ def _finish_reason(reason: Any, called: bool) -> str:
 
 def _read_parts(parts: list[Any]) -> tuple[list[str], list[str], list[dict[str, Any]]]:
     """The text, the thoughts and the tool calls of a candidate's parts."""
-    text, thoughts, calls = [], [], []
+    text: list[str] = []
+    thoughts: list[str] = []
+    calls: list[dict[str, Any]] = []
     for part in parts:
         if not isinstance(part, dict):
             continue
@@ -424,7 +426,8 @@ def predict_embeddings(answer: dict[str, Any]) -> tuple[dict[str, Any], Usage | 
     the predictions' ``statistics.token_count`` summed (None when none is reported).
     """
     embeddings = [prediction["embeddings"] for prediction in answer["predictions"]]
-    counts = [(item.get("statistics") or {}).get("token_count") for item in embeddings]
+    counts: list[Any] = [(item.get("statistics") or {}).get("token_count")
+                         for item in embeddings]
     usage = (Usage(input_tokens=int(sum(counts)))
              if counts and all(isinstance(count, int | float) for count in counts) else None)
     prompt = usage.input_tokens if usage is not None else 0

@@ -15,7 +15,7 @@ from urllib.parse import urlencode
 
 import orjson
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.protocol import Protocol
 from twisted.web.client import ResponseDone
@@ -56,8 +56,11 @@ class ServiceAccountTokens:
             self._email = account["client_email"]
             self._token_uri = account.get("token_uri") or "https://oauth2.googleapis.com/token"
             self._key_id = account.get("private_key_id")
-            self._key = serialization.load_pem_private_key(
-                account["private_key"].encode(), password=None)
+            key = serialization.load_pem_private_key(account["private_key"].encode(),
+                                                      password=None)
+            if not isinstance(key, rsa.RSAPrivateKey):  # Google signs with RS256 only
+                raise ValueError("the private key is not an RSA key")
+            self._key = key
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f"not a service account key: {error}") from None
         self._reactor = reactor

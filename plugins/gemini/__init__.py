@@ -3,7 +3,7 @@ The ``gemini`` provider: Google AI Studio's Gemini API at ``base_url``, with ``x
 
 OpenAI chat and embeddings calls are translated to ``generateContent`` /
 ``streamGenerateContent`` and ``embedContent`` / ``batchEmbedContents``, and the answers back
-(`txgateway.translate.gemini`).
+(`txgateway.plugins.gemini.wire`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import orjson
 from zope.interface import implementer
 
 from txgateway.config import HttpURL
+from txgateway.plugins.gemini import wire as gemini
 from txgateway.providers import (
     ApiCall,
     ITranslatingProvider,
@@ -23,7 +24,6 @@ from txgateway.providers import (
     UpstreamRequest,
     json_request_headers,
 )
-from txgateway.translate import gemini
 from txgateway.usage import Usage
 
 
@@ -41,6 +41,7 @@ class GeminiSettings:
 class GeminiProvider:
     kind = "gemini"
     dialect = "gemini"
+    stream_content_type = b"text/event-stream"
     apis = frozenset(("chat", "embeddings"))
 
     def __init__(self, name: str, settings: GeminiSettings, context: ProviderContext) -> None:

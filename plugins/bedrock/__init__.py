@@ -4,10 +4,10 @@ The ``bedrock`` provider: Amazon Bedrock's runtime, reached at
 
 OpenAI chat calls become Converse (``/model/{id}/converse``) or ConverseStream
 (``/converse-stream``, an AWS event stream) calls, and their answers chat completions
-(`txgateway.translate.bedrock`); embeddings calls go to Titan or Cohere embed models'
+(`txgateway.plugins.bedrock.converse`); embeddings calls go to Titan or Cohere embed models'
 ``/invoke``; rerank calls to the agent runtime's ``Rerank`` (``bedrock-agent-runtime``,
 signed alike).  Credentials are the config's, or else the standard AWS chain's
-(`txgateway.providers.aws`).
+(`txgateway.plugins.bedrock.aws`).
 """
 
 from __future__ import annotations
@@ -21,16 +21,8 @@ from zope.interface import implementer
 
 from txgateway.config import HttpURL
 from txgateway.dialects.openai import error_body
-from txgateway.providers import (
-    ApiCall,
-    ITranslatingProvider,
-    ProviderContext,
-    ProviderPlugin,
-    UpstreamRequest,
-)
-from txgateway.providers.aws import AwsCredentials, signed_headers
-from txgateway.translate import rerank
-from txgateway.translate.bedrock import (
+from txgateway.plugins.bedrock.aws import AwsCredentials, signed_headers
+from txgateway.plugins.bedrock.converse import (
     ConverseStreamToChat,
     chat_completion,
     converse_request,
@@ -38,6 +30,15 @@ from txgateway.translate.bedrock import (
     embeddings_response,
     error_message,
 )
+from txgateway.providers import (
+    ApiCall,
+    IPreparingProvider,
+    ITranslatingProvider,
+    ProviderContext,
+    ProviderPlugin,
+    UpstreamRequest,
+)
+from txgateway.translate import rerank
 from txgateway.usage import Usage
 
 
@@ -59,7 +60,7 @@ class BedrockSettings:
     headers: dict[str, str] = attrs.field(factory=dict)
 
 
-@implementer(ITranslatingProvider)
+@implementer(IPreparingProvider, ITranslatingProvider)
 class BedrockProvider:
     kind = "bedrock"
     dialect = "bedrock"

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from txgateway.dialects.openai import stream_error_event
-from txgateway.providers.aws import AwsEventStreamDecoder, EventStreamCorrupt
+from txgateway.plugins.bedrock.aws import AwsEventStreamDecoder, EventStreamCorrupt
 from txgateway.translate import (
     ToChatChunks,
     Untranslatable,
@@ -30,7 +30,7 @@ from txgateway.translate import (
 )
 from txgateway.usage import Usage, estimate_tokens
 
-FINISH_REASONS = {
+FINISH_REASONS: dict[str | None, str] = {
     "end_turn": "stop",
     "stop_sequence": "stop",
     "max_tokens": "length",
@@ -337,14 +337,18 @@ def is_cohere_embedding(model: str) -> bool:
 def embeddings_request(request: dict[str, Any], model: str) -> dict[str, Any]:
     """
     The ``invoke`` body of an OpenAI embeddings request: Titan's (one text per call, so one
-    input only) or Cohere's (a list of texts).  Token-array inputs are not translatable.
+    input only) or Cohere's (a list of texts; ``dimensions`` for Embed v4).  Token-array
+    inputs are not translatable.
     """
     given = request.get("input")
     texts = [given] if isinstance(given, str) else given
     if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
         raise Untranslatable("Bedrock embeddings take text inputs, not token arrays")
     if is_cohere_embedding(model):
-        return {"texts": texts, "input_type": "search_document"}
+        cohere: dict[str, Any] = {"texts": texts, "input_type": "search_document"}
+        if request.get("dimensions") and "embed-v4" in model:  # v3 models have one size
+            cohere["output_dimension"] = request["dimensions"]
+        return cohere
     if is_titan_embedding(model):
         if len(texts) != 1:
             raise Untranslatable("Amazon Titan embeds one input per call: send one input, "

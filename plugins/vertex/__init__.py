@@ -1,7 +1,7 @@
 """
 The ``vertex`` provider: Google Cloud's Vertex AI, for Gemini models and Anthropic's Claude.
 
-Gemini models speak the Gemini wire format (`txgateway.translate.gemini`) under
+Gemini models speak the Gemini wire format (`txgateway.plugins.gemini.wire`) under
 ``publishers/google``; Claude models (``claude-*``) speak Anthropic's Messages under
 ``publishers/anthropic`` (``rawPredict``), with the version in the body instead of the model.
 Messages callers reach Claude models on that native path (`dialect_of`).  Embeddings go to
@@ -9,7 +9,7 @@ the text embedding models' ``:predict``; rerank to the ranking API of Discovery 
 AI Search), ``rankingConfigs/default_ranking_config:rank``.
 
 Requests carry an OAuth bearer token: a static ``access_token``, or one minted from the
-service account in ``credentials_file`` (`txgateway.providers.google_auth`), which the
+service account in ``credentials_file`` (`txgateway.plugins.vertex.google_auth`), which the
 endpoints wait for before `build_request` (`prepare`).
 """
 
@@ -24,16 +24,18 @@ from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
 from txgateway.config import ConfigError, HttpURL
+from txgateway.plugins.gemini import wire as gemini
+from txgateway.plugins.vertex.google_auth import ServiceAccountTokens, TokenError
 from txgateway.providers import (
     ApiCall,
-    ITranslatingProvider,
+    IModelDialects,
+    IPreparingProvider,
     ProviderContext,
     ProviderPlugin,
     UpstreamRequest,
     json_request_headers,
 )
-from txgateway.providers.google_auth import ServiceAccountTokens, TokenError
-from txgateway.translate import chat_to_messages, gemini, rerank
+from txgateway.translate import chat_to_messages, rerank
 from txgateway.usage import Usage
 
 #: The Messages wire version Vertex AI takes, in the body.
@@ -63,11 +65,12 @@ def is_claude(model: str) -> bool:
     return model.startswith("claude-")
 
 
-@implementer(ITranslatingProvider)
+@implementer(IModelDialects, IPreparingProvider)
 class VertexProvider:
     kind = "vertex"
     #: Gemini's, but Claude models answer in Anthropic's: see `dialect_of`.
     dialect = "gemini"
+    stream_content_type = b"text/event-stream"
     apis = frozenset(("chat", "messages", "embeddings", "rerank"))
 
     def __init__(self, name: str, settings: VertexSettings, context: ProviderContext) -> None:
