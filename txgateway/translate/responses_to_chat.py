@@ -253,9 +253,11 @@ def _response_format(text_format: Any) -> dict[str, Any] | None:
 
 
 def responses_usage(usage: Usage | None) -> dict[str, Any]:
+    """A ``ResponseUsage``; the openai SDK's types require both input details."""
     usage = usage or Usage()
     return {"input_tokens": usage.input_tokens,
-            "input_tokens_details": {"cached_tokens": usage.cached_input_tokens},
+            "input_tokens_details": {"cached_tokens": usage.cached_input_tokens,
+                                     "cache_write_tokens": usage.cache_creation_tokens},
             "output_tokens": usage.output_tokens,
             "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
             "total_tokens": usage.input_tokens + usage.output_tokens}
@@ -373,6 +375,10 @@ class ChatToResponsesStream(FromChatChunks):
         self._started = True
         return [self._event("response.created", response=self._snapshot("in_progress")),
                 self._event("response.in_progress", response=self._snapshot("in_progress"))]
+
+    def error_event(self, status: int, message: str, code: str) -> bytes:
+        """The ``error`` event that ends a stream broken under it, numbered next in it."""
+        return self._event("error", code=code, message=message, param=None)
 
     def _error(self, error: dict[str, Any]) -> list[bytes]:
         self.error = (500, str(error.get("message", "")))

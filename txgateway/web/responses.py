@@ -278,7 +278,7 @@ class Responses(ProxyEndpoint):
 
             relay = StoringStreamRelay(
                 self._gateway.reactor, self._gateway.config.upstream, request, exchange, call,
-                _stream_error, translator, len(parsed.raw), save=save)
+                events_out.error_event, translator, len(parsed.raw), save=save)
             call.deliver(response, relay)
             await relay.done
             return
