@@ -64,11 +64,11 @@ class DemoProvider:
 
     def realtime_target(self, model: str | None, intent: str,
                         beta: bool) -> RealtimeTarget | None:
-        """The in-process demo realtime server (GA events whichever interface was asked)."""
+        """The in-process demo realtime server, speaking the interface (GA or beta) asked for."""
 
         def local(listener: Any) -> DemoRealtime:
             return DemoRealtime(self._clock, listener, model or "demo", intent, tokens,
-                                self._settings.chunk_delay)
+                                self._settings.chunk_delay, beta)
 
         return RealtimeTarget("demo:///realtime", local=local)
 

@@ -1,9 +1,11 @@
 """
-The demo provider's realtime server: an in-process peer speaking the GA Realtime protocol, so
-``/v1/realtime?model=demo`` works with no network and no key.
+The demo provider's realtime server: an in-process peer speaking the GA Realtime protocol (or
+the beta one, to a caller that asked for beta), so ``/v1/realtime?model=demo`` works with no
+network and no key.
 
 It answers ``session.update``, ``input_audio_buffer.*``, ``conversation.item.create``,
-``response.create`` and ``response.cancel`` with the event sequences OpenAI sends.  Its usage
+``conversation.item.retrieve``, ``response.create`` and ``response.cancel`` with the event
+sequences OpenAI sends, shaped as the openai SDK's GA or beta types say.  Its usage
 is honest under its own stated rules: text tokens by the demo tokenizer; input audio at 10
 tokens a second, output audio at 20; each response reads the whole conversation as input, and
 the part an earlier response already read is reported as cached.
@@ -36,11 +38,12 @@ MIN_COMMIT = BYTES_PER_SECOND // 10
 
 @attrs.frozen
 class _Item:
-    """A conversation item, with the tokens it costs as input."""
+    """A conversation item, with the tokens it costs as input and what a retrieve returns."""
 
     id: str
     text_tokens: int
     audio_tokens: int
+    body: dict[str, Any]
 
 
 @implementer(ILeg, IPushProducer)
@@ -48,7 +51,7 @@ class DemoRealtime:
     """One demo realtime session; events are played out on the reactor's clock."""
 
     def __init__(self, clock: Any, listener: IUpstreamListener, model: str, intent: str,
-                 tokenize: Callable[[str], list[str]], delay: float) -> None:
+                 tokenize: Callable[[str], list[str]], delay: float, beta: bool) -> None:
         self._clock = clock
         self._listener = listener
         self._tokenize = tokenize
@@ -63,20 +66,11 @@ class DemoRealtime:
         self._timer: Any = None
         self._paused = False
         self._closed = False
-        kind = "transcription" if intent == "transcription" else "realtime"
-        self._session: dict[str, Any] = {
-            "type": kind, "object": "realtime.session", "id": self._id("sess"),
-            "model": model, "output_modalities": ["audio"], "instructions": "",
-            "tools": [], "tool_choice": "auto", "max_output_tokens": "inf",
-            "expires_at": int(clock.seconds()) + 3600,
-            "audio": {
-                "input": {"format": {"type": "audio/pcm", "rate": 24000},
-                          "transcription": {"model": "demo"} if kind == "transcription"
-                          else None, "turn_detection": None},
-                "output": {"format": {"type": "audio/pcm", "rate": 24000}, "voice": "alloy"},
-            },
-        }
+        self._dialect = _BETA if beta else _GA
+        self._session = self._dialect.session(self._id("sess"), model, intent,
+                                              int(clock.seconds()) + 3600)
         self._emit(None, 0, {"type": "session.created", "session": self._session})
+
 
     # ILeg: frames from the caller -------------------------------------------------------
 
@@ -149,7 +143,7 @@ class DemoRealtime:
                               [{"type": "input_audio", "transcript": None}])
         self._emit(None, 0, {"type": "input_audio_buffer.committed",
                              "previous_item_id": self._previous(item), "item_id": item.id})
-        if self._session["audio"]["input"].get("transcription"):
+        if self._dialect.transcription(self._session):
             self._transcribe(item, seconds, audio_tokens)
 
     def _clear(self, event: dict[str, Any]) -> None:
@@ -180,9 +174,18 @@ class DemoRealtime:
             read = (sum(i.text_tokens for i in self._items),
                     sum(i.audio_tokens for i in self._items))
             cached, self._read = self._read, read
-        modalities = options.get("output_modalities") or self._session["output_modalities"]
-        limit = options.get("max_output_tokens", self._session.get("max_output_tokens"))
-        self._respond(options, out_of_band, read, cached, "audio" in modalities, limit)
+        modalities = self._dialect.field(options, self._session, "modalities") or ["text"]
+        limit = self._dialect.field(options, self._session, "limit")
+        self._respond(options, out_of_band, read, cached, list(modalities), limit)
+
+    def _item_retrieve(self, event: dict[str, Any]) -> None:
+        wanted = event.get("item_id")
+        item = next((item for item in self._items if item.id == wanted), None)
+        if item is None:
+            return self._error("item_retrieve_invalid_item_id",
+                               f"Error retrieving item: the item with id {wanted!r} does not "
+                               "exist.", event.get("event_id"))
+        self._emit(None, 0, {"type": "conversation.item.retrieved", "item": item.body})
 
     def _response_cancel(self, event: dict[str, Any]) -> None:
         running = {rid for rid, _, _ in self._outbox if rid is not None}
@@ -210,7 +213,7 @@ class DemoRealtime:
     # Answers ------------------------------------------------------------------------------
 
     def _respond(self, options: dict[str, Any], out_of_band: bool, read: tuple[int, int],
-                 cached: tuple[int, int], audio: bool, limit: Any) -> None:
+                 cached: tuple[int, int], modalities: list[str], limit: Any) -> None:
         rid = self._id("resp")
         if not out_of_band:
             self._active = rid
@@ -220,20 +223,27 @@ class DemoRealtime:
             words = words[:limit]
             status, details = "incomplete", {"type": "incomplete", "reason": "max_output_tokens"}
         item_id = self._id("item")
-        part = {"type": "output_audio", "transcript": ""} if audio else {
-            "type": "output_text", "text": ""}
+        audio = "audio" in modalities
+        # Content parts are "text"/"audio" in the part events, the dialect's names in items.
+        kind = "audio" if audio else "text"
+        said = "transcript" if audio else "text"
         item = {"id": item_id, "type": "message", "object": "realtime.item",
                 "status": "in_progress", "role": "assistant", "content": []}
+        previous = None if out_of_band else (self._items[-1].id if self._items else None)
         response = {"object": "realtime.response", "id": rid, "status": "in_progress",
                     "status_details": None, "output": [],
                     "conversation_id": None if out_of_band else "conv_demo",
-                    "output_modalities": ["audio" if audio else "text"],
+                    self._dialect.response_modalities: modalities,
                     "metadata": options.get("metadata"), "usage": None}
         self._emit(rid, 0, {"type": "response.created", "response": dict(response)})
         where = {"response_id": rid, "item_id": item_id, "output_index": 0, "content_index": 0}
         self._emit(rid, 0, {"type": "response.output_item.added", "response_id": rid,
                             "output_index": 0, "item": item})
-        self._emit(rid, 0, {"type": "response.content_part.added", **where, "part": part})
+        if not out_of_band:
+            self._emit(rid, 0, {"type": "conversation.item.added",
+                                "previous_item_id": previous, "item": item})
+        self._emit(rid, 0, {"type": "response.content_part.added", **where,
+                            "part": {"type": kind, said: ""}})
         text_delta = "response.output_audio_transcript.delta" if audio else \
             "response.output_text.delta"
         chunk = base64.b64encode(bytes(AUDIO_PER_TOKEN)).decode()
@@ -247,18 +257,21 @@ class DemoRealtime:
             self._emit(rid, 0, {"type": "response.output_audio.done", **where})
             self._emit(rid, 0, {"type": "response.output_audio_transcript.done", **where,
                                 "transcript": text})
-            done_part = {"type": "output_audio", "transcript": text}
         else:
             self._emit(rid, 0, {"type": "response.output_text.done", **where, "text": text})
-            done_part = {"type": "output_text", "text": text}
-        self._emit(rid, 0, {"type": "response.content_part.done", **where, "part": done_part})
-        item = {**item, "status": "completed", "content": [done_part]}
+        self._emit(rid, 0, {"type": "response.content_part.done", **where,
+                            "part": {"type": kind, said: text}})
+        item = {**item, "status": "completed",
+                "content": [{"type": self._dialect.item_parts[kind], said: text}]}
         self._emit(rid, 0, {"type": "response.output_item.done", "response_id": rid,
                             "output_index": 0, "item": item})
+        if not out_of_band:
+            self._emit(rid, 0, {"type": "conversation.item.done",
+                                "previous_item_id": previous, "item": item})
         audio_tokens = len(words) * OUTPUT_AUDIO_TOKENS_PER_SECOND // 5 if audio else 0
         text_tokens = len(words)
         if not out_of_band:
-            self._items.append(_Item(item_id, 0 if audio else text_tokens, audio_tokens))
+            self._items.append(_Item(item_id, 0 if audio else text_tokens, audio_tokens, item))
         usage = {
             "total_tokens": sum(read) + text_tokens + audio_tokens,
             "input_tokens": sum(read), "output_tokens": text_tokens + audio_tokens,
@@ -275,6 +288,7 @@ class DemoRealtime:
 
     def _transcribe(self, item: _Item, seconds: float, audio_tokens: int) -> None:
         transcript = f"(demo transcript of {seconds:.1f} seconds of audio)"
+        item.body["content"][0]["transcript"] = transcript
         output = len(self._tokenize(transcript))
         self._emit(None, self._delay, {
             "type": "conversation.item.input_audio_transcription.completed",
@@ -290,11 +304,12 @@ class DemoRealtime:
 
     def _add_item(self, text_tokens: int, audio_tokens: int, role: Any,
                   content: list[Any]) -> _Item:
-        item = _Item(self._id("item"), text_tokens, audio_tokens)
+        serial = self._id("item")
+        body = {"id": serial, "type": "message", "object": "realtime.item",
+                "status": "completed", "role": role, "content": content}
+        item = _Item(serial, text_tokens, audio_tokens, body)
         previous = self._previous(item)
         self._items.append(item)
-        body = {"id": item.id, "type": "message", "object": "realtime.item",
-                "status": "completed", "role": role, "content": content}
         self._emit(None, 0, {"type": "conversation.item.added", "previous_item_id": previous,
                              "item": body})
         self._emit(None, 0, {"type": "conversation.item.done", "previous_item_id": previous,
@@ -336,15 +351,93 @@ class DemoRealtime:
             self._outbox.popleft()
             if event["type"] == "response.done" and self._active == response_id:
                 self._active = None
-            self._listener.upstream_message(
-                orjson.dumps({"type": event["type"], "event_id": self._id("event"), **event}),
-                False)
+            kind = self._dialect.names.get(event["type"], event["type"])
+            if kind is not None:
+                self._listener.upstream_message(
+                    orjson.dumps({**event, "type": kind, "event_id": self._id("event")}), False)
 
     def _stop_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
+
+@attrs.frozen
+class _Dialect:
+    """What differs between the GA and the beta Realtime interfaces, as the demo speaks them."""
+
+    #: The session object a new session starts with (id, model, intent, expires_at).
+    session: Callable[[str, str, str, int], dict[str, Any]]
+    #: Where the session and ``response.create`` keep the output modalities and token limit.
+    fields: dict[str, str]
+    #: The input transcription settings in a session.
+    transcription: Callable[[dict[str, Any]], Any]
+    #: The name of a response's modalities field.
+    response_modalities: str
+    #: Item content types of the assistant's "text" and "audio" parts.
+    item_parts: dict[str, str]
+    #: Event types renamed on the wire (``None``: not sent).
+    names: dict[str, str | None]
+
+    def field(self, options: dict[str, Any], session: dict[str, Any], name: str) -> Any:
+        """A ``response.create`` option, else the session's value."""
+        key = self.fields[name]
+        given = options.get(key)
+        return session.get(key) if given is None else given
+
+
+def _ga_session(serial: str, model: str, intent: str, expires: int) -> dict[str, Any]:
+    kind = "transcription" if intent == "transcription" else "realtime"
+    return {
+        "type": kind, "object": "realtime.session", "id": serial,
+        "model": model, "output_modalities": ["audio"], "instructions": "",
+        "tools": [], "tool_choice": "auto", "max_output_tokens": "inf",
+        "expires_at": expires,
+        "audio": {
+            "input": {"format": {"type": "audio/pcm", "rate": 24000},
+                      "transcription": {"model": "demo"} if kind == "transcription"
+                      else None, "turn_detection": None},
+            "output": {"format": {"type": "audio/pcm", "rate": 24000}, "voice": "alloy"},
+        },
+    }
+
+
+def _beta_session(serial: str, model: str, intent: str, expires: int) -> dict[str, Any]:
+    return {
+        "object": "realtime.session", "id": serial, "model": model,
+        "modalities": ["text", "audio"], "instructions": "", "voice": "alloy",
+        "input_audio_format": "pcm16", "output_audio_format": "pcm16",
+        "input_audio_transcription": {"model": "demo"} if intent == "transcription" else None,
+        "turn_detection": None, "tools": [], "tool_choice": "auto", "temperature": 0.8,
+        "max_response_output_tokens": "inf", "expires_at": expires,
+    }
+
+
+_GA = _Dialect(
+    session=_ga_session,
+    fields={"modalities": "output_modalities", "limit": "max_output_tokens"},
+    transcription=lambda session: session["audio"]["input"].get("transcription"),
+    response_modalities="output_modalities",
+    item_parts={"text": "output_text", "audio": "output_audio"},
+    names={},
+)
+_BETA = _Dialect(
+    session=_beta_session,
+    fields={"modalities": "modalities", "limit": "max_response_output_tokens"},
+    transcription=lambda session: session.get("input_audio_transcription"),
+    response_modalities="modalities",
+    item_parts={"text": "text", "audio": "audio"},
+    names={
+        "conversation.item.added": "conversation.item.created",
+        "conversation.item.done": None,
+        "response.output_text.delta": "response.text.delta",
+        "response.output_text.done": "response.text.done",
+        "response.output_audio.delta": "response.audio.delta",
+        "response.output_audio.done": "response.audio.done",
+        "response.output_audio_transcript.delta": "response.audio_transcript.delta",
+        "response.output_audio_transcript.done": "response.audio_transcript.done",
+    },
+)
 
 _TEXT_DELTAS = ("response.output_audio_transcript.delta", "response.output_text.delta")
 
@@ -354,6 +447,7 @@ _HANDLERS: dict[Any, Callable[[DemoRealtime, dict[str, Any]], None]] = {
     "input_audio_buffer.commit": DemoRealtime._commit,
     "input_audio_buffer.clear": DemoRealtime._clear,
     "conversation.item.create": DemoRealtime._item_create,
+    "conversation.item.retrieve": DemoRealtime._item_retrieve,
     "response.create": DemoRealtime._response_create,
     "response.cancel": DemoRealtime._response_cancel,
 }

@@ -219,3 +219,30 @@ class TranslatorUnits(TestCase):
         self.assertEqual(translator.response["status"], "incomplete")
         self.assertEqual(translator.response["incomplete_details"],
                          {"reason": "max_output_tokens"})
+
+
+class ResponsesWireFidelity(GatewayTestCase):
+    """What the openai SDK's Responses types require of translated answers."""
+
+    async def test_cache_writes_in_usage(self) -> None:
+        """
+        ``input_tokens_details.cache_write_tokens`` is always there (the SDK marks it
+        required); from Anthropic it is the cache-creation count, streamed or not.
+        """
+        answer = await self.sdk(self.client.responses.create, model="claude-x", input="Hi")
+        stream = await self.sdk(self.client.responses.create, model="claude-x", input="Hi",
+                                stream=True)
+        streamed = (await self.sdk(consume, stream))[-1].response
+        demo = await self.sdk(self.client.responses.create, model="demo", input="Hi")
+        self.assertEqual([response.usage.input_tokens_details.cache_write_tokens
+                          for response in (answer, streamed, demo)], [5, 5, 0])
+        self.assertEqual(answer.usage.input_tokens, 32)
+
+    async def test_mid_stream_error_is_numbered_next(self) -> None:
+        """An upstream that breaks mid-stream: the ``error`` event takes the next number."""
+        stream = await self.sdk(self.client.responses.create, model="claude-cut-stream",
+                                input="Hi", stream=True)
+        events = await self.sdk(consume, stream)
+        self.assertEqual(events[-1].type, "error")
+        self.assertEqual([event.sequence_number for event in events], list(range(len(events))))
+        self.assertGreater(len(events), 2)

@@ -143,7 +143,8 @@ class ChatCompletionTests(SynchronousTestCase):
                                                                "completion_tokens",
                                                                "total_tokens")},
                          {"prompt_tokens": 32, "completion_tokens": 9, "total_tokens": 41})
-        self.assertEqual(completion["usage"]["prompt_tokens_details"], {"cached_tokens": 7})
+        self.assertEqual(completion["usage"]["prompt_tokens_details"],
+                         {"cached_tokens": 7, "cache_write_tokens": 5})
         self.assertEqual(chat_completion(answer([], "end_turn", {"inputTokens": 3}), 1)[1],
                          None)
 

@@ -46,6 +46,7 @@ class Usage:
             input_tokens=prompt,
             output_tokens=completion,
             cached_input_tokens=_detail(usage, "prompt_tokens_details", "cached_tokens"),
+            cache_creation_tokens=_detail(usage, "prompt_tokens_details", "cache_write_tokens"),
             reasoning_tokens=_detail(usage, "completion_tokens_details", "reasoning_tokens"),
             input_audio_tokens=_detail(usage, "prompt_tokens_details", "audio_tokens"),
             output_audio_tokens=_detail(usage, "completion_tokens_details", "audio_tokens"),
@@ -64,6 +65,7 @@ class Usage:
             input_tokens=prompt,
             output_tokens=output,
             cached_input_tokens=_detail(usage, "input_tokens_details", "cached_tokens"),
+            cache_creation_tokens=_detail(usage, "input_tokens_details", "cache_write_tokens"),
             reasoning_tokens=_detail(usage, "output_tokens_details", "reasoning_tokens"),
         )
 

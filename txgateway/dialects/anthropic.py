@@ -8,6 +8,17 @@ import attrs
 import orjson
 
 from txgateway.dialects.openai import BadRequest, parse_object
+from txgateway.dialects.shapes import (
+    WrongShape,
+    boolean,
+    integer,
+    list_of,
+    number,
+    obj,
+    one_of,
+    string,
+    typed,
+)
 from txgateway.streams import EventSplitter, data_of, event_name, events
 from txgateway.usage import Usage
 
@@ -76,16 +87,56 @@ class MessagesRequest:
     stream: bool
 
 
+_TEXT = obj({"text": string}, required=("text",))
+_IMAGE = obj({"source": obj({"type": string, "media_type": string, "data": string,
+                             "url": string})})
+_RESULT_CONTENT = one_of("Input should be a valid string or list", string,
+                         list_of(typed({"text": _TEXT, "image": _IMAGE})))
+_BLOCKS = list_of(typed({
+    "text": _TEXT, "image": _IMAGE, "document": _IMAGE,
+    "tool_use": obj({"id": string, "name": string, "input": obj()}),
+    "tool_result": obj({"tool_use_id": string, "content": _RESULT_CONTENT,
+                        "is_error": boolean}),
+    "thinking": obj({"thinking": string, "signature": string}),
+}))
+#: What the translation to chat and the local token count read of a Messages request.
+_MESSAGES_REQUEST = obj({
+    "system": one_of("Input should be a valid string or list", string,
+                     list_of(typed({"text": _TEXT}))),
+    "messages": list_of(obj({"role": string, "content": one_of(
+        "Input should be a valid string or list", string, _BLOCKS)},
+        required=("role", "content"))),
+    "stop_sequences": list_of(string),
+    "temperature": number, "top_p": number, "top_k": integer,
+    "tools": list_of(obj({"name": string, "description": string, "input_schema": obj()})),
+    "tool_choice": obj({"type": string, "name": string, "disable_parallel_tool_use": boolean},
+                       required=("type",)),
+    "metadata": obj({"user_id": string}),
+    "output_config": obj({"format": obj({"type": string, "schema": obj()}),
+                          "effort": string}),
+    "thinking": obj({"type": string, "budget_tokens": integer}, required=("type",)),
+})
+
+
 def parse_messages(raw: bytes, count_only: bool = False) -> MessagesRequest:
-    """Check what the gateway routes and translates on; the rest is the upstream's to judge."""
+    """
+    Check what the gateway routes, translates and counts on (types, the Messages API's
+    words for a wrong one); the rest is the upstream's to judge.
+    """
     parsed = parse_object(raw)
     model = parsed.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequest("model: Field required")
     if not isinstance(parsed.get("messages"), list):
         raise BadRequest("messages: Field required")
-    if not count_only and not isinstance(parsed.get("max_tokens"), int):
-        raise BadRequest("max_tokens: Field required")
+    max_tokens = parsed.get("max_tokens")
+    if not count_only and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool)):
+        raise BadRequest("max_tokens: Field required" if max_tokens is None
+                         else "max_tokens: Input should be a valid integer", "max_tokens")
+    try:
+        _MESSAGES_REQUEST(parsed, ())
+    except WrongShape as wrong:
+        raise BadRequest(f"{wrong.dotted()}: {wrong}", wrong.dotted()) from None
     stream = parsed.get("stream", False)
     if stream is not None and not isinstance(stream, bool):
         raise BadRequest("stream: Input should be a valid boolean")

@@ -7,6 +7,8 @@ from typing import Any, TypeGuard
 import attrs
 import orjson
 
+from txgateway.dialects.shapes import deeper_than
+
 #: The error ``type`` OpenAI uses for each status; the SDKs map the status, people read the type.
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -109,6 +111,11 @@ def _streamable(raw: bytes, parsed: dict[str, Any], model: str) -> ChatRequest:
     )
 
 
+#: How deep a body may nest lists and objects: orjson writes no more than 255 levels, and the
+#: gateway writes bodies again (translated, stored), a few levels deeper.
+MAX_DEPTH = 128
+
+
 def parse_object(raw: bytes) -> dict[str, Any]:
     if not raw:
         raise BadRequest("the request body is empty; expected a JSON object")
@@ -118,6 +125,10 @@ def parse_object(raw: bytes) -> dict[str, Any]:
         raise BadRequest(f"the request body is not valid JSON: {error}") from None
     if not isinstance(parsed, dict):
         raise BadRequest("the request body must be a JSON object")
+    # Counting brackets is cheap, and only a body with that many can nest that deep.
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and deeper_than(parsed, MAX_DEPTH):
+        raise BadRequest(f"the request body nests lists and objects more than {MAX_DEPTH} "
+                         "levels deep")
     return parsed
 
 

@@ -122,7 +122,7 @@ def _image_url(block: dict[str, Any]) -> str:
 
 
 def _tool(tool: dict[str, Any]) -> dict[str, Any]:
-    function = {"name": tool["name"], "parameters": tool["input_schema"]}
+    function = {"name": tool.get("name"), "parameters": tool["input_schema"]}
     if tool.get("description"):
         function["description"] = tool["description"]
     return {"type": "function", "function": function}

@@ -13,6 +13,17 @@ from typing import Any
 
 import orjson
 
+from txgateway.dialects.shapes import (
+    WrongShape,
+    boolean,
+    integer,
+    list_of,
+    number,
+    obj,
+    one_of,
+    string,
+    typed,
+)
 from txgateway.translate import FromChatChunks
 from txgateway.usage import Usage
 
@@ -42,6 +53,16 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(24)}"
 
 
+#: What every path (native too) reads of the input: items are stored, listed and resolved.
+_INPUT = one_of("expected a string or an array of input items", string,
+                list_of(obj({"type": string, "role": string, "id": string})))
+
+
+def check_input(value: Any) -> None:
+    """`WrongShape` for an ``input`` whose items the gateway could not store or list."""
+    _INPUT(value, ("input",))
+
+
 def input_items(value: Any) -> list[dict[str, Any]]:
     """The request's ``input`` as a list of items, a plain string as one user message."""
     if isinstance(value, str):
@@ -69,9 +90,39 @@ def stored_items(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return listed
 
 
+_TEXT = obj({"text": string})
+_CONTENT = one_of("expected a string or an array of content parts", string, list_of(typed({
+    "input_text": _TEXT, "output_text": _TEXT,
+    "input_image": obj({"image_url": string, "detail": string})})))
+#: What the translation to chat reads of a Responses request.
+_REQUEST = obj({
+    "input": one_of("expected a string or an array of input items", string, list_of(typed({
+        "message": obj({"role": string, "content": _CONTENT}),
+        "function_call": obj({"call_id": string, "name": string, "arguments": string}),
+        "function_call_output": obj({"call_id": string, "output": _CONTENT}),
+        "compaction": obj({"encrypted_content": string}),
+    }, default="message"))),
+    "temperature": number, "top_p": number, "parallel_tool_calls": boolean, "user": string,
+    "max_output_tokens": integer,
+    "tools": list_of(typed({"function": obj(
+        {"name": string, "description": string, "parameters": obj(), "strict": boolean},
+        required=("name",))})),
+    "tool_choice": one_of("expected a string or an object", string,
+                          obj({"type": string, "name": string})),
+    "text": obj({"format": obj({"type": string, "name": string, "schema": obj(),
+                                "strict": boolean, "description": string})}),
+    "reasoning": obj({"effort": string}),
+})
+
+
 def chat_request(request: dict[str, Any], history: list[dict[str, Any]],
                  model: str) -> dict[str, Any]:
     """The chat completions request for a Responses ``request`` after ``history`` items."""
+    try:
+        _REQUEST(request, ())
+    except WrongShape as wrong:
+        raise UntranslatableRequest(f"Invalid type for '{wrong.param()}': {wrong}",
+                                    wrong.param()) from None
     messages: list[dict[str, Any]] = []
     instructions = request.get("instructions")
     if isinstance(instructions, str) and instructions:
@@ -210,7 +261,7 @@ def _parts(content: Any) -> Any:
     for part in content or []:
         kind = part.get("type")
         if kind in ("input_text", "output_text"):
-            parts.append({"type": "text", "text": part.get("text", "")})
+            parts.append({"type": "text", "text": part.get("text") or ""})
         elif kind == "input_image" and part.get("image_url"):
             parts.append({"type": "image_url", "image_url": {
                 "url": part["image_url"], "detail": part.get("detail") or "auto"}})
@@ -224,7 +275,7 @@ def _parts(content: Any) -> Any:
 def _text(content: Any) -> str:
     if isinstance(content, str):
         return content
-    return "".join(part.get("text", "") for part in content or [] if isinstance(part, dict))
+    return "".join((part.get("text") or "") for part in content or [] if isinstance(part, dict))
 
 
 def _tool(tool: Any) -> dict[str, Any]:
@@ -253,9 +304,11 @@ def _response_format(text_format: Any) -> dict[str, Any] | None:
 
 
 def responses_usage(usage: Usage | None) -> dict[str, Any]:
+    """A ``ResponseUsage``; the openai SDK's types require both input details."""
     usage = usage or Usage()
     return {"input_tokens": usage.input_tokens,
-            "input_tokens_details": {"cached_tokens": usage.cached_input_tokens},
+            "input_tokens_details": {"cached_tokens": usage.cached_input_tokens,
+                                     "cache_write_tokens": usage.cache_creation_tokens},
             "output_tokens": usage.output_tokens,
             "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
             "total_tokens": usage.input_tokens + usage.output_tokens}
@@ -373,6 +426,10 @@ class ChatToResponsesStream(FromChatChunks):
         self._started = True
         return [self._event("response.created", response=self._snapshot("in_progress")),
                 self._event("response.in_progress", response=self._snapshot("in_progress"))]
+
+    def error_event(self, status: int, message: str, code: str) -> bytes:
+        """The ``error`` event that ends a stream broken under it, numbered next in it."""
+        return self._event("error", code=code, message=message, param=None)
 
     def _error(self, error: dict[str, Any]) -> list[bytes]:
         self.error = (500, str(error.get("message", "")))

@@ -45,6 +45,9 @@ class KeyFields:
         return changes
 
 
+MAX_LIMIT = 2 ** 63 - 1
+
+
 class _Problem(Exception):
     def __init__(self, status: int, message: str, code: str) -> None:
         super().__init__(message)
@@ -57,9 +60,15 @@ def _fields(request: Any) -> KeyFields:
     except orjson.JSONDecodeError:
         raise _Problem(400, "The body is not valid JSON.", "invalid_json") from None
     try:
-        return structure(document, KeyFields, "")
+        fields = structure(document, KeyFields, "")
     except ConfigError as error:
         raise _Problem(400, "; ".join(error.problems), "invalid_key_fields") from None
+    for name in ("requests_per_minute", "tokens_per_minute"):
+        # The stores keep limits as 64-bit integers.
+        if not 0 <= (getattr(fields, name) or 0) <= MAX_LIMIT:
+            raise _Problem(400, f"{name}: expected an integer from 0 to {MAX_LIMIT}",
+                           "invalid_key_fields")
+    return fields
 
 
 def _guard(request: Any, work: Any) -> Any:

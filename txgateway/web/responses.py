@@ -42,6 +42,7 @@ from txgateway.dialects.openai import (
     model_of,
     parse_object,
 )
+from txgateway.dialects.shapes import WrongShape
 from txgateway.gateway import Gateway
 from txgateway.providers import ApiCall, UpstreamRequest, dialect
 from txgateway.routing import Target
@@ -51,6 +52,7 @@ from txgateway.translate.responses_to_chat import (
     ChatToResponsesStream,
     UntranslatableRequest,
     chat_request,
+    check_input,
     compaction_message,
     conversation_reference,
     input_items,
@@ -109,8 +111,10 @@ class ResponsesRequest:
 def parse_responses(raw: bytes) -> ResponsesRequest:
     parsed = parse_object(raw)
     model = model_of(parsed)
-    if not isinstance(parsed.get("input", ""), (str, list)):
-        raise BadRequest("'input' must be a string or an array of input items", "input")
+    try:
+        check_input(parsed.get("input", ""))
+    except WrongShape as wrong:
+        raise BadRequest(f"Invalid type for '{wrong.param()}': {wrong}", wrong.param()) from None
     for name in ("stream", "store"):
         if parsed.get(name) is not None and not isinstance(parsed[name], bool):
             raise BadRequest(f"'{name}' must be a boolean", name)
@@ -281,7 +285,7 @@ class Responses(ProxyEndpoint):
 
             relay = StoringStreamRelay(
                 self._gateway.reactor, self._gateway.config.upstream, request, exchange, call,
-                _stream_error, translator, len(parsed.raw), save=save)
+                events_out.error_event, translator, len(parsed.raw), save=save)
             call.deliver(response, relay)
             await relay.done
             return
