@@ -47,12 +47,18 @@ class IAuthenticator(Interface):
     def authenticate(key: str | None) -> Deferred:  # noqa: N805 (zope interface)
         """Fires with the caller behind ``key`` (None when none was sent), or None to refuse."""
 
+    def authenticate_hash(key_hash: str | None) -> Deferred:  # noqa: N805
+        """`authenticate` for a key known only by its `hash_key` (an ephemeral key's parent)."""
+
 
 @implementer(IAuthenticator)
 class OpenGate:
     """No keys: every caller is let in, anonymously."""
 
     def authenticate(self, key: str | None) -> Deferred:
+        return succeed(ANONYMOUS)
+
+    def authenticate_hash(self, key_hash: str | None) -> Deferred:
         return succeed(ANONYMOUS)
 
 
@@ -113,11 +119,13 @@ class KeyAuthenticator:
         self._cache.pop(key_hash, None)
 
     def authenticate(self, key: str | None) -> Deferred:
+        return self.authenticate_hash(hash_key(key) if key else None)
+
+    def authenticate_hash(self, key_hash: str | None) -> Deferred:
         if self.open:
             return succeed(ANONYMOUS)
-        if not key:
+        if not key_hash:
             return succeed(None)
-        key_hash = hash_key(key)
         declared = self._declared.get(key_hash)
         if declared is not None:
             return succeed(declared)
