@@ -160,11 +160,8 @@ class Accountant:
         self._metrics.cost(exchange.route, exchange.provider, model, cost)
         return cost
 
-    def session_ended(self, session: Any) -> None:
-        """
-        A realtime session's end: its tally into the ledger as one record, its tokens and cost
-        told to the limiter (`txgateway.realtime.session.SessionBook` calls this).
-        """
+    def session_cost(self, session: Any) -> float:
+        """What a realtime session has cost so far, at the price table's rates."""
         info, tally = session.info, session.tally
         usage = tally.usage
         model = info.upstream_model or info.model
@@ -180,6 +177,16 @@ class Accountant:
             cost += self.prices.transcription_cost(
                 transcriber, usage.transcription_input_tokens, usage.transcription_seconds,
                 usage.transcription_output_tokens) or 0.0
+        return cost
+
+    def session_ended(self, session: Any) -> None:
+        """
+        A realtime session's end: its tally into the ledger as one record, its tokens and cost
+        told to the limiter (`txgateway.realtime.session.SessionBook` calls this).
+        """
+        info, tally = session.info, session.tally
+        usage = tally.usage
+        cost = self.session_cost(session)
         if cost:
             self._metrics.cost("realtime", info.provider_kind, info.model, cost)
         if info.limits is not None:

@@ -159,14 +159,22 @@ async def redeem(store: Any, authenticator: Any, value: str,
     return principal, secret
 
 
+async def caller(gateway: Any, key: str | None
+                 ) -> tuple[Principal | None, ClientSecret | None]:
+    """The caller behind a plain key or a secret, and the secret; `SecretRefused` for a bad one."""
+    if not is_client_secret(key):
+        return await gateway.authenticator.authenticate(key), None
+    return await redeem(gateway.store, gateway.authenticator, key or "",
+                        gateway.reactor.seconds())
+
+
 async def caller_of(gateway: Any, upgrade: Upgrade, params: Mapping[str, Sequence[str]]
                     ) -> tuple[Principal | None, Upgrade, bytes | None]:
     """
     Who opens a realtime session, the upgrade as the session is routed on, and the
     ``session.update`` to send upstream first: a plain key's caller, or a secret's.
     """
-    if not is_client_secret(upgrade.key):
-        return await gateway.authenticator.authenticate(upgrade.key), upgrade, None
-    principal, secret = await redeem(gateway.store, gateway.authenticator, upgrade.key or "",
-                                     gateway.reactor.seconds())
+    principal, secret = await caller(gateway, upgrade.key)
+    if secret is None:
+        return principal, upgrade, None
     return principal, secret.bind(upgrade, params), secret.session_update()

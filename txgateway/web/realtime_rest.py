@@ -1,6 +1,7 @@
 """
 ``/v1/realtime`` and the REST resources beside its WebSocket: ``client_secrets`` issues the
-ephemeral keys browsers open sessions with (`txgateway.realtime.client_secrets`).
+ephemeral keys browsers open sessions with (`txgateway.realtime.client_secrets`), ``calls``
+takes WebRTC offers (`txgateway.web.realtime_calls`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from txgateway.dialects.openai import BadRequest, error_body, parse_object
 from txgateway.gateway import Gateway
 from txgateway.realtime.client_secrets import SecretRefused, issue, parse_request
 from txgateway.realtime.server import realtime_resource
+from txgateway.web.realtime_calls import RealtimeCalls
 from txgateway.web.resource import JSONResource, answer_later
 
 
@@ -32,6 +34,7 @@ class RealtimeTree(JSONResource):
 def realtime_tree(gateway: Gateway) -> Resource:
     tree = RealtimeTree(realtime_resource(gateway))
     tree.putChild(b"client_secrets", ClientSecrets(gateway))
+    tree.putChild(b"calls", RealtimeCalls(gateway))
     return tree
 
 
