@@ -160,7 +160,15 @@ class CallLeg:
     def pause_source(self, producer: Any) -> None:
         """Never paused: the events are read as they come."""
 
+    def relay_frames(self, *callbacks: Any) -> None:
+        """The relay at the frame level (branch realtime-frames): the gateway sends nothing."""
+
+    def write_frames(self, data: bytes, mid_message: bool) -> None:
+        """The sideband's frames as bytes, once the tally has seen them."""
+        self.send(data, False)
+
     def send(self, payload: bytes, is_binary: bool) -> None:
+        """An event of the call, already tallied: only the key's budget is checked."""
         session = self._call.session
         usage = session.tally.usage
         if usage is self._seen or self._closed:
