@@ -119,9 +119,13 @@ class CallTests(CallTestCase):
                  (KEY, OFFER, "?model=demo", 403, "model_not_allowed"),
                  ("sk-broke", OFFER, "?model=demo", 400, "model_not_realtime"),
                  (KEY, OFFER, "", 400, "missing_model"),
-                 (KEY, b"  ", "?model=voice", 400, "invalid_request")]
+                 (KEY, b"  ", "?model=voice", 400, "invalid_request"),
+                 (KEY, b'--b\r\nContent-Disposition: form-data; name="sdp"\r\n\r\nv=0\r\n'
+                  b'--b\r\nContent-Disposition: form-data; name="session"\r\n\r\n'
+                  b'{"model": 7}\r\n--b--\r\n', "", 400, "invalid_value")]
         for key, body, query, status, code in cases:
-            response = await self.call(key, body, query=query)
+            kind = "multipart/form-data; boundary=b" if body.startswith(b"--") else None
+            response = await self.call(key, body, kind or "application/sdp", query)
             answer = await response.json()
             self.assertEqual((response.code, answer["error"]["code"]), (status, code), query)
         self.fake.refuse_offer = 400

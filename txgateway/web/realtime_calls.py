@@ -25,7 +25,7 @@ from txgateway.dialects.multipart import FormParser, PartHead, boundary_of
 from txgateway.dialects.openai import BadRequest, error_body
 from txgateway.gateway import Gateway
 from txgateway.realtime.calls import ACTIONS, CallBook, calls_url, offer_form, post, sideband_target
-from txgateway.realtime.client_secrets import SecretRefused, caller
+from txgateway.realtime.client_secrets import SESSION_TYPES, SecretRefused, caller
 from txgateway.realtime.session import SessionInfo, TooManySessions
 from txgateway.realtime.upstream import UpstreamRefused, caller_status
 from txgateway.upstream import UpstreamError
@@ -173,6 +173,9 @@ class RealtimeCalls(JSONResource):
                           "client_secret_model_mismatch", "model")
         if not name:
             raise refusal(400, "Missing required parameter: 'model'.", "missing_model", "model")
+        if not isinstance(name, str) or config.get("type", "realtime") not in SESSION_TYPES:
+            raise refusal(400, "'session.model' must be a string and 'session.type' "
+                          "'realtime' or 'transcription'", "invalid_value", "session")
         if not principal.may_use(name):
             raise refusal(403, f"This key may not use the model `{name}`.", "model_not_allowed",
                           "model")
