@@ -52,3 +52,50 @@ class ExpositionTests(SynchronousTestCase):
         self.assertEqual(samples[("txgateway_realtime_sessions_active",
                                   (("model", "m"), ("provider", "p")))], 1)
         self.assertEqual(samples[("txgateway_ledger_pending_records", ())], 7)
+
+
+class SemanticConventionTests(SynchronousTestCase):
+    """The gen_ai views: other names and labels over the same observations."""
+
+    def test_operation_duration_and_time_to_first_token(self) -> None:
+        metrics = GatewayMetrics()
+        metrics.provider_kinds = {"east": "azure"}
+        metrics.request("chat", "m", "east", "200", 0.3, 0.1)
+        metrics.request("messages", "m", "east", "200", 0.2, None)
+        metrics.request("chat", "m", "east", "502", 0.01, None)
+        metrics.request("rerank", "r", "unknown", "200", 0.05, 0.05)
+        samples = scrape(metrics)
+        chat = (("gen_ai_operation_name", "chat"), ("gen_ai_provider_name", "azure.ai.openai"),
+                ("gen_ai_request_model", "m"))
+        # chat and messages are both the "chat" operation; a failure is apart by error_type.
+        self.assertEqual(samples[("gen_ai_client_operation_duration_seconds_count",
+                                  (("error_type", ""), *chat))], 2)
+        self.assertAlmostEqual(samples[("gen_ai_client_operation_duration_seconds_sum",
+                                        (("error_type", ""), *chat))], 0.5)
+        self.assertEqual(samples[("gen_ai_client_operation_duration_seconds_count",
+                                  (("error_type", "502"), *chat))], 1)
+        self.assertEqual(samples[("gen_ai_server_time_to_first_token_seconds_count", chat)], 1)
+        self.assertEqual(samples[("gen_ai_server_time_to_first_token_seconds_count", (
+            ("gen_ai_operation_name", "rerank"), ("gen_ai_provider_name", "unknown"),
+            ("gen_ai_request_model", "r")))], 1)
+        # Today's family is unchanged: no status label, the statuses summed.
+        self.assertEqual(samples[("txgateway_request_duration_seconds_count", (
+            ("model", "m"), ("provider", "east"), ("route", "chat")))], 2)
+
+    def test_token_usage_by_token_type(self) -> None:
+        metrics = GatewayMetrics()
+        metrics.tokens("chat", "bedrock", "m", "input", 10)
+        metrics.tokens("messages", "bedrock", "m", "input", 5)
+        metrics.tokens("chat", "bedrock", "m", "output", 7)
+        samples = scrape(metrics)
+        labels = (("gen_ai_operation_name", "chat"), ("gen_ai_provider_name", "aws.bedrock"),
+                  ("gen_ai_request_model", "m"))
+        self.assertEqual(samples[("gen_ai_client_token_usage_sum",
+                                  (*labels, ("gen_ai_token_type", "input")))], 15)
+        self.assertEqual(samples[("gen_ai_client_token_usage_count",
+                                  (*labels, ("gen_ai_token_type", "input")))], 2)
+        self.assertEqual(samples[("gen_ai_client_token_usage_bucket",
+                                  (*labels, ("gen_ai_token_type", "output"), ("le", "16.0")))], 1)
+        self.assertEqual(samples[("txgateway_gen_ai_client_token_usage_count", (
+            ("gen_ai_operation_name", "messages"), ("gen_ai_provider_name", "bedrock"),
+            ("gen_ai_request_model", "m"), ("gen_ai_token_type", "input")))], 1)

@@ -195,6 +195,8 @@ class Accountant:
         seconds are priced and reported apart); a transcription session is that record alone.
         """
         info, tally = session.info, session.tally
+        if self.tracing is not None:
+            self.tracing.session_ended(session)
         usage = tally.usage
         conversation, transcriber, transcription = self.session_costs(session)
         cost = conversation + transcription

@@ -93,6 +93,19 @@ class AdminSettings:
 
 
 @attrs.frozen
+class TracingSettings:
+    """OpenTelemetry traces, exported over OTLP/HTTP; off (and free) while no endpoint is set."""
+
+    #: The collector's traces URL, e.g. ``http://127.0.0.1:4318/v1/traces``.
+    otlp_endpoint: str = ""
+    #: Headers sent with each export (a collector's API key, say).
+    headers: dict[str, str] = attrs.field(factory=dict)
+    service_name: str = "txgateway"
+    #: The share of traces kept when the caller sent no sampled ``traceparent``.
+    sample_ratio: float = 1.0
+
+
+@attrs.frozen
 class ProviderConfig:
     """One provider instance: which plugin serves it and that plugin's settings."""
 
@@ -183,6 +196,7 @@ class GatewayConfig:
     routing: RoutingSettings = RoutingSettings()
     realtime: RealtimeSettings = RealtimeSettings()
     admin: AdminSettings = AdminSettings()
+    tracing: TracingSettings = TracingSettings()
     #: Where usage records and keys are kept: ``sqlite:PATH`` or ``postgresql://...``.
     store: str = "sqlite:txgateway.db"
     #: Where rate limits and budgets are counted: ``memory`` (one process) or ``redis://...``.

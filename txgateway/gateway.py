@@ -19,10 +19,12 @@ from txgateway.realtime.session import SessionBook
 from txgateway.routing import Router
 from txgateway.store import IStore, open_store
 from txgateway.store.ledger import Ledger
+from txgateway.tracing import TracingAgent, open_tracing
 from txgateway.upstream import pooled_agent
 
 #: Settings a reload cannot change: the process must restart for them.
-FIXED_AT_START = ("listen", "store", "limiter", "access_log", "upstream", "plugin_dirs")
+FIXED_AT_START = ("listen", "store", "limiter", "access_log", "upstream", "plugin_dirs",
+                  "tracing")
 
 
 @attrs.define
@@ -53,6 +55,8 @@ class Gateway:
     draining: bool = False
     #: Reads the config afresh for `reload_from_source`; None when there is no file.
     config_source: Callable[[], GatewayConfig] | None = None
+    #: The traces' exporter (`txgateway.tracing.Tracing`); None when tracing is off.
+    tracing: Any = None
 
     def reload_from_source(self) -> None:
         if self.config_source is None:
@@ -74,6 +78,7 @@ class Gateway:
         self.prices = shipped_table(config.prices)
         self.accountant.prices = self.prices
         self.providers = providers
+        self.metrics.provider_kinds = provider_kinds(providers)
         self.router = Router(config.models, providers, config.routing, self.reactor.seconds)
         self.authenticator = authenticator
         self.realtime.settings = config.realtime
@@ -88,6 +93,11 @@ def build_providers(config: GatewayConfig, plugins: Mapping[str, IProviderPlugin
     }
 
 
+def provider_kinds(providers: Mapping[str, IProvider]) -> dict[str, str]:
+    """Each provider's kind (its plugin) by its name, for the gen_ai metrics' labels."""
+    return {name: provider.kind for name, provider in providers.items()}
+
+
 def build_gateway(
     reactor: Any,
     config: GatewayConfig,
@@ -96,17 +106,23 @@ def build_gateway(
 ) -> Gateway:
     """Make the providers the config names and everything that serves requests."""
     agent, pool = pooled_agent(reactor, config.upstream)
+    tracing = open_tracing(config.tracing)
+    if tracing is not None:
+        agent = TracingAgent(agent)
     context = ProviderContext(reactor=reactor, http_agent=agent)
     providers = build_providers(config, plugins, context)
     metrics = GatewayMetrics()
+    metrics.provider_kinds = provider_kinds(providers)
     store = open_store(config.store, reactor)
     ledger = Ledger(store, reactor)
     limiter = open_limiter(config.limiter, reactor)
     prices = shipped_table(config.prices)
     accountant = Accountant(reactor, metrics, access_log, ledger, limiter, prices)
+    accountant.tracing = tracing
     return Gateway(
         reactor=reactor,
         config=config,
+        tracing=tracing,
         plugins=plugins,
         context=context,
         providers=providers,

@@ -10,7 +10,7 @@ is one thread, so the gateway needs neither.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -20,6 +20,8 @@ from prometheus_client.metrics_core import (
     HistogramMetricFamily,
     Metric,
 )
+
+from txgateway import semconv
 
 #: Token counts span eight orders of magnitude (the OpenTelemetry gen-ai advice).
 TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304)
@@ -74,15 +76,48 @@ class _Histogram(_Series):
         series[1] += value
 
     def collect(self) -> Metric:
-        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labels)
-        edges = [*(repr(bound) for bound in self.bounds), "+Inf"]
-        for labels, (counts, total) in self.values.items():
-            cumulative, buckets = 0, []
-            for edge, count in zip(edges, counts, strict=True):
-                cumulative += count
-                buckets.append((edge, cumulative))
-            family.add_metric(labels, buckets, total)
-        return family
+        return _histogram_family(self.name, self.documentation, self.labels, self.bounds,
+                                 self.values)
+
+
+def _histogram_family(name: str, documentation: str, labels: Sequence[str],
+                      bounds: Sequence[float], values: dict[tuple[str, ...], Any]) -> Metric:
+    family = HistogramMetricFamily(name, documentation, labels=labels)
+    edges = [*(repr(bound) for bound in bounds), "+Inf"]
+    for label_values, (counts, total) in values.items():
+        cumulative, buckets = 0, []
+        for edge, count in zip(edges, counts, strict=True):
+            cumulative += count
+            buckets.append((edge, cumulative))
+        family.add_metric(label_values, buckets, total)
+    return family
+
+
+class _Regrouped:
+    """
+    A histogram family made at scrape time from another histogram's series, relabelled by
+    ``relabel`` (series that land on the same labels are summed): a second view of the same
+    observations, which costs the request nothing.
+    """
+
+    def __init__(self, name: str, documentation: str, labels: Sequence[str],
+                 source: _Histogram, relabel: Callable[[tuple[str, ...]], tuple[str, ...]]
+                 ) -> None:
+        self.name, self.documentation, self.labels = name, documentation, list(labels)
+        self._source, self._relabel = source, relabel
+
+    def collect(self) -> Metric:
+        merged: dict[tuple[str, ...], Any] = {}
+        for labels, (counts, total) in self._source.values.items():
+            key = self._relabel(labels)
+            into = merged.get(key)
+            if into is None:
+                merged[key] = [list(counts), total]
+            else:
+                into[0] = [mine + theirs for mine, theirs in zip(into[0], counts, strict=True)]
+                into[1] += total
+        return _histogram_family(self.name, self.documentation, self.labels,
+                                 self._source.bounds, merged)
 
 
 class GatewayMetrics:
@@ -102,10 +137,9 @@ class GatewayMetrics:
             "Requests answered, by route, model, provider and HTTP status.",
             ["route", "model", "provider", "status"],
         )
+        #: Durations by route, model, provider and status; scraped as the two views below.
         self._duration = _Histogram(
-            "txgateway_request_duration_seconds",
-            "Time from the request's arrival to its last byte.",
-            ["route", "model", "provider"],
+            "txgateway_request_duration_seconds", "", ["route", "model", "provider", "status"],
             DURATION_BUCKETS,
         )
         self._ttft = _Histogram(
@@ -156,21 +190,62 @@ class GatewayMetrics:
             "txgateway_ledger_pending_records",
             "Usage records waiting to be written to the store.",
         )
-        self._all = [value for value in vars(self).values() if isinstance(value, _Series)]
+        #: Provider kind by provider name, for the gen_ai views (the gateway keeps it current).
+        self.provider_kinds: dict[str, str] = {}
+        self._all = [value for value in vars(self).values()
+                     if isinstance(value, _Series) and value is not self._duration]
+        self._views = self._semconv_views()
         self.registry.register(self)
+
+    def _semconv_views(self) -> list[_Regrouped]:
+        """
+        Today's request duration without its status, and the OpenTelemetry gen_ai metrics
+        under their own names, with the conventions' attribute names as labels.
+        """
+        gen_ai = ["gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model"]
+
+        def by_call(route: str, model: str, provider: str) -> tuple[str, ...]:
+            kind = self.provider_kinds.get(provider, provider)
+            return semconv.operation(route), semconv.provider(kind), model
+
+        def failed(status: str) -> str:
+            return status if status.isdigit() and int(status) >= 400 else ""
+
+        return [
+            _Regrouped("txgateway_request_duration_seconds",
+                       "Time from the request's arrival to its last byte.",
+                       ["route", "model", "provider"], self._duration,
+                       lambda labels: labels[:3]),
+            _Regrouped("gen_ai_client_token_usage",
+                       "Tokens used per call (gen_ai.client.token.usage), by token type.",
+                       [*gen_ai, "gen_ai_token_type"], self._tokens,
+                       lambda labels: (semconv.operation(labels[0]), semconv.provider(labels[1]),
+                                       *labels[2:])),
+            _Regrouped("gen_ai_client_operation_duration_seconds",
+                       "Time from a call's arrival to its last byte "
+                       "(gen_ai.client.operation.duration); error_type set when it failed.",
+                       [*gen_ai, "error_type"], self._duration,
+                       lambda labels: (*by_call(*labels[:3]), failed(labels[3]))),
+            _Regrouped("gen_ai_server_time_to_first_token_seconds",
+                       "Time from a call's arrival to the first byte of the upstream's answer "
+                       "(gen_ai.server.time_to_first_token).",
+                       gen_ai, self._ttft, lambda labels: by_call(*labels)),
+        ]
 
     def collect(self) -> Iterator[Metric]:
         """The registry's collector interface: every series, as of now."""
         for series in self._all:
             yield series.collect()
+        for view in self._views:
+            yield view.collect()
 
     def request(self, route: str, model: str, provider: str, status: str, duration: float,
                 ttft: float | None) -> None:
-        self._requests.inc((route, model, provider, status))
-        labels = (route, model, provider)
+        labels = (route, model, provider, status)
+        self._requests.inc(labels)
         self._duration.observe(labels, duration)
         if ttft is not None:
-            self._ttft.observe(labels, ttft)
+            self._ttft.observe(labels[:3], ttft)
 
     def tokens(self, operation: str, provider: str, model: str, kind: str, count: int) -> None:
         self._tokens.observe((operation, provider, model, kind), count)

@@ -26,6 +26,7 @@ from txgateway.realtime.handshake import read_upgrade
 from txgateway.realtime.legs import ILeg, WebSocketLeg
 from txgateway.realtime.session import Session, SessionInfo, TooManySessions
 from txgateway.realtime.upstream import UpstreamRefused, dial
+from txgateway.web.openapi import Endpoint, Operation
 
 
 class Refused(Exception):
@@ -172,6 +173,10 @@ class RealtimeServerProtocol(WebSocketLeg, WebSocketServerProtocol):
 
 class _RealtimeResource(WebSocketResource):
     """Lends the upgraded request's HTTP channel to the protocol it is handed to."""
+
+    openapi = Endpoint("Realtime", {"GET": Operation(
+        "Open a realtime session (a WebSocket upgrade; see docs/realtime.md)", query={
+            "model": "the model routed", "intent": "transcription for a transcription session"})})
 
     def render(self, request: Any) -> Any:
         self._factory.upgrading = request.channel

@@ -3,7 +3,9 @@ The admin API, behind the bearer token of the config's ``admin.token`` (off with
 
 - ``GET /admin/realtime/sessions`` and ``GET /admin/realtime/sessions/{id}``;
 - virtual keys (`txgateway.web.admin_keys`): ``/admin/keys`` and ``/admin/keys/{id}``;
-- ``GET /admin/usage`` from the ledger, and ``POST /admin/reload``.
+- ``GET /admin/usage`` from the ledger, and ``POST /admin/reload``;
+- the dashboard at ``/admin/ui`` (the one page served without the token: it asks for it),
+  and what it reads besides (`txgateway.web.dashboard`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from twisted.web.resource import Resource
 from txgateway.config import ConfigError
 from txgateway.gateway import Gateway
 from txgateway.web.admin_keys import Keys
+from txgateway.web.dashboard import DashboardPage, LiveSessions, Providers
+from txgateway.web.openapi import Endpoint, Operation
 from txgateway.web.resource import JSONResource, answer_later, openai_error, write_json
 
 
@@ -29,16 +33,21 @@ class Admin(JSONResource):
         self._gateway = gateway
         realtime = JSONResource()
         realtime.putChild(b"sessions", RealtimeSessions(gateway))
+        realtime.putChild(b"stream", LiveSessions(gateway))
         self.putChild(b"realtime", realtime)
         self.putChild(b"keys", Keys(gateway))
         self.putChild(b"usage", UsageReport(gateway))
         self.putChild(b"reload", Reload(gateway))
+        self.putChild(b"providers", Providers(gateway))
+        self.putChild(b"ui", DashboardPage())
 
     def getChildWithDefault(self, path: bytes, request: Any) -> Resource:
         token = self._gateway.config.admin.token.encode()  # a reload may change it
         if not token:
             return _Refusal(404, "The admin API is off: set admin.token in the config.",
                             "admin_disabled")
+        if path == b"ui":  # the page itself asks for the token
+            return self.children[path]
         sent = request.getHeader(b"authorization") or b""
         if not hmac.compare_digest(sent, b"Bearer " + token):
             return _Refusal(401, "The admin API needs the admin token as a bearer token.",
@@ -48,6 +57,9 @@ class Admin(JSONResource):
 
 class RealtimeSessions(JSONResource):
     """Active and recently ended realtime sessions, each with its tally."""
+
+    openapi = Endpoint("Admin", {"GET": Operation("List realtime sessions")},
+                       item="{session_id}")
 
     def __init__(self, gateway: Gateway) -> None:
         super().__init__()
@@ -65,6 +77,7 @@ class RealtimeSessions(JSONResource):
 
 
 class _OneSession(JSONResource):
+    openapi = Endpoint("Admin", {"GET": Operation("Retrieve a realtime session")})
     isLeaf = True
 
     def __init__(self, book: Any, session_id: str) -> None:
@@ -98,6 +111,13 @@ class UsageReport(JSONResource):
     ``GET /admin/usage?group_by=key|model|provider&from=&to=&bucket=hour|day``: the ledger's
     sums.  ``from`` and ``to`` are unix seconds or ISO 8601 times (UTC unless they say).
     """
+
+    openapi = Endpoint("Admin", {"GET": Operation("Usage from the ledger, grouped", None,
+                                                  "List", {
+        "group_by": "key, model (the default) or provider",
+        "bucket": "hour or day (UTC); none sums the whole range",
+        "from": "unix seconds or an ISO 8601 time (UTC unless it says)",
+        "to": "unix seconds or an ISO 8601 time, excluded"})})
 
     isLeaf = True
 
@@ -147,6 +167,8 @@ def _time(value: str | None) -> float | None:
 
 class Reload(JSONResource):
     """``POST /admin/reload``: serve the config file as it is now, or say why not."""
+
+    openapi = Endpoint("Admin", {"POST": Operation("Reload the config file")})
 
     isLeaf = True
 

@@ -19,6 +19,7 @@ from txgateway.dialects.openai import error_body
 from txgateway.gateway import Gateway
 from txgateway.limits import Limits
 from txgateway.store import KeyRecord
+from txgateway.web.openapi import Endpoint, Operation
 from txgateway.web.resource import JSONResource, answer_later
 
 
@@ -74,6 +75,9 @@ def _guard(request: Any, work: Any) -> Any:
 
 
 class Keys(JSONResource):
+    openapi = Endpoint("Admin", {"GET": Operation("List virtual keys", None, "List"),
+                                 "POST": Operation("Create a key (its secret is shown once)",
+                                                   "KeyFields", "Key")}, item="{key_id}")
     def __init__(self, gateway: Gateway) -> None:
         super().__init__()
         self._gateway = gateway
@@ -103,6 +107,11 @@ class Keys(JSONResource):
 
 
 class _OneKey(JSONResource):
+    openapi = Endpoint("Admin", {
+        "GET": Operation("Retrieve a key, with its spend", None, "Key"),
+        "PATCH": Operation("Change a key's limits or budget", "KeyFields", "Key"),
+        "POST": Operation("Change a key (as PATCH)", "KeyFields", "Key"),
+        "DELETE": Operation("Revoke a key", None, "Key")})
     isLeaf = True
 
     def __init__(self, gateway: Gateway, key_id: str) -> None:

@@ -19,6 +19,7 @@ from txgateway.routing import Target
 from txgateway.upstream import UpstreamCall
 from txgateway.usage import Usage
 from txgateway.web.forms import FormEndpoint
+from txgateway.web.openapi import Endpoint, Operation
 from txgateway.web.proxy import is_event_stream
 from txgateway.web.resource import JSONResource
 from txgateway.web.rest import BytesRelay, EventRelay, RestEndpoint, start_relayed, usage_reader
@@ -37,6 +38,8 @@ def read_transcription_usage(answer: Any, seen: Usage | None) -> Usage | None:
 
 
 class Speech(RestEndpoint):
+    openapi = Endpoint("OpenAI", {"POST": Operation(
+        "Turn text into speech", "SpeechRequest", "application/octet-stream")})
     route = "speech"
     api = "speech"
     parse = staticmethod(parse_speech)
@@ -67,12 +70,14 @@ class Speech(RestEndpoint):
 
 
 class Transcriptions(FormEndpoint):
+    openapi = Endpoint("OpenAI", {"POST": Operation("Transcribe audio", "form")})
     route = "transcriptions"
     api = "transcriptions"
     read_usage = staticmethod(read_transcription_usage)
 
 
 class Translations(FormEndpoint):
+    openapi = Endpoint("OpenAI", {"POST": Operation("Translate audio into English", "form")})
     route = "translations"
     api = "translations"
     read_usage = staticmethod(read_transcription_usage)

@@ -21,6 +21,7 @@ from txgateway.gateway import Gateway
 from txgateway.web.batch_lines import BATCH, FILE
 from txgateway.web.files import relay_content
 from txgateway.web.native_objects import NativeCall, listed, run
+from txgateway.web.openapi import Endpoint, Operation
 from txgateway.web.proxy import Refusal, within_limits
 from txgateway.web.resource import JSONResource, NotFound
 
@@ -29,6 +30,9 @@ ENDED = frozenset({"completed", "failed", "expired", "cancelled"})
 
 
 class Batches(JSONResource):
+    openapi = Endpoint("OpenAI", {"GET": Operation("List batches", None, "List"),
+                                  "POST": Operation("Create a batch", "Object")},
+                       item="{batch_id}")
     """``/v1/batches``: create (POST) and the caller's batches (GET); ids below."""
 
     route = "batches"
@@ -81,6 +85,10 @@ async def _save(call: NativeCall, held: dict[str, Any]) -> None:
 
 
 class StoredBatch(JSONResource):
+    openapi = Endpoint("OpenAI", {"GET": Operation("Retrieve a batch")}, below={
+        "results": {"GET": Operation("Retrieve a batch's results", None,
+                                     "application/jsonl")},
+        "cancel": {"POST": Operation("Cancel a batch")}})
     """
     ``/v1/batches/{id}`` (GET), ``/v1/batches/{id}/cancel`` (POST) and
     ``/v1/batches/{id}/results`` (GET).

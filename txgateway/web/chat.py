@@ -29,6 +29,7 @@ from txgateway.routing import Target
 from txgateway.streams import EventSplitter, data_of, events
 from txgateway.upstream import UpstreamCall, UpstreamError
 from txgateway.usage import Usage, estimate_tokens
+from txgateway.web.openapi import Endpoint, Operation
 from txgateway.web.proxy import ProxyEndpoint, finish, is_event_stream, pass_retry_after
 from txgateway.web.relay import (
     StreamRelay,
@@ -38,6 +39,8 @@ from txgateway.web.relay import (
 
 
 class ChatCompletions(ProxyEndpoint):
+    openapi = Endpoint("OpenAI", {"POST": Operation(
+        "Create a chat completion", "ChatCompletionRequest", "ChatCompletion")})
     route = "chat"
     #: The API family asked of the provider (legacy completions share this endpoint's code).
     api = "chat"

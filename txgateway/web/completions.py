@@ -14,10 +14,13 @@ from txgateway.dialects.openai import ChatRequest, parse_completion
 from txgateway.routing import Target
 from txgateway.upstream import UpstreamCall
 from txgateway.web.chat import ChatCompletions
+from txgateway.web.openapi import Endpoint, Operation
 from txgateway.web.rest import refused_api
 
 
 class Completions(ChatCompletions):
+    openapi = Endpoint("OpenAI", {"POST": Operation(
+        "Create a (legacy) completion", "CompletionRequest")})
     route = "completions"
     api = "completions"
     parse = staticmethod(parse_completion)

@@ -21,6 +21,7 @@ from txgateway.auth import caller_key
 from txgateway.dialects.openai import BadRequest, error_body, parse_object
 from txgateway.gateway import Gateway
 from txgateway.translate.responses_to_chat import new_id, stored_items
+from txgateway.web.openapi import Endpoint, Operation
 from txgateway.web.proxy import Refusal
 from txgateway.web.resource import JSONResource, answer_later, openai_error
 
@@ -106,6 +107,8 @@ def check_items(value: Any) -> list[dict[str, Any]]:
 
 
 class Conversations(JSONResource):
+    openapi = Endpoint("OpenAI", {"POST": Operation("Create a conversation", "Object")},
+                       item="{conversation_id}")
     """``POST /v1/conversations``; each conversation below it."""
 
     def __init__(self, gateway: Gateway) -> None:
@@ -135,6 +138,14 @@ class Conversations(JSONResource):
 
 
 class Conversation(JSONResource):
+    openapi = Endpoint("OpenAI", {
+        "GET": Operation("Retrieve a conversation"),
+        "POST": Operation("Update a conversation's metadata", "Object"),
+        "DELETE": Operation("Delete a conversation")}, below={
+        "items": {"GET": Operation("List a conversation's items", None, "List"),
+                  "POST": Operation("Add items to a conversation", "Object", "List")},
+        "items/{item_id}": {"GET": Operation("Retrieve an item"),
+                            "DELETE": Operation("Delete an item")}})
     """
     ``/v1/conversations/{id}`` (GET, POST to update its metadata, DELETE), its ``items``
     (GET a page, POST to add) and ``items/{item_id}`` (GET, DELETE), to its owner only.

@@ -24,12 +24,15 @@ from txgateway.providers import ApiCall, dialect
 from txgateway.routing import Target
 from txgateway.upstream import UpstreamCall, UpstreamError
 from txgateway.usage import Usage, estimate_tokens
+from txgateway.web.openapi import Endpoint, Operation
 from txgateway.web.rest import RestEndpoint, usage_reader
 
 _read_usage = usage_reader(usage_of)
 
 
 class Embeddings(RestEndpoint):
+    openapi = Endpoint("OpenAI", {"POST": Operation(
+        "Create embeddings", "EmbeddingRequest", "EmbeddingList")})
     route = "embeddings"
     api = "embeddings"
     parse = staticmethod(parse_embeddings)

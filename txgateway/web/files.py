@@ -28,6 +28,7 @@ from txgateway.dialects.multipart import FormParser, PartHead, boundary_of
 from txgateway.gateway import Gateway
 from txgateway.web.batch_lines import BATCH_USAGE, FILE, BatchInput, BatchOutput, enter_usage
 from txgateway.web.native_objects import NativeCall, argument, listed, run
+from txgateway.web.openapi import Endpoint, Operation
 from txgateway.web.proxy import Refusal
 from txgateway.web.resource import JSONResource, NotFound
 from txgateway.web.upload import Upload
@@ -112,6 +113,8 @@ class FileForm:
 
 
 class Files(JSONResource):
+    openapi = Endpoint("OpenAI", {"GET": Operation("List files", None, "List"),
+                                  "POST": Operation("Upload a file", "form")}, item="{file_id}")
     """``/v1/files``: upload (POST) and the caller's files (GET); ids below."""
 
     route = "files"
@@ -178,6 +181,11 @@ async def _upload(call: NativeCall) -> None:
 
 
 class StoredFile(JSONResource):
+    openapi = Endpoint("OpenAI", {
+        "GET": Operation("Retrieve a file's description"),
+        "DELETE": Operation("Delete a file")}, below={
+        "content": {"GET": Operation("Retrieve a file's content", None,
+                                     "application/octet-stream")}})
     """``/v1/files/{id}`` (GET, DELETE) and ``/v1/files/{id}/content`` (GET)."""
 
     isLeaf = True

@@ -8,11 +8,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from twisted.internet.defer import Deferred, gatherResults
 
 from txgateway.gateway import Gateway
+from txgateway.web.openapi import Endpoint, Operation
 from txgateway.web.resource import JSONResource, answer_later, write_json
 
 
 class Health(JSONResource):
     """200 while the process serves HTTP at all."""
+
+    openapi = Endpoint("Operations", {"GET": Operation("Liveness")})
 
     def render_GET(self, request: Any) -> bytes:
         return write_json(request, 200, b'{"status":"ok"}')
@@ -24,6 +27,8 @@ class Ready(JSONResource):
     and routes to send calls to, and its store and limiter answer.  Each check is listed, so
     an operator sees which one failed.
     """
+
+    openapi = Endpoint("Operations", {"GET": Operation("Readiness, check by check")})
 
     isLeaf = True
     #: How long the store and limiter probes may take before they count as down.
@@ -62,6 +67,9 @@ class Ready(JSONResource):
 
 class Metrics(JSONResource):
     """The Prometheus text exposition, collected in-process (no thread hop)."""
+
+    openapi = Endpoint("Operations", {"GET": Operation("Prometheus metrics", None,
+                                                       "text/plain")})
 
     isLeaf = True
 

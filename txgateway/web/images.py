@@ -22,6 +22,7 @@ from txgateway.routing import Target
 from txgateway.upstream import UpstreamCall
 from txgateway.usage import Usage
 from txgateway.web.forms import FormEndpoint
+from txgateway.web.openapi import Endpoint, Operation
 from txgateway.web.proxy import is_event_stream
 from txgateway.web.relay import start_event_stream
 from txgateway.web.resource import JSONResource
@@ -49,6 +50,7 @@ def read_image_usage(answer: Any, seen: Usage | None) -> Usage | None:
 
 
 class ImageGenerations(RestEndpoint):
+    openapi = Endpoint("OpenAI", {"POST": Operation("Create images", "ImageRequest")})
     route = "images"
     api = "images"
     parse = staticmethod(parse_image_generation)
@@ -75,6 +77,7 @@ class ImageGenerations(RestEndpoint):
 
 
 class ImageEdits(FormEndpoint):
+    openapi = Endpoint("OpenAI", {"POST": Operation("Edit an image", "form")})
     route = "image_edits"
     api = "image_edits"
     # ``image`` or ``image[]`` (several images): the upstream checks which.

@@ -29,6 +29,7 @@ from txgateway.translate.messages_to_chat import (
 )
 from txgateway.upstream import UpstreamCall, UpstreamError
 from txgateway.usage import Usage
+from txgateway.web.openapi import Endpoint, Operation
 from txgateway.web.proxy import ProxyEndpoint, finish, is_event_stream, pass_retry_after
 from txgateway.web.relay import TranslatedStreamRelay, start_event_stream
 
@@ -88,6 +89,8 @@ class _AnthropicEndpoint(ProxyEndpoint):
 
 
 class Messages(_AnthropicEndpoint):
+    openapi = Endpoint("Anthropic", {"POST": Operation(
+        "Create a message", "MessageRequest", "Message")})
     isLeaf = False  # count_tokens hangs below it
     route = "messages"
 
@@ -139,6 +142,8 @@ class Messages(_AnthropicEndpoint):
 
 
 class CountTokens(_AnthropicEndpoint):
+    openapi = Endpoint("Anthropic", {"POST": Operation(
+        "Count a message's tokens", "CountTokensRequest")})
     """Native for Anthropic providers; for others the local estimate of `txgateway.tokens`."""
 
     route = "count_tokens"

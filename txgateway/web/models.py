@@ -9,10 +9,13 @@ import orjson
 from twisted.web.resource import Resource
 
 from txgateway.gateway import Gateway
+from txgateway.web.openapi import Endpoint, Operation
 from txgateway.web.resource import JSONResource, openai_error, write_json
 
 
 class Models(JSONResource):
+    openapi = Endpoint("OpenAI", {"GET": Operation("List models", None, "List")},
+                       item="{model}")
     def __init__(self, gateway: Gateway, created: int) -> None:
         super().__init__()
         self._gateway = gateway
@@ -31,6 +34,7 @@ class Models(JSONResource):
 
 
 class Model(JSONResource):
+    openapi = Endpoint("OpenAI", {"GET": Operation("Retrieve a model")})
     isLeaf = True
 
     def __init__(self, models: Models, name: str) -> None:

@@ -38,6 +38,7 @@ from txgateway.providers import UpstreamRequest
 from txgateway.streams import EventSplitter, data_of, events
 from txgateway.upstream import TimedBody, UpstreamCall
 from txgateway.usage import Usage, estimate_tokens
+from txgateway.web.openapi import Endpoint, Operation
 from txgateway.web.proxy import Refusal, answered, authenticate, within_limits
 from txgateway.web.relay import CLIENT_CLOSED
 from txgateway.web.resource import JSONResource, write_json
@@ -64,6 +65,10 @@ INFLATE_LIMIT, INFLATE_STEP = 64 * USAGE_PEEK_LIMIT, 64 * 1024
 
 
 class Passthrough(JSONResource):
+    openapi = Endpoint("Passthrough", below={"{provider}/{path}": {
+        method: Operation(f"{method} the provider's own API, with the gateway's credentials",
+                          None if method in ("GET", "DELETE") else "Object")
+        for method in ("GET", "POST", "PUT", "PATCH", "DELETE")}})
     isLeaf = True
     route = "passthrough"
 

@@ -29,6 +29,7 @@ from txgateway.realtime.client_secrets import SESSION_TYPES, SecretRefused, call
 from txgateway.realtime.session import SessionInfo, TooManySessions
 from txgateway.realtime.upstream import UpstreamRefused, caller_status
 from txgateway.upstream import UpstreamError
+from txgateway.web.openapi import Endpoint, Operation
 from txgateway.web.resource import JSONResource
 
 log = Logger()
@@ -144,6 +145,9 @@ class RealtimeCalls(JSONResource):
     """``/v1/realtime/calls`` and each call's control endpoints below it."""
 
     route = "realtime_calls"
+    openapi = Endpoint("Realtime", {"POST": Operation(
+        "Start a WebRTC call (an SDP offer, or a form of sdp and session); the answer is SDP",
+        "form", "application/sdp", query={"model": "the model routed"})}, item="{call_id}")
 
     def __init__(self, gateway: Gateway) -> None:
         super().__init__()
@@ -228,6 +232,9 @@ class CallControl(JSONResource):
     """``/v1/realtime/calls/{call_id}/{action}``: passed through, for the call's own key."""
 
     isLeaf = True
+    openapi = Endpoint("Realtime", below={action: {"POST": Operation(
+        f"{action.capitalize()} a call made through the gateway", "Object")}
+        for action in ACTIONS})
 
     def __init__(self, gateway: Gateway, book: CallBook, call_id: str) -> None:
         super().__init__()

@@ -15,6 +15,7 @@ from txgateway.dialects.openai import BadRequest, error_body, parse_object
 from txgateway.gateway import Gateway
 from txgateway.realtime.client_secrets import SecretRefused, issue, parse_request
 from txgateway.realtime.server import realtime_resource
+from txgateway.web.openapi import Endpoint, Operation
 from txgateway.web.realtime_calls import RealtimeCalls
 from txgateway.web.resource import JSONResource, answer_later
 
@@ -22,10 +23,10 @@ from txgateway.web.resource import JSONResource, answer_later
 class RealtimeTree(JSONResource):
     """The WebSocket at ``/v1/realtime`` itself, REST children below it."""
 
-    def __init__(self, socket: Resource) -> None:
+    def __init__(self, socket: Any) -> None:
         super().__init__()
         self._socket = socket
-        self.putChild(b"", socket)
+        self.openapi = socket.openapi
 
     def render(self, request: Any) -> Any:
         return self._socket.render(request)
@@ -43,6 +44,8 @@ class ClientSecrets(JSONResource):
 
     isLeaf = True
     route = "realtime_client_secrets"
+    openapi = Endpoint("Realtime", {"POST": Operation(
+        "Create an ephemeral key (client secret) for a browser's realtime session", "Object")})
 
     def __init__(self, gateway: Gateway) -> None:
         super().__init__()

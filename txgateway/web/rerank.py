@@ -29,10 +29,13 @@ from txgateway.dialects.cohere import (
 from txgateway.providers import ApiCall, dialect
 from txgateway.routing import Target
 from txgateway.upstream import UpstreamCall, UpstreamError
+from txgateway.web.openapi import Endpoint, Operation
 from txgateway.web.proxy import ProxyEndpoint, Refusal, finish, pass_retry_after
 
 
 class Rerank(ProxyEndpoint):
+    openapi = Endpoint("Cohere", {"POST": Operation(
+        "Rerank documents by relevance to a query", "RerankRequest", "RerankResult")})
     route = "rerank"
     parse = staticmethod(parse_rerank)
     error_body = staticmethod(error_body)

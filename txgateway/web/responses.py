@@ -63,6 +63,7 @@ from txgateway.translate.responses_to_chat import (
 from txgateway.upstream import UpstreamCall, UpstreamError
 from txgateway.usage import Usage, estimate_tokens
 from txgateway.web import conversations
+from txgateway.web.openapi import Endpoint, Operation
 from txgateway.web.proxy import (
     ProxyEndpoint,
     Refusal,
@@ -141,6 +142,8 @@ def native_responses(target: Target) -> bool:
 
 class Responses(ProxyEndpoint):
     isLeaf = False  # the stored responses hang below it
+    openapi = Endpoint("OpenAI", {"POST": Operation(
+        "Create a response", "ResponseRequest", "Response")}, item="{response_id}")
     route = "responses"
     parse = staticmethod(parse_responses)
     error_body = staticmethod(error_body)
@@ -522,6 +525,11 @@ class NativeResponsesRelay(_SavesBeforeEnd, StreamRelay):
 
 
 class StoredResponse(JSONResource):
+    openapi = Endpoint("OpenAI", {
+        "GET": Operation("Retrieve a response", None, "Response"),
+        "DELETE": Operation("Delete a response")}, below={
+        "input_items": {"GET": Operation("List a response's input items", None, "List")},
+        "cancel": {"POST": Operation("Cancel a background response", None, "Response")}})
     """
     ``/v1/responses/{id}`` (GET, DELETE), ``.../input_items`` (GET) and ``.../cancel``
     (POST): answered from the store for responses the gateway made, forwarded to the

@@ -33,6 +33,7 @@ from txgateway.translate.responses_to_chat import (
 )
 from txgateway.upstream import UpstreamCall, UpstreamError
 from txgateway.usage import Usage
+from txgateway.web.openapi import Endpoint, Operation
 from txgateway.web.proxy import finish
 from txgateway.web.responses import (
     Responses,
@@ -64,6 +65,8 @@ class _ResponsesInput(Responses):
 
 
 class InputTokens(_ResponsesInput):
+    openapi = Endpoint("OpenAI", {"POST": Operation(
+        "Count a response's input tokens", "ResponseRequest")})
     """Native, or the local estimate: a count uses no tokens, and the exchange records none."""
 
     route = "responses_input_tokens"
@@ -82,6 +85,8 @@ class InputTokens(_ResponsesInput):
 
 
 class Compact(_ResponsesInput):
+    openapi = Endpoint("OpenAI", {"POST": Operation(
+        "Compact a conversation", "ResponseRequest")})
     """Native, or a summary made by the routed chat model (see the module's docstring)."""
 
     route = "responses_compact"

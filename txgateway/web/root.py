@@ -5,18 +5,21 @@ from __future__ import annotations
 from twisted.web.resource import Resource
 
 from txgateway.gateway import Gateway
+from txgateway.tracing import TracedRoot
 from txgateway.web.admin import Admin
 from txgateway.web.audio import audio_tree
 from txgateway.web.batches import Batches
 from txgateway.web.chat import ChatCompletions
 from txgateway.web.completions import Completions
 from txgateway.web.conversations import Conversations
+from txgateway.web.dashboard import DocsPage
 from txgateway.web.embeddings import Embeddings
 from txgateway.web.files import Files
 from txgateway.web.health import Health, Metrics, Ready
 from txgateway.web.images import images_tree
 from txgateway.web.messages import messages_tree
 from txgateway.web.models import Models
+from txgateway.web.openapi import OpenAPIDocument
 from txgateway.web.passthrough import Passthrough
 from txgateway.web.realtime_rest import realtime_tree
 from txgateway.web.rerank import Rerank
@@ -25,7 +28,8 @@ from txgateway.web.responses_input import responses_tree
 
 
 def build_root(gateway: Gateway) -> Resource:
-    root = Root(gateway.accountant)
+    root = (Root(gateway.accountant) if gateway.tracing is None
+            else TracedRoot(gateway.accountant, gateway.tracing))
     v1 = JSONResource()
     chat = JSONResource()
     root.putChild(b"v1", v1)
@@ -63,4 +67,6 @@ def build_root(gateway: Gateway) -> Resource:
     health.putChild(b"ready", Ready(gateway))
     root.putChild(b"health", health)
     root.putChild(b"metrics", Metrics(gateway))
+    root.putChild(b"openapi.json", OpenAPIDocument(root))
+    root.putChild(b"docs", DocsPage())
     return root
