@@ -51,6 +51,9 @@ class Exchange:
 class Accountant:
     """Turns finished exchanges into metrics and one access log line each."""
 
+    #: A `txgateway.tracing.Tracing` told of each end, when traces are exported.
+    tracing: Any = None
+
     def __init__(self, clock: Any, metrics: GatewayMetrics, access_log: AccessWriter,
                  ledger: Ledger, limiter: ILimiter, prices: PriceTable) -> None:
         self._clock = clock
@@ -150,6 +153,8 @@ class Accountant:
             "ttft_ms": None if ttft is None else round(ttft * 1000, 3),
             "error": exchange.error,
         })
+        if self.tracing is not None:
+            self.tracing.exchange_finished(exchange)
 
     def _cost(self, exchange: Exchange, model: str, usage: Usage) -> float:
         """What the call cost at the price table's rates (0 for unpriced models)."""
