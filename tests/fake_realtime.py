@@ -6,7 +6,8 @@ It records each handshake and every frame it receives, and answers from a script
 out-of-band one, `OOB_USAGE`; ``response.cancel`` stops the one playing (the named one, else the
 latest) with a ``cancelled`` ``response.done`` carrying `CANCELLED_USAGE`, or answers OpenAI's
 ``response_cancel_not_active`` error when none plays; a committed buffer gets a transcription
-with `ASR_USAGE`.
+with `ASR_USAGE` (`DURATION_USAGE` once a ``session.update`` set a whisper transcription
+model); a ``session.update`` is answered ``session.updated``.
 Special models: ``refuse-429`` and ``refuse-401`` refuse the upgrade; a client event
 ``test.drop`` makes it drop the TCP connection mid-response, ``test.close`` close with 4321,
 ``test.flood`` write ``count`` audio deltas of ``size`` base64 characters at once (each with its
@@ -45,6 +46,8 @@ CANCELLED_USAGE = {"total_tokens": 167, "input_tokens": 150, "output_tokens": 17
                    "output_token_details": {"text_tokens": 5, "audio_tokens": 12}}
 ASR_USAGE = {"type": "tokens", "input_tokens": 13, "output_tokens": 9, "total_tokens": 22,
              "input_token_details": {"text_tokens": 0, "audio_tokens": 13}}
+#: What a duration-priced transcription model (whisper-1) reports instead.
+DURATION_USAGE = {"type": "duration", "seconds": 2.5}
 #: 20 ms of pcm16 at 24 kHz.
 AUDIO_FRAME = bytes(960)
 
@@ -118,7 +121,14 @@ class FakeRealtimeProtocol(WebSocketServerProtocol):
                        "previous_item_id": None})
             self.emit({"type": "conversation.item.input_audio_transcription.completed",
                        "item_id": "item_in", "content_index": 0, "transcript": "hello",
-                       "usage": ASR_USAGE})
+                       "usage": (DURATION_USAGE if getattr(self, "_transcriber", "")
+                                 .startswith("whisper") else ASR_USAGE)})
+        elif kind == "session.update":
+            session = event.get("session") or {}
+            self._transcriber = ((session.get("audio") or {}).get("input", {})
+                                 .get("transcription", {}).get("model", ""))
+            self.emit({"type": "session.updated", "session": {
+                "object": "realtime.session", "id": "sess_fake", **session}})
         elif kind == "test.drop":
             self.transport.abortConnection()
         elif kind == "test.close":

@@ -112,12 +112,14 @@ class RealtimeTestCase(TestCase):
     config = CONFIG
     realtime = "{}"
     timeout = 15
+    #: Starts the fake upstream: its state and its listening port.
+    start_fake = staticmethod(start_fake_realtime)
 
     def setUp(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._start())
 
     async def _start(self) -> None:
-        self.fake, self.fake_port = start_fake_realtime()
+        self.fake, self.fake_port = self.start_fake()
         directory = tempfile.mkdtemp()
         self.access_log_path = os.path.join(directory, "access.log")
         config = load_config(self.config.format(

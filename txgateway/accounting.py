@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import secrets
 from typing import Any
 
@@ -165,44 +166,81 @@ class Accountant:
         self._metrics.cost(exchange.route, exchange.provider, model, cost)
         return cost
 
+    def session_costs(self, session: Any) -> tuple[float, str | None, float]:
+        """
+        What a realtime session has cost so far at the price table's rates: its conversation's
+        cost, and the model its input transcription is priced as with that cost.
+        """
+        info, usage = session.info, session.tally.usage
+        model = info.upstream_model or info.model
+        # Transcription is priced as its own model: the session's, or a transcription
+        # session's model itself.
+        transcriber = session.tally.transcription_model or (
+            model if info.intent == "transcription" else None)
+        conversation = (self.prices.realtime_cost(
+            model, usage.input_text_tokens, usage.input_audio_tokens, usage.input_image_tokens,
+            usage.cached_text_tokens, usage.cached_audio_tokens, usage.output_text_tokens,
+            usage.output_audio_tokens) or 0.0)
+        transcription = 0.0
+        if transcriber is not None:
+            transcription = self.prices.transcription_cost(
+                transcriber, usage.transcription_input_tokens, usage.transcription_seconds,
+                usage.transcription_output_tokens) or 0.0
+        return conversation, transcriber, transcription
+
+    def session_cost(self, session: Any) -> float:
+        conversation, _, transcription = self.session_costs(session)
+        return conversation + transcription
+
     def session_ended(self, session: Any) -> None:
         """
-        A realtime session's end: its tally into the ledger as one record, its tokens and cost
-        told to the limiter (`txgateway.realtime.session.SessionBook` calls this).
+        A realtime session's end: its tally into the ledger, its tokens and cost told to the
+        limiter (`txgateway.realtime.session.SessionBook` calls this).  A conversation's input
+        transcription is a record of its own, under the transcription model (its tokens or
+        seconds are priced and reported apart); a transcription session is that record alone.
         """
         info, tally = session.info, session.tally
         if self.tracing is not None:
             self.tracing.session_ended(session)
         usage = tally.usage
-        model = info.upstream_model or info.model
-        # Transcription is priced as its own model: the session's, or a transcription
-        # session's model itself.
-        transcriber = tally.transcription_model or (
-            model if info.intent == "transcription" else None)
-        cost = (self.prices.realtime_cost(
-            model, usage.input_text_tokens, usage.input_audio_tokens, usage.input_image_tokens,
-            usage.cached_text_tokens, usage.cached_audio_tokens, usage.output_text_tokens,
-            usage.output_audio_tokens) or 0.0)
-        if transcriber is not None:
-            cost += self.prices.transcription_cost(
-                transcriber, usage.transcription_input_tokens, usage.transcription_seconds,
-                usage.transcription_output_tokens) or 0.0
-        if cost:
-            self._metrics.cost("realtime", info.provider_kind, info.model, cost)
+        conversation, transcriber, transcription = self.session_costs(session)
+        cost = conversation + transcription
         if info.limits is not None:
             self._limiter.commit(info.key_id, info.limits, 0, usage.total_tokens, cost
                                  ).addErrback(lambda f: log.failure("limiter commit failed", f))
         ended = tally.ended or tally.started
-        self._ledger.append(UsageRecord(
-            request_id=info.id, time=tally.started, kind="realtime", route="realtime",
-            key_id=info.key_id, model=info.model, provider=info.provider,
-            upstream_model=info.upstream_model, status=101,
+        record = functools.partial(
+            UsageRecord, time=tally.started, kind="realtime", key_id=info.key_id,
+            provider=info.provider, status=101, estimated=bool(tally.unterminated),
+            duration_ms=(ended - tally.started) * 1000)
+        transcribed = functools.partial(
+            record, input_tokens=usage.transcription_input_tokens,
+            output_tokens=usage.transcription_output_tokens,
+            input_audio_tokens=usage.transcription_input_tokens,
+            output_text_tokens=usage.transcription_output_tokens,
+            audio_seconds=usage.transcription_seconds, cost_usd=transcription)
+        if info.intent == "transcription":
+            if cost:
+                self._metrics.cost("realtime", info.provider_kind, info.model, cost)
+            self._ledger.append(transcribed(
+                request_id=info.id, route="realtime", model=info.model,
+                upstream_model=info.upstream_model, cost_usd=cost))
+            return
+        if conversation:
+            self._metrics.cost("realtime", info.provider_kind, info.model, conversation)
+        self._ledger.append(record(
+            request_id=info.id, route="realtime", model=info.model,
+            upstream_model=info.upstream_model,
             input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
             cached_input_tokens=usage.input_cached_tokens,
             input_text_tokens=usage.input_text_tokens,
             input_audio_tokens=usage.input_audio_tokens,
             output_text_tokens=usage.output_text_tokens,
-            output_audio_tokens=usage.output_audio_tokens,
-            estimated=bool(tally.unterminated), cost_usd=cost,
-            duration_ms=(ended - tally.started) * 1000,
-        ))
+            output_audio_tokens=usage.output_audio_tokens, cost_usd=conversation))
+        if transcriber is not None and (usage.transcription_tokens
+                                        or usage.transcription_seconds):
+            if transcription:
+                self._metrics.cost("realtime", info.provider_kind, transcriber, transcription)
+            self._ledger.append(transcribed(
+                request_id=info.id + "-transcription", route="realtime_transcription",
+                model=transcriber, upstream_model=transcriber))

@@ -47,6 +47,9 @@ class IAuthenticator(Interface):
     def authenticate(key: str | None) -> Deferred:  # noqa: N805 (zope interface)
         """Fires with the caller behind ``key`` (None when none was sent), or None to refuse."""
 
+    def authenticate_hash(key_hash: str | None) -> Deferred:  # noqa: N805
+        """`authenticate` for a key known only by its `hash_key` (an ephemeral key's parent)."""
+
 
 def principal_of(record: KeyRecord) -> Principal:
     limits = Limits(requests_per_minute=record.requests_per_minute,
@@ -114,13 +117,15 @@ class KeyAuthenticator:
         return self.open
 
     def authenticate(self, key: str | None) -> Deferred:
+        return self.authenticate_hash(hash_key(key) if key else None)
+
+    def authenticate_hash(self, key_hash: str | None) -> Deferred:
         if self.open:
             if self._open_until > self._clock():
                 return succeed(ANONYMOUS)
-            return Deferred.fromCoroutine(self._authenticate_after_check(key))
-        if not key:
+            return Deferred.fromCoroutine(self._authenticate_after_check(key_hash))
+        if not key_hash:
             return succeed(None)
-        key_hash = hash_key(key)
         declared = self._declared.get(key_hash)
         if declared is not None:
             return succeed(declared)
@@ -129,10 +134,10 @@ class KeyAuthenticator:
             return succeed(cached[1])
         return Deferred.fromCoroutine(self._look_up(key_hash))
 
-    async def _authenticate_after_check(self, key: str | None) -> Principal | None:
+    async def _authenticate_after_check(self, key_hash: str | None) -> Principal | None:
         if await self._still_open():
             return ANONYMOUS
-        return await self.authenticate(key)
+        return await self.authenticate_hash(key_hash)
 
     async def _look_up(self, key_hash: str) -> Principal | None:
         record = await self._store.key_by_hash(key_hash)

@@ -21,6 +21,7 @@ from zope.interface import implementer
 from txgateway.dialects.openai import error_body
 from txgateway.gateway import Gateway
 from txgateway.providers import realtime_target
+from txgateway.realtime.client_secrets import SecretRefused, caller_of
 from txgateway.realtime.handshake import read_upgrade
 from txgateway.realtime.legs import ILeg, WebSocketLeg
 from txgateway.realtime.session import Session, SessionInfo, TooManySessions
@@ -83,7 +84,10 @@ class RealtimeServerProtocol(WebSocketLeg, WebSocketServerProtocol):
         gateway = self.gateway
         settings = gateway.config.realtime
         upgrade = read_upgrade(request.headers, request.params, request.protocols)
-        principal = await gateway.authenticator.authenticate(upgrade.key)
+        try:
+            principal, upgrade, setup = await caller_of(gateway, upgrade, request.params)
+        except SecretRefused as error:
+            raise Refused(error.status, str(error), error.code, error.param) from None
         if principal is None:
             raise Refused(401, "Incorrect API key provided.", "invalid_api_key")
         name = upgrade.model
@@ -125,6 +129,8 @@ class RealtimeServerProtocol(WebSocketLeg, WebSocketServerProtocol):
             raise Refused(error.status, str(error), error.code, None, name,
                           route.provider) from None
         session.upstream_ready(upstream)
+        if setup is not None:
+            upstream.send(setup, False)
         return upgrade.protocol
 
     def sendHttpErrorResponse(self, code: int, reason: str, responseHeaders: Any = None) -> None:

@@ -46,6 +46,8 @@ class SessionInfo:
     beta: bool
     #: The key's limits (`txgateway.limits.Limits`), told what the session used at its end.
     limits: Any = None
+    #: The WebRTC or SIP call a sideband session meters (`txgateway.realtime.calls`).
+    call_id: str | None = None
 
 
 @implementer(IUpstreamListener)
@@ -206,6 +208,10 @@ class Session:
         self._client.drop()
         self._ended()
 
+    def end(self, code: str, message: str) -> None:
+        """A limit watched outside the session (a call's key budget) is crossed."""
+        self._guard(code, message)
+
     def _guard(self, code: str, message: str) -> None:
         """A limit is crossed: say so, cancel what runs upstream, close both with 1008."""
         if self.ended_by is not None or self.client_close is not None:
@@ -229,6 +235,7 @@ class Session:
             "key": info.key_id,
             "intent": info.intent,
             "beta": info.beta,
+            "call_id": info.call_id,
             "started_at": _iso(tally.started),
             "ended_at": None if tally.ended is None else _iso(tally.ended),
             "ended_by": self.ended_by,
