@@ -21,6 +21,20 @@ from txgateway.usage import Usage
 
 log = Logger()
 
+#: Sessions billed by the second of their own model (a translation or Live model).
+DURATION_SURFACES = ("translation", "live")
+
+
+def billed_seconds(session: Any) -> float:
+    """
+    A duration-billed session's seconds: a Live session's as its provider reports them (the
+    last cumulative total); a translation session's are the input audio the gateway relayed,
+    since the translation protocol reports no usage (the model consumes all of it).
+    """
+    if session.info.intent == "live":
+        return session.tally.usage.live_seconds
+    return session.tally.audio_seconds_in
+
 
 @attrs.define
 class Exchange:
@@ -169,10 +183,15 @@ class Accountant:
     def session_costs(self, session: Any) -> tuple[float, str | None, float]:
         """
         What a realtime session has cost so far at the price table's rates: its conversation's
-        cost, and the model its input transcription is priced as with that cost.
+        cost, and the model its input transcription is priced as with that cost.  Translation
+        and Live sessions are billed by the second of their model alone (`billed_seconds`).
         """
         info, usage = session.info, session.tally.usage
         model = info.upstream_model or info.model
+        if info.intent in DURATION_SURFACES:
+            price = self.prices.price(model)
+            per_second = 0.0 if price is None else price.per_second
+            return 0.0, model, billed_seconds(session) * per_second
         # Transcription is priced as its own model: the session's, or a transcription
         # session's model itself.
         transcriber = session.tally.transcription_model or (
@@ -184,9 +203,22 @@ class Accountant:
         transcription = 0.0
         if transcriber is not None:
             transcription = self.prices.transcription_cost(
-                transcriber, usage.transcription_input_tokens, usage.transcription_seconds,
+                transcriber, usage.transcription_input_tokens,
+                self._transcribed_seconds(session, transcriber),
                 usage.transcription_output_tokens) or 0.0
         return conversation, transcriber, transcription
+
+    def _transcribed_seconds(self, session: Any, transcriber: str) -> float:
+        """
+        The seconds a duration-priced transcription is billed: in a transcription session all
+        the audio sent is transcribed, so audio after the last reported transcript is billed
+        too (the provider's report of it may never come before the close).
+        """
+        reported = session.tally.usage.transcription_seconds
+        price = self.prices.price(transcriber)
+        if session.info.intent != "transcription" or price is None or not price.per_second:
+            return reported
+        return max(reported, session.tally.audio_seconds_in)
 
     def session_cost(self, session: Any) -> float:
         conversation, _, transcription = self.session_costs(session)
@@ -213,12 +245,24 @@ class Accountant:
             UsageRecord, time=tally.started, kind="realtime", key_id=info.key_id,
             provider=info.provider, status=101, estimated=bool(tally.unterminated),
             duration_ms=(ended - tally.started) * 1000)
+        if info.intent in DURATION_SURFACES:
+            if cost:
+                self._metrics.cost("realtime", info.provider_kind, info.model, cost)
+            self._ledger.append(record(
+                request_id=info.id, route="realtime_" + info.intent, model=info.model,
+                upstream_model=info.upstream_model, audio_seconds=billed_seconds(session),
+                cost_usd=cost))
+            return
+        seconds = (usage.transcription_seconds if transcriber is None
+                   else self._transcribed_seconds(session, transcriber))
+        if seconds > usage.transcription_seconds:
+            record = functools.partial(record, estimated=True)
         transcribed = functools.partial(
             record, input_tokens=usage.transcription_input_tokens,
             output_tokens=usage.transcription_output_tokens,
             input_audio_tokens=usage.transcription_input_tokens,
             output_text_tokens=usage.transcription_output_tokens,
-            audio_seconds=usage.transcription_seconds, cost_usd=transcription)
+            audio_seconds=seconds, cost_usd=transcription)
         if info.intent == "transcription":
             if cost:
                 self._metrics.cost("realtime", info.provider_kind, info.model, cost)

@@ -81,6 +81,8 @@ class RealtimeSettings:
     ping_timeout: Seconds = Seconds(20.0)
     #: A caller that reads nothing for this long while the relay waits on it is dropped.
     slow_client_timeout: Seconds = Seconds(10.0)
+    #: A caller that leaves while responses run: the upstream is kept this long for their usage.
+    drain_timeout: Seconds = Seconds(5.0)
     #: The model routed for ``?intent=transcription`` sessions that name none.
     transcription_model: str = "gpt-4o-transcribe"
 

@@ -163,6 +163,11 @@ class GatewayMetrics:
             "Input audio transcribed in realtime sessions, for duration-billed models.",
             ["model", "provider"],
         )
+        self._live_seconds = _Series(
+            "txgateway_realtime_live_seconds",
+            "Billed seconds of Live sessions, as their provider reports them.",
+            ["model", "provider"],
+        )
         self._sessions_active = _Gauge(
             "txgateway_realtime_sessions_active",
             "Realtime sessions open now.",
@@ -261,6 +266,8 @@ class GatewayMetrics:
                 self._transcription_tokens.inc((model, provider, direction), count)
         if usage.transcription_seconds:
             self._transcription_seconds.inc((model, provider), usage.transcription_seconds)
+        if usage.live_seconds:
+            self._live_seconds.inc((model, provider), usage.live_seconds)
 
     def realtime_session(self, model: str, provider: str, change: int) -> None:
         """A session opened (+1) or closed (-1)."""

@@ -17,6 +17,10 @@ def websocket_url(http_url: str) -> str:
     return ("wss" if scheme == "https" else "ws") + ":" + rest
 
 
+#: The sessions served at a path of their own rather than as an ``intent`` of ``/realtime``.
+SURFACES = {"translation": "/realtime/translations", "live": "/live/sessions"}
+
+
 def openai_realtime_target(url: str, query: Mapping[str, str], intent: str, beta: bool,
                            headers: Mapping[str, str]) -> RealtimeTarget:
     """
@@ -24,7 +28,9 @@ def openai_realtime_target(url: str, query: Mapping[str, str], intent: str, beta
     a beta caller's interface is asked for with ``OpenAI-Beta: realtime=v1``.
     """
     query = dict(query)
-    if intent != "realtime":
+    if intent in SURFACES:
+        url = url.removesuffix("/realtime") + SURFACES[intent]
+    elif intent != "realtime":
         query["intent"] = intent
     headers = dict(headers)
     if beta:

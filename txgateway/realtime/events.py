@@ -15,17 +15,25 @@ ACCOUNTED = frozenset({
     "session.created", "session.updated", "transcription_session.created",
     "transcription_session.updated", "response.created", "response.done",
     "conversation.item.input_audio_transcription.completed", "error",
+    # Translation and Live sessions (``/v1/realtime/translations``, ``/v1/live/sessions``).
+    "session.started", "session.usage.updated", "session.closed",
 })
-#: Server events carrying base64 output audio (under ``delta``), GA and beta names.
-AUDIO_DELTAS = frozenset({"response.output_audio.delta", "response.audio.delta"})
+#: Server events carrying base64 output audio (under ``delta``): GA, beta and translation names.
+AUDIO_DELTAS = frozenset({"response.output_audio.delta", "response.audio.delta",
+                          "session.output_audio.delta"})
+#: Client events appending base64 input audio (under ``audio``): realtime and translation.
+APPENDS = frozenset({"input_audio_buffer.append", "session.input_audio_buffer.append"})
 
 #: How the audio events start as the SDKs and OpenAI write them: ``type`` first, in compact JSON
 #: or with Python's default separators.  A frame starting so is that event, known without the
 #: sniff (the bulk of a voice session's frames); any other frame is sniffed.
-APPEND_STARTS = (b'{"type":"input_audio_buffer.append"', b'{"type": "input_audio_buffer.append"')
+APPEND_STARTS = (b'{"type":"input_audio_buffer.append"', b'{"type": "input_audio_buffer.append"',
+                 b'{"type":"session.input_audio_buffer.append"',
+                 b'{"type": "session.input_audio_buffer.append"')
 AUDIO_DELTA_STARTS = (
     b'{"type":"response.output_audio.delta"', b'{"type": "response.output_audio.delta"',
     b'{"type":"response.audio.delta"', b'{"type": "response.audio.delta"',
+    b'{"type":"session.output_audio.delta"', b'{"type": "session.output_audio.delta"',
 )
 
 _TYPE = re.compile(rb'"type"\s*:\s*"([A-Za-z0-9_.]{1,100})"')

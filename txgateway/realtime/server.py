@@ -11,6 +11,7 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
+import attrs
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
@@ -46,6 +47,8 @@ class RealtimeServerProtocol(WebSocketLeg, WebSocketServerProtocol):
     """The caller's leg of one session."""
 
     gateway: Gateway
+    #: The intent of a surface served at a path of its own (translations, Live sessions).
+    surface: str | None = None
     session: Session | None = None
     _refusal: bytes | None = None
     _channel: Any = None
@@ -84,6 +87,8 @@ class RealtimeServerProtocol(WebSocketLeg, WebSocketServerProtocol):
         gateway = self.gateway
         settings = gateway.config.realtime
         upgrade = read_upgrade(request.headers, request.params, request.protocols)
+        if self.surface is not None:
+            upgrade = attrs.evolve(upgrade, intent=self.surface)
         try:
             principal, upgrade, setup = await caller_of(gateway, upgrade, request.params)
         except SecretRefused as error:
@@ -186,11 +191,15 @@ class _RealtimeResource(WebSocketResource):
             self._factory.upgrading = None
 
 
-def realtime_resource(gateway: Gateway) -> WebSocketResource:
-    """The ``/v1/realtime`` resource, with the config's limits and keepalive."""
+def realtime_resource(gateway: Gateway, surface: str | None = None) -> WebSocketResource:
+    """
+    The ``/v1/realtime`` resource, with the config's limits and keepalive; with a ``surface``,
+    a session of that intent at its own path (``/v1/realtime/translations``, ...).
+    """
     settings = gateway.config.realtime
     factory = WebSocketServerFactory(server="txgateway")
-    factory.protocol = type("RealtimeProtocol", (RealtimeServerProtocol,), {"gateway": gateway})
+    factory.protocol = type("RealtimeProtocol", (RealtimeServerProtocol,),
+                            {"gateway": gateway, "surface": surface})
     factory.setProtocolOptions(
         maxMessagePayloadSize=settings.max_message_bytes,
         maxFramePayloadSize=settings.max_message_bytes,
@@ -203,4 +212,9 @@ def realtime_resource(gateway: Gateway) -> WebSocketResource:
         # code (1009), rather than having its connection dropped.
         failByDrop=False,
     )
-    return _RealtimeResource(factory)
+    resource = _RealtimeResource(factory)
+    if surface is not None:
+        resource.openapi = Endpoint("Realtime", {"GET": Operation(
+            f"Open a {surface} session (a WebSocket upgrade; see docs/realtime.md)",
+            query={"model": "the model routed"})})
+    return resource

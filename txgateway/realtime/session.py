@@ -22,7 +22,7 @@ from txgateway.config import RealtimeSettings
 from txgateway.logs import AccessWriter
 from txgateway.metrics import GatewayMetrics
 from txgateway.realtime import closing
-from txgateway.realtime.events import error_event
+from txgateway.realtime.events import APPEND_STARTS, error_event, event_type
 from txgateway.realtime.legs import ILeg, IUpstreamListener
 from txgateway.realtime.stall import StallGuard
 from txgateway.realtime.tally import NO_USAGE, RealtimeUsage, SessionTally
@@ -74,6 +74,11 @@ class Session:
         self._timers: list[Any] = []
         self._stall: StallGuard | None = None
         self._guarded = 0
+        #: Why no further response may be created (the key's budget is spent), or None;
+        #: asked at every ``response.create``.  Set by the caller's leg once admitted.
+        self.response_guard: Callable[[Session], str | None] = lambda session: None
+        #: The close the upstream is given once the responses the departed caller left run end.
+        self._draining: tuple[int, str] | None = None
 
     # The legs arrive -------------------------------------------------------------------------
 
@@ -104,8 +109,28 @@ class Session:
     def from_client(self, payload: bytes, is_binary: bool) -> None:
         self._last_frame = self._clock.seconds()
         self.tally.client_frame(payload, is_binary)
+        if (not is_binary and not payload.startswith(APPEND_STARTS)
+                and payload.find(b'"response.create"', 0, 256) != -1
+                and event_type(payload)[0] == "response.create" and self._spent()):
+            return
         if self.upstream_close is None:
             self._upstream.send(payload, is_binary)
+
+    def _spent(self) -> bool:
+        """
+        A response is asked for: it is refused, and the session cut, once a budget is reached,
+        so a session overshoots its budget by one response at most.
+        """
+        budget = self._settings.token_budget
+        if budget and self.tally.usage.total_tokens >= budget:
+            self._guard("session_token_budget_exceeded",
+                        f"The session used {self.tally.usage.total_tokens} tokens, "
+                        f"reaching its budget of {budget}.")
+            return True
+        reason = self.response_guard(self)
+        if reason is not None:
+            self._guard("key_budget_exceeded", reason)
+        return reason is not None
 
     def upstream_message(self, payload: bytes, is_binary: bool) -> None:
         self._last_frame = self._clock.seconds()
@@ -114,6 +139,8 @@ class Session:
             self._early.append((payload, is_binary))
         elif self.client_close is None:
             self._client.send(payload, is_binary)
+        if self._draining is not None and not self.tally.open_responses:
+            self._drained()
         if usage is not NO_USAGE:
             self._book.counted(self, usage)
             budget = self._settings.token_budget
@@ -142,9 +169,20 @@ class Session:
         if self.upstream_close is None and self._upstream is not None:
             if not was_clean and self.ended_by is None:
                 self.ended_by = "client_lost"
-            self._upstream.close(closing.passed_on(was_clean, code, closing.GOING_AWAY),
-                                 reason or "the client went away")
+            self._draining = (closing.passed_on(was_clean, code, closing.GOING_AWAY),
+                              reason or "the client went away")
+            if self.tally.open_responses:
+                # Their usage is still to come: the upstream is closed once they are done.
+                self._timers.append(self._clock.callLater(self._settings.drain_timeout,
+                                                          self._drained))
+            else:
+                self._drained()
         self._ended()
+
+    def _drained(self) -> None:
+        draining, self._draining = self._draining, None
+        if draining is not None and self.upstream_close is None:
+            self._upstream.close(*draining)
 
     def client_unresponsive(self) -> None:
         """The caller stopped answering pings; it is dropped next, and closed as lost."""

@@ -17,6 +17,7 @@ import attrs
 
 from txgateway.realtime.events import (
     APPEND_STARTS,
+    APPENDS,
     AUDIO_DELTA_STARTS,
     AUDIO_DELTAS,
     base64_length,
@@ -48,6 +49,8 @@ class RealtimeUsage:
     transcription_input_tokens: int = 0
     transcription_output_tokens: int = 0
     transcription_seconds: float = 0.0
+    #: A Live session's billed seconds, as the provider reports them.
+    live_seconds: float = 0.0
 
     def __add__(self, other: RealtimeUsage) -> RealtimeUsage:
         return RealtimeUsage(*(a + b for a, b in zip(
@@ -91,6 +94,7 @@ class RealtimeUsage:
             "transcription_input_tokens": self.transcription_input_tokens,
             "transcription_output_tokens": self.transcription_output_tokens,
             "transcription_seconds": self.transcription_seconds,
+            "live_seconds": self.live_seconds,
         }
 
 
@@ -188,7 +192,7 @@ class SessionTally:
         # Most client frames are appends that start as such; a substring test skips the rest.
         if not is_binary and (payload.startswith(APPEND_STARTS) or (
                 payload.find(b"input_audio_buffer.append", 0, 256) != -1
-                and event_type(payload)[0] == "input_audio_buffer.append")):
+                and event_type(payload)[0] in APPENDS)):
             size = decoded_size(base64_length(payload, b'"audio"'))
             self.audio_seconds_in += size / self._rate_in
 
@@ -218,8 +222,10 @@ class SessionTally:
                 self._transcribed.add(key)
                 return self._add(transcription_usage(event.get("usage")))
         elif kind in ("session.created", "session.updated", "transcription_session.created",
-                      "transcription_session.updated"):
+                      "transcription_session.updated", "session.started"):
             self._session(_dict(event.get("session")))
+        elif kind in ("session.usage.updated", "session.closed"):
+            return self._live(_dict(event.get("usage")))
         elif kind == "error":
             self.errors += 1
         return NO_USAGE
@@ -232,6 +238,17 @@ class SessionTally:
         self.responses[response_id] = status if isinstance(status, str) else "unknown"
         self._open.discard(response_id)
         return self._add(response_usage(response.get("usage")))
+
+    def _live(self, usage: dict[str, Any]) -> RealtimeUsage:
+        """
+        A Live session's usage is its total so far: it replaces the last report (only the
+        increase is added, so live metrics and budgets see increments like any usage).
+        """
+        seconds = usage.get("seconds")
+        if not isinstance(seconds, int | float) or isinstance(seconds, bool):
+            return NO_USAGE
+        increase = seconds - self.usage.live_seconds
+        return self._add(RealtimeUsage(live_seconds=increase)) if increase > 0 else NO_USAGE
 
     def _add(self, usage: RealtimeUsage) -> RealtimeUsage:
         self.usage = self.usage + usage

@@ -1,7 +1,8 @@
 """
 ``/v1/realtime`` and the REST resources beside its WebSocket: ``client_secrets`` issues the
 ephemeral keys browsers open sessions with (`txgateway.realtime.client_secrets`), ``calls``
-takes WebRTC offers (`txgateway.web.realtime_calls`).
+takes WebRTC offers (`txgateway.web.realtime_calls`); ``translations`` and ``/v1/live/sessions``
+are sessions of their own intent, relayed and tallied like any other.
 """
 
 from __future__ import annotations
@@ -36,6 +37,14 @@ def realtime_tree(gateway: Gateway) -> Resource:
     tree = RealtimeTree(realtime_resource(gateway))
     tree.putChild(b"client_secrets", ClientSecrets(gateway))
     tree.putChild(b"calls", RealtimeCalls(gateway))
+    tree.putChild(b"translations", realtime_resource(gateway, "translation"))
+    return tree
+
+
+def live_tree(gateway: Gateway) -> Resource:
+    """``/v1/live``: the WebSocket of Live sessions at ``/v1/live/sessions``."""
+    tree = Resource()
+    tree.putChild(b"sessions", realtime_resource(gateway, "live"))
     return tree
 
 

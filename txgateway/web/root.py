@@ -21,7 +21,7 @@ from txgateway.web.messages import messages_tree
 from txgateway.web.models import Models
 from txgateway.web.openapi import OpenAPIDocument
 from txgateway.web.passthrough import Passthrough
-from txgateway.web.realtime_rest import realtime_tree
+from txgateway.web.realtime_rest import live_tree, realtime_tree
 from txgateway.web.rerank import Rerank
 from txgateway.web.resource import JSONResource, Root
 from txgateway.web.responses_input import responses_tree
@@ -54,6 +54,7 @@ def build_root(gateway: Gateway) -> Resource:
     anthropic.putChild(b"v1", anthropic_v1)
     anthropic_v1.putChild(b"messages", messages)
     v1.putChild(b"realtime", realtime_tree(gateway))
+    v1.putChild(b"live", live_tree(gateway))
     # Cohere's rerank, at Cohere's path, under /cohere for clients whose base URL must
     # differ, and at /v1/rerank where vLLM- and Jina-style clients call it.
     rerank, v2, cohere = Rerank(gateway), JSONResource(), JSONResource()
