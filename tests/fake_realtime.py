@@ -12,6 +12,9 @@ Special models: ``refuse-429`` and ``refuse-401`` refuse the upgrade; a client e
 ``test.drop`` makes it drop the TCP connection mid-response, ``test.close`` close with 4321,
 ``test.flood`` write ``count`` audio deltas of ``size`` base64 characters at once (each with its
 index as ``item_id``), then a ``test.flooded``.
+
+At ``/v1/realtime/translations`` it speaks the translation protocol instead (`Translation`),
+and at ``/v1/live/sessions`` the Live one (`Live`).
 """
 
 from __future__ import annotations
@@ -83,9 +86,14 @@ class FakeRealtimeProtocol(WebSocketServerProtocol):
         self._serial = 0
         #: Responses being played: their id and the call that plays their next event.
         self._playing: dict[str, Any] = {}
+        self._surface = SURFACES.get(request.path, None)
+        self._model = model
 
     def onOpen(self) -> None:
         self.fake.connections.append(self)
+        if self._surface is not None:
+            self._surface.opened(self)
+            return
         self.emit({"type": "session.created", "session": {
             "type": "realtime", "object": "realtime.session", "id": "sess_fake",
             "model": "gpt-realtime", "output_modalities": ["audio"],
@@ -112,7 +120,9 @@ class FakeRealtimeProtocol(WebSocketServerProtocol):
             return
         self.fake.received.append(event)
         kind = event.get("type")
-        if kind == "response.create":
+        if self._surface is not None:
+            self._surface.event(self, kind, event)
+        elif kind == "response.create":
             self.respond(event.get("response") or {})
         elif kind == "response.cancel":
             self.cancel(event.get("response_id") or next(reversed(self._playing), None))
@@ -189,6 +199,64 @@ class FakeRealtimeProtocol(WebSocketServerProtocol):
             if self.fake.closed is not None:
                 closed, self.fake.closed = self.fake.closed, None
                 closed.callback(None)
+
+
+class Translation:
+    """
+    ``/v1/realtime/translations``: ``session.created`` (type ``translation``) at once; each
+    ``session.input_audio_buffer.append`` answered with a source and a translated transcript
+    delta and the audio back as ``session.output_audio.delta``; ``session.close`` with
+    ``session.closed`` and a close.  The protocol reports no usage.
+    """
+
+    @staticmethod
+    def opened(server: FakeRealtimeProtocol) -> None:
+        server.emit({"type": "session.created", "session": {
+            "id": "sess_translate", "type": "translation", "model": server._model,
+            "expires_at": 0, "audio": {"output": {"language": "es"}}}})
+
+    @staticmethod
+    def event(server: FakeRealtimeProtocol, kind: Any, event: dict[str, Any]) -> None:
+        if kind == "session.input_audio_buffer.append":
+            server.emit({"type": "session.input_transcript.delta", "delta": "hello ",
+                         "elapsed_ms": 200})
+            server.emit({"type": "session.output_transcript.delta", "delta": "hola ",
+                         "elapsed_ms": 200})
+            server.emit({"type": "session.output_audio.delta", "delta": event["audio"]})
+        elif kind == "session.close":
+            server.emit({"type": "session.closed"})
+            server.sendClose(1000)
+        elif kind == "test.close":
+            server.sendClose(4321, "fake says bye")
+
+
+class Live:
+    """
+    ``/v1/live/sessions``: ``session.start`` answered ``session.started``; ``test.usage``
+    reports the cumulative ``seconds`` it carries in ``session.usage.updated``;
+    ``session.close`` ends with ``session.closed`` carrying the last total, then a close.
+    """
+
+    @staticmethod
+    def opened(server: FakeRealtimeProtocol) -> None:
+        server._seconds = 0.0
+
+    @staticmethod
+    def event(server: FakeRealtimeProtocol, kind: Any, event: dict[str, Any]) -> None:
+        if kind == "session.start":
+            server.emit({"type": "session.started", "session": {
+                "id": "live_fake", "model": server._model, **(event.get("session") or {})}})
+        elif kind == "test.usage":
+            server._seconds = event["seconds"]
+            server.emit({"type": "session.usage.updated", "usage": {"seconds": event["seconds"]}})
+        elif kind == "session.close":
+            server.emit({"type": "session.closed", "reason": "close_requested",
+                         "session": {"id": "live_fake"},
+                         "usage": {"seconds": event.get("final", server._seconds)}})
+            server.sendClose(1000)
+
+
+SURFACES: dict[str, Any] = {"/v1/realtime/translations": Translation, "/v1/live/sessions": Live}
 
 
 def start_fake_realtime() -> tuple[FakeRealtime, Any]:

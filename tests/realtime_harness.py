@@ -149,9 +149,9 @@ class RealtimeTestCase(TestCase):
                 call.cancel()
 
     async def connect(self, query: str = "model=voice", headers: dict[str, str] | None = None,
-                      protocols: list[str] | None = None, protocol: type[Client] = Client
-                      ) -> Client:
-        url = f"ws://127.0.0.1:{self.port}/v1/realtime?{query}"
+                      protocols: list[str] | None = None, protocol: type[Client] = Client,
+                      path: str = "/v1/realtime") -> Client:
+        url = f"ws://127.0.0.1:{self.port}{path}?{query}"
         factory = WebSocketClientFactory(url, headers=headers or {}, protocols=protocols)
         factory.protocol = protocol
         factory.opened = Deferred()

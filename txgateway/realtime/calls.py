@@ -9,7 +9,7 @@ report.  Ending it from the gateway's side hangs the call up (``.../hangup``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlencode
 
@@ -22,6 +22,7 @@ from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
 from txgateway.providers import RealtimeTarget, UpstreamRequest, realtime_target
+from txgateway.realtime.budget import key_budget
 from txgateway.realtime.legs import ILeg
 from txgateway.realtime.session import Session
 from txgateway.realtime.upstream import dial
@@ -106,7 +107,8 @@ class CallBook:
         if limits is not None and limits.budget_usd > 0:
             spent = await gateway.limiter.spent(session.info.key_id, limits)
         self._calls[call_id] = call
-        session.client_opened(CallLeg(self, call, spent))
+        session.client_opened(CallLeg(self, call, key_budget(
+            gateway.accountant, spent, "the call is hung up")))
 
     def hang_up(self, call: Call) -> None:
         def failed(failure: Any) -> None:
@@ -114,17 +116,6 @@ class CallBook:
 
         Deferred.fromCoroutine(post(self._gateway, call.provider, f"/{call.id}/hangup", b"",
                                     b"application/json")).addErrback(failed)
-
-    def over_budget(self, session: Session, spent_before: float) -> str | None:
-        """Why the session's key may spend no more, or None."""
-        limits = session.info.limits
-        if limits is None or limits.budget_usd <= 0:
-            return None
-        spent = spent_before + self._gateway.accountant.session_cost(session)
-        if spent < limits.budget_usd:
-            return None
-        return (f"Budget exceeded: ${spent:.2f} spent against this key's budget of "
-                f"${limits.budget_usd:.2f}; the call is hung up.")
 
     def ended(self, call: Call) -> None:
         self._calls.pop(call.id, None)
@@ -137,10 +128,11 @@ class CallLeg:
     only.  Closing it hangs the call up, unless the provider has already ended it.
     """
 
-    def __init__(self, book: CallBook, call: Call, spent_before: float) -> None:
+    def __init__(self, book: CallBook, call: Call,
+                 over_budget: Callable[[Session], str | None]) -> None:
         self._book = book
         self._call = call
-        self._spent_before = spent_before
+        self._over_budget = over_budget
         self._seen: Any = None
         self._closed = False
 
@@ -174,7 +166,7 @@ class CallLeg:
         if usage is self._seen or self._closed:
             return
         self._seen = usage
-        reason = self._book.over_budget(session, self._spent_before)
+        reason = self._over_budget(session)
         if reason is not None:
             session.end("key_budget_exceeded", reason)
 

@@ -22,6 +22,7 @@ from zope.interface import implementer
 from txgateway.dialects.openai import error_body
 from txgateway.gateway import Gateway
 from txgateway.providers import realtime_target
+from txgateway.realtime.budget import key_budget
 from txgateway.realtime.client_secrets import SecretRefused, caller_of
 from txgateway.realtime.handshake import read_upgrade
 from txgateway.realtime.legs import ILeg, WebSocketLeg
@@ -107,6 +108,10 @@ class RealtimeServerProtocol(WebSocketLeg, WebSocketServerProtocol):
             admission = await gateway.limiter.admit(principal.key_id, principal.limits, 0)
             if not admission.allowed:
                 raise Refused(429, admission.message, "rate_limit_exceeded", None, name)
+        # The key's spend before the session, for its budget at each response.create.
+        spent = None
+        if principal.limits is not None and principal.limits.budget_usd > 0:
+            spent = await gateway.limiter.spent(principal.key_id, principal.limits)
         route = gateway.router.resolve(name)
         if route is None:
             raise Refused(404, f"The model `{name}` does not exist or you do not have access "
@@ -134,6 +139,8 @@ class RealtimeServerProtocol(WebSocketLeg, WebSocketServerProtocol):
             raise Refused(error.status, str(error), error.code, None, name,
                           route.provider) from None
         session.upstream_ready(upstream)
+        if spent is not None:
+            session.response_guard = key_budget(gateway.accountant, spent)
         if setup is not None:
             upstream.send(setup, False)
         return upgrade.protocol
