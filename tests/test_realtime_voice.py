@@ -13,11 +13,13 @@ from typing import Any
 
 import attrs
 import openai
+import orjson
+import treq
 from twisted.internet.threads import deferToThread
 
 from tests.fake_realtime import CANCELLED_USAGE, DURATION_USAGE, USAGE
 from tests.realtime_harness import CONFIG, RealtimeTestCase, until
-from tests.test_realtime import AUDIO
+from tests.test_realtime import AUDIO, refused
 from tests.test_realtime_keys import KEYS_CONFIG
 from txgateway.pricing import SHIPPED_PRICES
 
@@ -219,3 +221,66 @@ class BudgetTests(RealtimeTestCase):
         self.assertEqual((row["input_tokens"], row["output_tokens"]),
                          (CANCELLED_USAGE["input_tokens"], CANCELLED_USAGE["output_tokens"]))
         self.assertGreater(row["cost_usd"], 0)
+
+
+class EphemeralVoiceTests(VoiceTestCase):
+    async def test_a_beta_transcription_session_opens_with_its_secret(self) -> None:
+        client = openai.OpenAI(base_url=self.base_url + "/v1", api_key="sk-caller")
+        created = await deferToThread(
+            client.beta.realtime.transcription_sessions.create,
+            input_audio_transcription={"model": "gpt-4o-transcribe"},
+            client_secret={"expires_at": {"anchor": "created_at", "seconds": 60}})
+        client.close()
+        secret = created.client_secret.value
+        self.assertTrue(secret.startswith("ek_"))
+        self.assertEqual(created.input_audio_transcription.model, "gpt-4o-transcribe")
+        # A beta secret opens beta sessions only.
+        base = f"ws://127.0.0.1:{self.port}/v1/realtime?intent=transcription"
+        answer = await deferToThread(refused, base,
+                                     additional_headers={"Authorization": f"Bearer {secret}"})
+        self.assertEqual((answer[0], answer[1]["error"]["code"]), (400, "beta_required"))
+
+        socket = await self.connect("intent=transcription", headers={
+            "Authorization": f"Bearer {secret}", "OpenAI-Beta": "realtime=v1"})
+        await socket.next("session.created")
+        socket.send_event(type="input_audio_buffer.append", audio=AUDIO)
+        socket.send_event(type="input_audio_buffer.commit")
+        await socket.next("conversation.item.input_audio_transcription.completed")
+        socket.sendClose(1000)
+        await self.clients[-1][1].closed
+        first = self.fake.received[0]
+        self.assertEqual(first["type"], "transcription_session.update")
+        self.assertEqual(first["session"], {"input_audio_transcription": {
+            "model": "gpt-4o-transcribe"}})
+        self.assertEqual(self.fake.handshakes[0].params["intent"], ["transcription"])
+        self.assertEqual(self.fake.handshakes[0].headers["openai-beta"], "realtime=v1")
+        row = (await self.rows())["gpt-4o-transcribe"]
+        self.assertEqual((row["requests"], row["errors"]), (1, 0))
+
+    async def test_a_browser_opens_a_translation_session_with_a_secret(self) -> None:
+        response = await treq.post(
+            self.base_url + "/v1/realtime/translations/client_secrets",
+            orjson.dumps({"session": {"model": "gpt-realtime-translate",
+                                      "audio": {"output": {"language": "es"}}}}),
+            pool=self.pool, headers={"authorization": "Bearer sk-caller",
+                                     "content-type": "application/json"})
+        self.assertEqual(response.code, 200)
+        issued = await response.json()
+        self.assertEqual((issued["session"]["object"], issued["session"]["type"]),
+                         ("realtime.translation_session", "translation"))
+        socket = await self.connect(
+            "", path="/v1/realtime/translations",
+            protocols=["realtime", "openai-insecure-api-key." + issued["value"]])
+        await socket.next("session.created")
+        socket.send_event(type="session.input_audio_buffer.append", audio=AUDIO)
+        await socket.next("session.output_audio.delta")
+        socket.sendClose(1000)
+        await self.clients[-1][1].closed
+        [handshake] = self.fake.handshakes
+        self.assertEqual((handshake.path, handshake.params["model"]),
+                         ("/v1/realtime/translations", ["gpt-realtime-translate"]))
+        self.assertEqual(self.fake.received[0], {
+            "type": "session.update", "event_id": "event_gw_client_secret",
+            "session": {"audio": {"output": {"language": "es"}}}})
+        [row] = (await self.rows()).values()
+        self.assertEqual((row["model"], row["audio_seconds"]), ("gpt-realtime-translate", 1.0))

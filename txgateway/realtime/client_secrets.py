@@ -28,7 +28,10 @@ KIND = "realtime_client_secret"
 PREFIX = "ek_"
 #: OpenAI's bounds of ``expires_after.seconds``, and its default.
 MIN_SECONDS, MAX_SECONDS, DEFAULT_SECONDS = 10, 7200, 600
-SESSION_TYPES = ("realtime", "transcription")
+SESSION_TYPES = ("realtime", "transcription", "translation")
+#: What each session type's issuing call answers as its ``object``.
+OBJECTS = {"realtime": "realtime.session", "transcription": "realtime.transcription_session",
+           "translation": "realtime.translation_session"}
 
 
 class SecretRefused(Exception):
@@ -55,6 +58,8 @@ class ClientSecret:
     expires_at: float
     #: The session config given at issue, ``type`` always set; ``model`` a gateway model name.
     session: Mapping[str, Any] = attrs.field(converter=dict)
+    #: Issued by the beta ``POST /v1/realtime/transcription_sessions``: for beta sessions only.
+    beta: bool = False
 
     @property
     def intent(self) -> str:
@@ -65,16 +70,17 @@ class ClientSecret:
 
     def session_object(self) -> dict[str, Any]:
         """The session as the issuing call answers it (OpenAI's shape)."""
-        kind = self.intent
-        return {"object": f"realtime.{'transcription_' if kind != 'realtime' else ''}session",
-                "id": "sess_" + self.hash[:24], "expires_at": int(self.expires_at),
-                **self.session}
+        return {"object": OBJECTS[self.intent], "id": "sess_" + self.hash[:24],
+                "expires_at": int(self.expires_at), **self.session}
 
     def bind(self, upgrade: Upgrade, params: Mapping[str, Sequence[str]]) -> Upgrade:
         """The upgrade with the secret's model and intent where the caller named none."""
-        if upgrade.beta:
+        if upgrade.beta and not self.beta:
             raise SecretRefused(400, "Client secrets are for the GA Realtime interface; drop "
                                 "the beta header or subprotocol.", "beta_not_supported")
+        if self.beta and not upgrade.beta:
+            raise SecretRefused(400, "This client secret is for the beta Realtime interface "
+                                "(OpenAI-Beta: realtime=v1).", "beta_required")
         model = self.session.get("model")
         if model is not None and upgrade.model not in (None, model):
             raise SecretRefused(400, f"This client secret was issued for the model `{model}`, "
@@ -91,7 +97,13 @@ class ClientSecret:
         config = {name: value for name, value in self.session.items() if name != "model"}
         if len(config) <= 1:
             return None
-        return orjson.dumps({"type": "session.update", "event_id": "event_gw_client_secret",
+        kind = "session.update"
+        if self.beta:
+            kind = "transcription_session.update"
+        if self.beta or self.intent == "translation":
+            # Neither takes the session's type: it is fixed by the URL.
+            del config["type"]
+        return orjson.dumps({"type": kind, "event_id": "event_gw_client_secret",
                              "session": config})
 
 
@@ -119,8 +131,8 @@ def parse_request(body: Mapping[str, Any], now: float) -> tuple[float, dict[str,
     if not isinstance(session, dict):
         raise SecretRefused(400, "'session' must be an object", "invalid_type", "session")
     if session.get("type", "realtime") not in SESSION_TYPES:
-        raise SecretRefused(400, "'session.type' must be 'realtime' or 'transcription'",
-                            "invalid_value", "session.type")
+        raise SecretRefused(400, "'session.type' must be one of " + ", ".join(
+            f"'{kind}'" for kind in SESSION_TYPES), "invalid_value", "session.type")
     model = session.get("model")
     if model is not None and not isinstance(model, str):
         raise SecretRefused(400, "'session.model' must be a string", "invalid_type",
@@ -128,13 +140,29 @@ def parse_request(body: Mapping[str, Any], now: float) -> tuple[float, dict[str,
     return now + seconds, {"type": "realtime", **session}
 
 
+def parse_beta_transcription(body: Mapping[str, Any],
+                             now: float) -> tuple[float, dict[str, Any]]:
+    """
+    The expiry time and session config of a beta ``POST /v1/realtime/transcription_sessions``
+    body: the config itself, its secret's expiry under ``client_secret.expires_at``.
+    """
+    config = dict(body)
+    options = config.pop("client_secret", None) or {}
+    if not isinstance(options, dict):
+        raise SecretRefused(400, "'client_secret' must be an object", "invalid_type",
+                            "client_secret")
+    expires_at, _ = parse_request({"expires_after": options.get("expires_at")}, now)
+    return expires_at, {**config, "type": "transcription"}
+
+
 async def issue(store: Any, principal: Principal, key: str | None, expires_at: float,
-                session: Mapping[str, Any], now: float) -> tuple[str, ClientSecret]:
+                session: Mapping[str, Any], now: float,
+                beta: bool = False) -> tuple[str, ClientSecret]:
     """A fresh secret, stored hashed under the key ``key`` belongs to; the secret returned."""
     value = PREFIX + secrets.token_urlsafe(30)
     secret = ClientSecret(hash=hash_key(value), key_hash=hash_key(key) if key else None,
                           key_id=principal.key_id, created_at=now, expires_at=expires_at,
-                          session=session)
+                          session=session, beta=beta)
     await store.put_object(KIND, secret.hash, principal.key_id, secret.to_json(), now)
     return value, secret
 

@@ -88,12 +88,12 @@ class RealtimeServerProtocol(WebSocketLeg, WebSocketServerProtocol):
         gateway = self.gateway
         settings = gateway.config.realtime
         upgrade = read_upgrade(request.headers, request.params, request.protocols)
-        if self.surface is not None:
-            upgrade = attrs.evolve(upgrade, intent=self.surface)
         try:
             principal, upgrade, setup = await caller_of(gateway, upgrade, request.params)
         except SecretRefused as error:
             raise Refused(error.status, str(error), error.code, error.param) from None
+        if self.surface is not None:
+            upgrade = attrs.evolve(upgrade, intent=self.surface)
         if principal is None:
             raise Refused(401, "Incorrect API key provided.", "invalid_api_key")
         name = upgrade.model

@@ -14,7 +14,13 @@ from twisted.web.resource import Resource
 from txgateway.auth import caller_key
 from txgateway.dialects.openai import BadRequest, error_body, parse_object
 from txgateway.gateway import Gateway
-from txgateway.realtime.client_secrets import SecretRefused, issue, parse_request
+from txgateway.realtime.client_secrets import (
+    ClientSecret,
+    SecretRefused,
+    issue,
+    parse_beta_transcription,
+    parse_request,
+)
 from txgateway.realtime.server import realtime_resource
 from txgateway.web.openapi import Endpoint, Operation
 from txgateway.web.realtime_calls import RealtimeCalls
@@ -37,7 +43,10 @@ def realtime_tree(gateway: Gateway) -> Resource:
     tree = RealtimeTree(realtime_resource(gateway))
     tree.putChild(b"client_secrets", ClientSecrets(gateway))
     tree.putChild(b"calls", RealtimeCalls(gateway))
-    tree.putChild(b"translations", realtime_resource(gateway, "translation"))
+    tree.putChild(b"transcription_sessions", TranscriptionSessions(gateway))
+    translations = RealtimeTree(realtime_resource(gateway, "translation"))
+    translations.putChild(b"client_secrets", TranslationClientSecrets(gateway))
+    tree.putChild(b"translations", translations)
     return tree
 
 
@@ -53,6 +62,8 @@ class ClientSecrets(JSONResource):
 
     isLeaf = True
     route = "realtime_client_secrets"
+    #: Whether its secrets open beta sessions.
+    beta = False
     openapi = Endpoint("Realtime", {"POST": Operation(
         "Create an ephemeral key (client secret) for a browser's realtime session", "Object")})
 
@@ -82,7 +93,7 @@ class ClientSecrets(JSONResource):
         except BadRequest as error:
             raise SecretRefused(400, str(error), "invalid_json") from None
         now = gateway.reactor.seconds()
-        expires_at, session = parse_request(body, now)
+        expires_at, session = self.parse(body, now)
         model = session.get("model")
         if model is not None:
             if not principal.may_use(model):
@@ -95,6 +106,50 @@ class ClientSecrets(JSONResource):
             admission = await gateway.limiter.admit(principal.key_id, principal.limits, 0)
             if not admission.allowed:
                 raise SecretRefused(429, admission.message, "rate_limit_exceeded")
-        value, secret = await issue(gateway.store, principal, key, expires_at, session, now)
-        return {"value": value, "expires_at": int(expires_at),
+        value, secret = await issue(gateway.store, principal, key, expires_at, session, now,
+                                    self.beta)
+        return self.answer(value, secret)
+
+    def parse(self, body: dict[str, Any], now: float) -> tuple[float, dict[str, Any]]:
+        return parse_request(body, now)
+
+    def answer(self, value: str, secret: ClientSecret) -> dict[str, Any]:
+        return {"value": value, "expires_at": int(secret.expires_at),
                 "session": secret.session_object()}
+
+
+class TranslationClientSecrets(ClientSecrets):
+    """``POST /v1/realtime/translations/client_secrets``: a secret for a translation session."""
+
+    route = "realtime_translation_client_secrets"
+    openapi = Endpoint("Realtime", {"POST": Operation(
+        "Create an ephemeral key (client secret) for a browser's translation session",
+        "Object")})
+
+    def parse(self, body: dict[str, Any], now: float) -> tuple[float, dict[str, Any]]:
+        session = body.get("session")
+        expires_at, session = parse_request(
+            {**body, "session": {**(session if isinstance(session, dict) else {}),
+                                 "type": "translation"}}, now)
+        return expires_at, session
+
+
+class TranscriptionSessions(ClientSecrets):
+    """
+    ``POST /v1/realtime/transcription_sessions`` (beta): the session config is the body, the
+    secret comes back as ``client_secret``, and it opens beta transcription sessions.
+    """
+
+    route = "realtime_transcription_sessions"
+    openapi = Endpoint("Realtime", {"POST": Operation(
+        "Create an ephemeral key for a beta transcription session", "Object")})
+    beta = True
+
+    def parse(self, body: dict[str, Any], now: float) -> tuple[float, dict[str, Any]]:
+        return parse_beta_transcription(body, now)
+
+    def answer(self, value: str, secret: ClientSecret) -> dict[str, Any]:
+        session = secret.session_object()
+        del session["type"]
+        session["client_secret"] = {"value": value, "expires_at": session.pop("expires_at")}
+        return session
