@@ -3,7 +3,8 @@ The ``gemini`` provider: Google AI Studio's Gemini API at ``base_url``, with ``x
 
 OpenAI chat and embeddings calls are translated to ``generateContent`` /
 ``streamGenerateContent`` and ``embedContent`` / ``batchEmbedContents``, and the answers back
-(`txgateway.plugins.gemini.wire`).
+(`txgateway.plugins.gemini.wire`); OpenAI Realtime sessions to Gemini Live's
+``BidiGenerateContent`` WebSocket (`txgateway.plugins.gemini.live`).
 """
 
 from __future__ import annotations
@@ -16,14 +17,19 @@ from zope.interface import implementer
 
 from txgateway.config import HttpURL
 from txgateway.plugins.gemini import wire as gemini
+from txgateway.plugins.gemini.live import GeminiLive
 from txgateway.providers import (
     ApiCall,
+    IRealtimeProvider,
     ITranslatingProvider,
     ProviderContext,
     ProviderPlugin,
+    RealtimeTarget,
     UpstreamRequest,
     json_request_headers,
 )
+from txgateway.providers.openai_realtime import websocket_url
+from txgateway.realtime.translated import IRealtimeTranslator
 from txgateway.usage import Usage
 
 
@@ -37,7 +43,7 @@ class GeminiSettings:
     headers: dict[str, str] = attrs.field(factory=dict)
 
 
-@implementer(ITranslatingProvider)
+@implementer(ITranslatingProvider, IRealtimeProvider, IRealtimeTranslator)
 class GeminiProvider:
     kind = "gemini"
     dialect = "gemini"
@@ -51,6 +57,19 @@ class GeminiProvider:
         self._models_url = f"{settings.base_url}/{settings.api_version}/models/"
         self._headers = json_request_headers({"x-goog-api-key": settings.api_key,
                                               **settings.headers})
+        self._live_url = (f"{websocket_url(settings.base_url)}/ws/google.ai.generativelanguage."
+                          f"{settings.api_version}.GenerativeService.BidiGenerateContent")
+        self._live_headers = {"x-goog-api-key": settings.api_key, **settings.headers}
+
+    def realtime_target(self, model: str | None, intent: str,
+                        beta: bool) -> RealtimeTarget | None:
+        """Gemini Live, for GA realtime conversations with a named model."""
+        if model is None or intent != "realtime" or beta:
+            return None
+        return RealtimeTarget(self._live_url, self._live_headers)
+
+    def realtime_translation(self, model: str, intent: str) -> GeminiLive | None:
+        return GeminiLive(model) if intent == "realtime" else None
 
     def build_request(self, call: ApiCall) -> UpstreamRequest:
         model = call.model.removeprefix("models/")

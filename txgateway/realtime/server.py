@@ -27,7 +27,8 @@ from txgateway.realtime.client_secrets import SecretRefused, caller_of
 from txgateway.realtime.handshake import read_upgrade
 from txgateway.realtime.legs import ILeg, WebSocketLeg
 from txgateway.realtime.session import Session, SessionInfo, TooManySessions
-from txgateway.realtime.upstream import UpstreamRefused, dial
+from txgateway.realtime.translated import dial_session
+from txgateway.realtime.upstream import UpstreamRefused
 from txgateway.web.openapi import Endpoint, Operation
 
 
@@ -132,8 +133,9 @@ class RealtimeServerProtocol(WebSocketLeg, WebSocketServerProtocol):
             raise Refused(429, str(error), "too_many_sessions", None, name,
                           route.provider) from None
         try:
-            upstream = await dial(gateway.reactor, target, session, settings,
-                                  gateway.config.upstream.connect_timeout)
+            upstream = await dial_session(gateway.reactor, route.provider, route.model,
+                                          upgrade.intent, target, session, settings,
+                                          gateway.config.upstream.connect_timeout)
         except UpstreamRefused as error:
             session.refused()
             raise Refused(error.status, str(error), error.code, None, name,
