@@ -200,3 +200,33 @@ class UnitTests(TestCase):
         self.assertEqual(usage["input_token_details"]["cached_tokens_details"]["text_tokens"],
                          20)
         self.assertEqual(usage["output_token_details"], {"text_tokens": 5, "audio_tokens": 80})
+
+
+class VertexLiveTests(RealtimeTestCase):
+    config = CONFIG.replace("models:", """  vertex:
+    plugin: vertex
+    project: proj
+    location: europe-west4
+    base_url: http://127.0.0.1:{upstream_port}
+    access_token: ya29.vertex
+models:
+  - name: vertex-voice
+    provider: vertex
+    model: gemini-live-test""")
+    start_fake = staticmethod(start_fake_gemini_live)
+
+    async def test_a_vertex_session_is_gemini_live_with_a_bearer_token(self) -> None:
+        client = await self.connect("model=vertex-voice")
+        await client.next("session.created")
+        client.send_event(type="conversation.item.create", item={
+            "type": "message", "role": "user",
+            "content": [{"type": "input_text", "text": "Hello"}]})
+        client.send_event(type="response.create")
+        done = await client.next("response.done")
+        self.assertEqual(done["response"]["usage"], openai_usage(AUDIO_TURN_USAGE))
+        self.assertEqual(self.fake.paths,
+                         ["/ws/google.cloud.aiplatform.v1.LlmBidiService/BidiGenerateContent"])
+        self.assertEqual(self.fake.headers[0]["authorization"], "Bearer ya29.vertex")
+        self.assertEqual(self.fake.received[0]["setup"]["model"],
+                         "projects/proj/locations/europe-west4/publishers/google/models/"
+                         "gemini-live-test")

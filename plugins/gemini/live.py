@@ -106,7 +106,10 @@ def openai_usage(metadata: dict[str, Any]) -> dict[str, Any]:
 
 
 def setup_message(model: str, session: dict[str, Any]) -> dict[str, Any]:
-    """Gemini's ``setup`` for an OpenAI session config (GA or beta field names)."""
+    """
+    Gemini's ``setup`` for an OpenAI session config (GA or beta field names); ``model`` is
+    the resource name (``models/...``, or Vertex AI's ``projects/.../models/...``).
+    """
     audio = _dict(session.get("audio"))
     output = _dict(audio.get("output"))
     modalities = session.get("output_modalities") or session.get("modalities") or ["audio"]
@@ -115,8 +118,7 @@ def setup_message(model: str, session: dict[str, Any]) -> dict[str, Any]:
     voice = output.get("voice") or session.get("voice")
     if speaks and isinstance(voice, str):
         config["speechConfig"] = {"voiceConfig": {"prebuiltVoiceConfig": {"voiceName": voice}}}
-    setup: dict[str, Any] = {"model": "models/" + model.removeprefix("models/"),
-                             "generationConfig": config}
+    setup: dict[str, Any] = {"model": model, "generationConfig": config}
     if isinstance(session.get("instructions"), str):
         setup["systemInstruction"] = {"parts": [{"text": session["instructions"]}]}
     functions = [{key: tool[key] for key in ("name", "description", "parameters") if key in tool}
@@ -135,8 +137,10 @@ def setup_message(model: str, session: dict[str, Any]) -> dict[str, Any]:
 class GeminiLive:
     """One session's translation, OpenAI Realtime (GA) on the caller's side."""
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, resource: str | None = None) -> None:
         self._model = model
+        #: The model's resource name in the setup.
+        self._resource = resource or "models/" + model.removeprefix("models/")
         self._serial = 0
         self._set_up = False
         self._updated: dict[str, Any] | None = None
@@ -187,7 +191,7 @@ class GeminiLive:
         if not self._set_up:
             self._set_up = True
             config = _dict(event.get("session")) if kind == "session.update" else {}
-            upstream.append(orjson.dumps(setup_message(self._model, config)))
+            upstream.append(orjson.dumps(setup_message(self._resource, config)))
             if kind == "session.update":
                 self._updated = config
                 return upstream, []

@@ -25,16 +25,21 @@ from zope.interface import implementer
 
 from txgateway.config import ConfigError, HttpURL
 from txgateway.plugins.gemini import wire as gemini
+from txgateway.plugins.gemini.live import GeminiLive
 from txgateway.plugins.vertex.google_auth import ServiceAccountTokens, TokenError
 from txgateway.providers import (
     ApiCall,
     IModelDialects,
     IPreparingProvider,
+    IRealtimeProvider,
     ProviderContext,
     ProviderPlugin,
+    RealtimeTarget,
     UpstreamRequest,
     json_request_headers,
 )
+from txgateway.providers.openai_realtime import websocket_url
+from txgateway.realtime.translated import IRealtimeTranslator
 from txgateway.translate import chat_to_messages, rerank
 from txgateway.usage import Usage
 
@@ -65,7 +70,7 @@ def is_claude(model: str) -> bool:
     return model.startswith("claude-")
 
 
-@implementer(IModelDialects, IPreparingProvider)
+@implementer(IModelDialects, IPreparingProvider, IRealtimeProvider, IRealtimeTranslator)
 class VertexProvider:
     kind = "vertex"
     #: Gemini's, but Claude models answer in Anthropic's: see `dialect_of`.
@@ -84,6 +89,9 @@ class VertexProvider:
             else f"https://{location}-aiplatform.googleapis.com")
         self._models = (f"{host}/v1/projects/{settings.project}/locations/{location}"
                         f"/publishers/")
+        self._live_url = (websocket_url(host)
+                          + "/ws/google.cloud.aiplatform.v1.LlmBidiService/BidiGenerateContent")
+        self._resources = f"projects/{settings.project}/locations/{location}/publishers/google/"
         self._rank_url = (f"{settings.discovery_engine_url}/v1/projects/{settings.project}"
                           "/locations/global/rankingConfigs/default_ranking_config:rank").encode()
         self._extra = settings.headers
@@ -108,6 +116,20 @@ class VertexProvider:
         if self._tokens is None or self._tokens.current is not None:
             return None
         return self._tokens.token()
+
+    def realtime_target(self, model: str | None, intent: str,
+                        beta: bool) -> RealtimeTarget | None:
+        """Gemini Live on Vertex AI, for GA realtime conversations with a Gemini model."""
+        if model is None or is_claude(model) or intent != "realtime" or beta:
+            return None
+        token = self._headers_token if self._tokens is None else self._tokens.current
+        return RealtimeTarget(self._live_url, {
+            "authorization": f"Bearer {token}" if token else "", **self._extra})
+
+    def realtime_translation(self, model: str, intent: str) -> GeminiLive | None:
+        if intent != "realtime" or is_claude(model):
+            return None
+        return GeminiLive(model, self._resources + "models/" + model)
 
     def _with_token(self, token: str) -> Headers:
         if token != self._headers_token:

@@ -21,7 +21,7 @@ from zope.interface import implementer
 
 from txgateway.dialects.openai import error_body
 from txgateway.gateway import Gateway
-from txgateway.providers import realtime_target
+from txgateway.providers import prepare, realtime_target
 from txgateway.realtime.budget import key_budget
 from txgateway.realtime.client_secrets import SecretRefused, caller_of
 from txgateway.realtime.handshake import read_upgrade
@@ -29,6 +29,7 @@ from txgateway.realtime.legs import ILeg, WebSocketLeg
 from txgateway.realtime.session import Session, SessionInfo, TooManySessions
 from txgateway.realtime.translated import dial_session
 from txgateway.realtime.upstream import UpstreamRefused
+from txgateway.upstream import UpstreamError
 from txgateway.web.openapi import Endpoint, Operation
 
 
@@ -118,6 +119,13 @@ class RealtimeServerProtocol(WebSocketLeg, WebSocketServerProtocol):
             raise Refused(404, f"The model `{name}` does not exist or you do not have access "
                                "to it.", "model_not_found", "model", name)
         upstream_model = None if upgrade.model is None else route.model
+        waiting = prepare(route.provider)  # an OAuth token to mint first, say
+        if waiting is not None:
+            try:
+                await waiting
+            except UpstreamError as error:
+                raise Refused(error.status, str(error), error.code, None, name,
+                              route.provider) from None
         target = realtime_target(route.provider, upstream_model, upgrade.intent, upgrade.beta)
         if target is None:
             raise Refused(400, f"The model `{name}` is not served for realtime sessions.",
