@@ -233,13 +233,14 @@ class Translation:
 class Live:
     """
     ``/v1/live/sessions``: ``session.start`` answered ``session.started``; ``test.usage``
-    reports the cumulative ``seconds`` it carries in ``session.usage.updated``;
+    reports the cumulative ``seconds`` (and ``paused_seconds``) it carries in
+    ``session.usage.updated``;
     ``session.close`` ends with ``session.closed`` carrying the last total, then a close.
     """
 
     @staticmethod
     def opened(server: FakeRealtimeProtocol) -> None:
-        server._seconds = 0.0
+        server._usage = {"seconds": 0}
 
     @staticmethod
     def event(server: FakeRealtimeProtocol, kind: Any, event: dict[str, Any]) -> None:
@@ -247,12 +248,12 @@ class Live:
             server.emit({"type": "session.started", "session": {
                 "id": "live_fake", "model": server._model, **(event.get("session") or {})}})
         elif kind == "test.usage":
-            server._seconds = event["seconds"]
-            server.emit({"type": "session.usage.updated", "usage": {"seconds": event["seconds"]}})
+            server._usage = {name: event[name] for name in ("seconds", "paused_seconds")
+                             if name in event}
+            server.emit({"type": "session.usage.updated", "usage": server._usage})
         elif kind == "session.close":
             server.emit({"type": "session.closed", "reason": "close_requested",
-                         "session": {"id": "live_fake"},
-                         "usage": {"seconds": event.get("final", server._seconds)}})
+                         "session": {"id": "live_fake"}, "usage": server._usage})
             server.sendClose(1000)
 
 

@@ -32,7 +32,7 @@ VOICE_CONFIG = CONFIG + """
     provider: fake
     model: gpt-live
 prices:
-  gpt-live: {{per_second: 0.002}}
+  gpt-live: {{per_second: 0.002, paused_per_second: 0.001}}
 """
 
 
@@ -103,29 +103,70 @@ class TranslationTests(VoiceTestCase):
         self.assertEqual((code, reason), (4321, "fake says bye"))
 
 
+def sdk_live(base_url: str) -> list[Any]:
+    """With the openai SDK: a Live session started, two usage reports, then closed."""
+
+    async def run() -> list[Any]:
+        client = openai.AsyncOpenAI(base_url=base_url, api_key="sk-caller")
+        seen = []
+        async with client.live.connect() as connection:
+            await connection.session.start(session={"model": "gpt-live-1.1"})
+            for usage in ({"seconds": 3}, {"seconds": 10, "paused_seconds": 4}):
+                await connection.send({"type": "test.usage", **usage})  # type: ignore
+            await connection.session.close()
+            async for event in connection:
+                seen.append(event)
+                if event.type == "session.closed":
+                    break
+        await client.close()
+        return seen
+
+    return asyncio.run(run())
+
+
 class LiveTests(VoiceTestCase):
+    realtime = "{live_model: live-voice}"
+
     async def test_live_usage_is_cumulative_and_billed_per_second(self) -> None:
+        """
+        Through the SDK (which names its model only in ``session.start``): the usage reports
+        are totals, so the session is billed for the last one, its paused part at its rate.
+        """
+        events = await deferToThread(sdk_live, self.base_url + "/v1")
+        kinds = [event.type for event in events]
+        self.assertEqual(kinds, ["session.started", "session.usage.updated",
+                                 "session.usage.updated", "session.closed"])
+        self.assertEqual(events[-1].usage.paused_seconds, 4)
+        # The routed model is the one started upstream, whatever the caller named.
+        self.assertEqual(self.fake.received[0]["session"]["model"], "gpt-live")
+        self.assertEqual(self.fake.handshakes[0].path, "/v1/live/sessions")
+
+        [row] = (await self.rows()).values()
+        self.assertEqual((row["model"], row["audio_seconds"]), ("live-voice", 10))
+        self.assertAlmostEqual(row["cost_usd"], 6 * 0.002 + 4 * 0.001, places=12)
+        _, sessions = await self.admin("/admin/realtime/sessions")
+        usage = sessions["recent"][0]["usage"]
+        self.assertEqual((usage["live_seconds"], usage["live_paused_seconds"]), (10, 4))
+        metrics = await self.metrics()
+        for state, seconds in (("active", 6.0), ("paused", 4.0)):
+            self.assertIn('txgateway_realtime_live_seconds_total{model="live-voice",'
+                          f'provider="openai",state="{state}"}} {seconds}', metrics)
+
+    async def test_a_live_session_named_in_the_query(self) -> None:
         client = await self.connect("model=live-voice", path="/v1/live/sessions")
-        client.send_event(type="session.start", session={"voice": "alloy"})
+        client.send_event(type="session.start", session={"model": "live-voice"})
         started = await client.next("session.started")
         self.assertEqual(started["session"]["model"], "gpt-live")
-        for seconds in (3, 7.5):
-            client.send_event(type="test.usage", seconds=seconds)
-            await client.next("session.usage.updated")
+        client.send_event(type="test.usage", seconds=7.5)
+        await client.next("session.usage.updated")
         _, sessions = await self.admin("/admin/realtime/sessions")
         [live] = sessions["active"]
         self.assertEqual((live["intent"], live["usage"]["live_seconds"]), ("live", 7.5))
-        client.send_event(type="session.close", final=9)
-        closed = await client.next("session.closed")
-        self.assertEqual(closed["usage"], {"seconds": 9})
+        client.send_event(type="session.close")
+        await client.next("session.closed")
         await self.clients[-1][1].closed
-
         [row] = (await self.rows()).values()
-        self.assertEqual((row["model"], row["audio_seconds"]), ("live-voice", 9))
-        self.assertAlmostEqual(row["cost_usd"], 9 * 0.002, places=12)
-        self.assertEqual(self.fake.handshakes[0].path, "/v1/live/sessions")
-        self.assertIn('txgateway_realtime_live_seconds_total{model="live-voice",provider="openai"}'
-                      ' 9.0', await self.metrics())
+        self.assertEqual(row["audio_seconds"], 7.5)
 
 
 class TrailingAudioTests(VoiceTestCase):

@@ -190,8 +190,11 @@ class Accountant:
         model = info.upstream_model or info.model
         if info.intent in DURATION_SURFACES:
             price = self.prices.price(model)
-            per_second = 0.0 if price is None else price.per_second
-            return 0.0, model, billed_seconds(session) * per_second
+            if price is None:
+                return 0.0, model, 0.0
+            paused = usage.live_paused_seconds
+            return 0.0, model, ((billed_seconds(session) - paused) * price.per_second
+                                + paused * (price.paused_per_second or price.per_second))
         # Transcription is priced as its own model: the session's, or a transcription
         # session's model itself.
         transcriber = session.tally.transcription_model or (

@@ -85,6 +85,9 @@ class RealtimeSettings:
     drain_timeout: Seconds = Seconds(5.0)
     #: The model routed for ``?intent=transcription`` sessions that name none.
     transcription_model: str = "gpt-4o-transcribe"
+    #: The model routed for ``/v1/live/sessions`` that name none in the query (the openai
+    #: SDK names it only in ``session.start``).
+    live_model: str = "gpt-live-1.1"
 
 
 @attrs.frozen

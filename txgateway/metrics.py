@@ -165,8 +165,8 @@ class GatewayMetrics:
         )
         self._live_seconds = _Series(
             "txgateway_realtime_live_seconds",
-            "Billed seconds of Live sessions, as their provider reports them.",
-            ["model", "provider"],
+            "Billed seconds of Live sessions as their provider reports them, active or paused.",
+            ["model", "provider", "state"],
         )
         self._sessions_active = _Gauge(
             "txgateway_realtime_sessions_active",
@@ -267,7 +267,11 @@ class GatewayMetrics:
         if usage.transcription_seconds:
             self._transcription_seconds.inc((model, provider), usage.transcription_seconds)
         if usage.live_seconds:
-            self._live_seconds.inc((model, provider), usage.live_seconds)
+            paused = usage.live_paused_seconds
+            self._live_seconds.inc((model, provider, "active"),
+                                   max(usage.live_seconds - paused, 0.0))
+            if paused:
+                self._live_seconds.inc((model, provider, "paused"), paused)
 
     def realtime_session(self, model: str, provider: str, change: int) -> None:
         """A session opened (+1) or closed (-1)."""

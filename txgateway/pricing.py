@@ -46,8 +46,10 @@ class ModelPrice:
     #: USD per generated image, counted when the call reports no tokens (DALL-E reports none;
     #: gpt-image-1 reports tokens, which are then what is billed).
     per_image: float = 0.0
-    #: USD per second of transcribed audio (whisper-1).
+    #: USD per second of transcribed audio (whisper-1), translated audio, or a Live session.
     per_second: float = 0.0
+    #: USD per second of a Live session's paused (standby) time; 0: as ``per_second``.
+    paused_per_second: float = 0.0
     #: USD per search unit (rerank).
     per_search: float = 0.0
 

@@ -26,6 +26,7 @@ from txgateway.realtime.budget import key_budget
 from txgateway.realtime.client_secrets import SecretRefused, caller_of
 from txgateway.realtime.handshake import read_upgrade
 from txgateway.realtime.legs import ILeg, WebSocketLeg
+from txgateway.realtime.live import started_with
 from txgateway.realtime.session import Session, SessionInfo, TooManySessions
 from txgateway.realtime.translated import dial_session
 from txgateway.realtime.upstream import UpstreamRefused
@@ -54,6 +55,8 @@ class RealtimeServerProtocol(WebSocketLeg, WebSocketServerProtocol):
     surface: str | None = None
     session: Session | None = None
     _refusal: bytes | None = None
+    #: A Live session's routed model, until its ``session.start`` is sent naming it.
+    _live_model: str | None = None
     _channel: Any = None
 
     def pause_source(self, producer: Any) -> None:
@@ -101,6 +104,8 @@ class RealtimeServerProtocol(WebSocketLeg, WebSocketServerProtocol):
         name = upgrade.model
         if name is None and upgrade.intent == "transcription":
             name = settings.transcription_model
+        if name is None and upgrade.intent == "live":
+            name = settings.live_model
         if name is None:
             raise Refused(400, "Missing required parameter: 'model'.", "missing_model", "model")
         if not principal.may_use(name):
@@ -132,7 +137,9 @@ class RealtimeServerProtocol(WebSocketLeg, WebSocketServerProtocol):
                           "model_not_realtime", "model", name, route.provider)
         info = SessionInfo(
             id="rts_" + secrets.token_hex(12), model=name, provider=route.provider.name,
-            provider_kind=route.provider.kind, upstream_model=upstream_model or "",
+            provider_kind=route.provider.kind,
+            # A Live session's model is the one its session.start is sent naming.
+            upstream_model=route.model if upgrade.intent == "live" else upstream_model or "",
             key_id=principal.key_id, intent=upgrade.intent, beta=upgrade.beta,
             limits=principal.limits)
         try:
@@ -149,6 +156,8 @@ class RealtimeServerProtocol(WebSocketLeg, WebSocketServerProtocol):
             raise Refused(error.status, str(error), error.code, None, name,
                           route.provider) from None
         session.upstream_ready(upstream)
+        if upgrade.intent == "live":
+            self._live_model = route.model
         if spent is not None:
             session.response_guard = key_budget(gateway.accountant, spent)
         if setup is not None:
@@ -180,6 +189,10 @@ class RealtimeServerProtocol(WebSocketLeg, WebSocketServerProtocol):
         self.session.client_opened(self)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if self._live_model is not None and not isBinary:
+            # The first event of a Live session is its session.start.
+            payload = started_with(payload, self._live_model) or payload
+            self._live_model = None
         self.session.from_client(payload, isBinary)
 
     def onAutoPingTimeout(self) -> None:

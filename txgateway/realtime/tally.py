@@ -49,8 +49,10 @@ class RealtimeUsage:
     transcription_input_tokens: int = 0
     transcription_output_tokens: int = 0
     transcription_seconds: float = 0.0
-    #: A Live session's billed seconds, as the provider reports them.
+    #: A Live session's billed seconds, as the provider reports them, and the paused
+    #: (standby) part of them where it says.
     live_seconds: float = 0.0
+    live_paused_seconds: float = 0.0
 
     def __add__(self, other: RealtimeUsage) -> RealtimeUsage:
         return RealtimeUsage(*(a + b for a, b in zip(
@@ -95,6 +97,7 @@ class RealtimeUsage:
             "transcription_output_tokens": self.transcription_output_tokens,
             "transcription_seconds": self.transcription_seconds,
             "live_seconds": self.live_seconds,
+            "live_paused_seconds": self.live_paused_seconds,
         }
 
 
@@ -143,6 +146,11 @@ def transcription_usage(usage: Any) -> RealtimeUsage:
         return RealtimeUsage(transcription_seconds=float(seconds) if valid else 0.0)
     return RealtimeUsage(transcription_input_tokens=_int(usage.get("input_tokens")),
                          transcription_output_tokens=_int(usage.get("output_tokens")))
+
+
+def _seconds(value: Any) -> float | None:
+    return (float(value) if isinstance(value, int | float) and not isinstance(value, bool)
+            else None)
 
 
 def _dict(value: Any) -> dict[str, Any]:
@@ -244,11 +252,13 @@ class SessionTally:
         A Live session's usage is its total so far: it replaces the last report (only the
         increase is added, so live metrics and budgets see increments like any usage).
         """
-        seconds = usage.get("seconds")
-        if not isinstance(seconds, int | float) or isinstance(seconds, bool):
+        seconds, paused = _seconds(usage.get("seconds")), _seconds(usage.get("paused_seconds"))
+        if seconds is None:
             return NO_USAGE
-        increase = seconds - self.usage.live_seconds
-        return self._add(RealtimeUsage(live_seconds=increase)) if increase > 0 else NO_USAGE
+        increase = RealtimeUsage(
+            live_seconds=max(seconds - self.usage.live_seconds, 0.0),
+            live_paused_seconds=max((paused or 0.0) - self.usage.live_paused_seconds, 0.0))
+        return self._add(increase) if increase != NO_USAGE else NO_USAGE
 
     def _add(self, usage: RealtimeUsage) -> RealtimeUsage:
         self.usage = self.usage + usage
