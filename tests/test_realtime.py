@@ -84,7 +84,8 @@ class RelayTests(RealtimeTestCase):
             "input_cached_image_tokens": 0, "output_text_tokens": 30,
             "output_audio_tokens": 91, "transcription_tokens": 22,
             "transcription_input_tokens": 13, "transcription_output_tokens": 9,
-            "transcription_seconds": 0.0, "live_seconds": 0.0})
+            "transcription_seconds": 0.0, "live_seconds": 0.0,
+            "live_paused_seconds": 0.0})
         self.assertEqual(ended["audio_seconds_in"], 1.0)
         self.assertEqual(ended["audio_seconds_out"], 0.6)
         self.assertEqual(ended["client_close_code"], 1000)
