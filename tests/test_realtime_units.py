@@ -57,6 +57,28 @@ class EventTests(SynchronousTestCase):
 
 
 class TallyTests(SynchronousTestCase):
+    def test_live_usage_replaces_never_adds(self) -> None:
+        """Each Live usage report is the session's total: only increases are counted."""
+        tally = SessionTally(0.0)
+        added = [tally.server_frame(frame({"type": kind, "usage": usage}), False)
+                 for kind, usage in (("session.usage.updated", {"seconds": 4}),
+                                     ("session.usage.updated", {"seconds": 4}),
+                                     ("session.usage.updated", {"seconds": 9,
+                                                                "paused_seconds": 3}),
+                                     ("session.usage.updated", {"seconds": "x"}),
+                                     ("session.closed", {"seconds": 12, "paused_seconds": 3}))]
+        self.assertEqual([usage.live_seconds for usage in added], [4, 0, 5, 0, 3])
+        self.assertEqual((tally.usage.live_seconds, tally.usage.live_paused_seconds), (12, 3))
+
+    def test_translation_audio_is_measured_both_ways(self) -> None:
+        tally = SessionTally(0.0)
+        audio = "A" * 64000  # 48,000 bytes: a second of 24 kHz pcm16
+        tally.client_frame(frame({"type": "session.input_audio_buffer.append",
+                                  "audio": audio}), False)
+        tally.server_frame(frame({"type": "session.output_audio.delta", "delta": audio}),
+                           False)
+        self.assertEqual((tally.audio_seconds_in, tally.audio_seconds_out), (1.0, 1.0))
+
     def test_responses_counted_once_by_id(self) -> None:
         """Repeated response.done counts once; cancelled and out-of-band ones count too."""
         tally = SessionTally(0.0)
