@@ -73,8 +73,8 @@ def openai_usage(metadata: dict[str, Any]) -> dict[str, Any]:
     for side, key in (("input", "promptTokensDetails"), ("output", "responseTokensDetails"),
                       ("input", "toolUsePromptTokensDetails"),
                       ("cached", "cacheTokensDetails")):
-        for entry in metadata.get(key) or ():
-            modality = _MODALITIES.get(_dict(entry).get("modality"), "text")
+        for entry in map(_dict, metadata.get(key) or ()):
+            modality = _MODALITIES.get(str(entry.get("modality")), "text")
             counts = details[side]
             counts[modality] = counts.get(modality, 0) + _count(entry.get("tokenCount"))
     # Tool-use prompt tokens are input; thoughts are output text (billed as output).
@@ -215,7 +215,7 @@ class GeminiLive:
         if kind == "conversation.item.create":
             item = _dict(event.get("item"))
             if item.get("type") == "function_call_output":
-                call_id = item.get("call_id")
+                call_id = str(item.get("call_id"))
                 return [orjson.dumps({"toolResponse": {"functionResponses": [{
                     "id": call_id, "name": self._calls.pop(call_id, ""),
                     "response": {"output": item.get("output")}}]}})]
