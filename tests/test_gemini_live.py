@@ -151,6 +151,11 @@ class GeminiLiveTests(RealtimeTestCase):
             {"role": "user", "parts": [{"text": "What's the weather in Paris?"}]}],
             "turnComplete": True}})
 
+        # Gemini took its setup at the first event: a later configuration is refused.
+        client.send_event(type="session.update", session={"type": "realtime",
+                                                          "instructions": "Be long."})
+        refused = await client.next("error")
+        self.assertEqual(refused["error"]["code"], "session_update_unsupported")
         client.send_event(type="conversation.item.create", item={
             "type": "function_call_output", "call_id": "call_1", "output": '{"sky":"sunny"}'})
         client.send_event(type="response.create")
