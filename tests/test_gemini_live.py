@@ -77,6 +77,8 @@ def sdk_voice_turn(base_url: str) -> list[Any]:
 
 class GeminiLiveTests(RealtimeTestCase):
     config = CONFIG
+    #: The SDK runs in a thread: slow on a loaded machine.
+    timeout = 45
     start_fake = staticmethod(start_fake_gemini_live)
 
     async def ended(self) -> tuple[dict[str, Any], dict[str, Any]]:

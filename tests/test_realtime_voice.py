@@ -59,6 +59,8 @@ def sdk_translation(base_url: str, seconds: int) -> list[Any]:
 
 class VoiceTestCase(RealtimeTestCase):
     config = VOICE_CONFIG
+    #: The SDK runs in a thread: slow on a loaded machine.
+    timeout = 45
 
     async def rows(self) -> dict[str, dict[str, Any]]:
         """The ledger's rows by model once every session has ended."""
