@@ -111,18 +111,21 @@ class Root(JSONResource):
         super().__init__()
         self._accountant = accountant
 
-    def refused(self, request: Any, status: int, message: str) -> None:
-        # The request line is parsed but not yet handed to the request: the channel holds it.
-        path = getattr(request.channel, "_path", b"")
-        exchange = self._accountant.start(route_of(self, path.partition(b"?")[0]))
+    def refused(self, request: Any, status: int, message: str) -> bytes:
+        """Account for a request the server refused; its error body, in its endpoint's
+        dialect."""
+        endpoint = endpoint_of(self, request.path)
+        exchange = self._accountant.start(getattr(endpoint, "route", "") or "unknown")
         exchange.status, exchange.error = status, message
         self._accountant.finish(exchange)
+        dialect = getattr(endpoint, "error_body", error_body)
+        return dialect(status, message, "request_too_large")
 
 
-def route_of(root: Resource, path: bytes) -> str:
+def endpoint_of(root: Resource, path: bytes) -> Resource | None:
     """
-    The route name of the endpoint ``path`` leads to, following the tree's fixed children
-    only (no ``getChild``: nothing runs); "unknown" when it leads to none.
+    The endpoint ``path`` leads to, following the tree's fixed children only (no
+    ``getChild``: nothing runs); None when it leads to none.
     """
     resource = root
     for segment in path.split(b"/")[1:]:
@@ -130,5 +133,6 @@ def route_of(root: Resource, path: bytes) -> str:
             break
         resource = resource.children.get(segment)
         if resource is None:
-            return "unknown"
-    return getattr(resource, "route", "") or "unknown"
+            return None
+    return resource
+
