@@ -17,8 +17,9 @@ gateway; this protocol does what the gateway needs of them and no more:
 - slowloris: a head must be whole within ``header_timeout`` seconds of its first byte, a
   body must not stall for ``body_timeout``, an idle keep-alive connection is closed after
   ``idle_timeout`` (one timer for all connections, ticking each ``sweep_interval``);
-- a WebSocket upgrade (``/v1/realtime``) is handed, with the bytes already read, to
-  twisted.web's ``HTTPChannel`` and `GatewaySite`, so that Autobahn shakes hands as before.
+- a WebSocket upgrade (any ``Upgrade`` request, and any request to a ``WebSocketResource``
+  such as ``/v1/realtime``) is handed, with the bytes already read, to twisted.web's
+  ``HTTPChannel`` and `GatewaySite`, so that Autobahn shakes hands (or refuses) as before.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from collections import deque
 from io import BytesIO
 from typing import Any
 
+from autobahn.twisted.resource import WebSocketResource
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
@@ -39,7 +41,7 @@ from twisted.web.server import NOT_DONE_YET
 from txgateway.dialects.openai import error_body
 from txgateway.http.request import Request
 from txgateway.web.site import GatewaySite
-from txgateway.web.upload import Upload, streamed_paths
+from txgateway.web.upload import Upload, paths_of, streamed_paths
 
 log = Logger()
 
@@ -160,6 +162,11 @@ class HTTPServerProtocol(Protocol):
         parser, factory = self._parser, self.factory
         if parser.should_upgrade() or self._closing:
             return  # `_upgrading` takes it from here, or nothing more is read
+        if self._url.partition(b"?")[0] in factory.upgrade_paths:
+            # Not an upgrade, but for Autobahn to answer: what follows it is not read.
+            self._closing = True
+            self._upgrading(b"")
+            return
         version = _VERSIONS.get(parser.get_http_version(), b"HTTP/1.0")
         request = Request(self, parser.get_method(), self._url, version, self._headers,
                           self._raw, version == b"HTTP/1.1" and parser.should_keep_alive())
@@ -405,6 +412,9 @@ class HTTPServer(Factory):
         self.resource = resource
         self.max_body_bytes = max_body_bytes
         self.streamed_paths = streamed_paths(resource)
+        #: Where WebSocket resources are: every request there goes to twisted.web.
+        self.upgrade_paths = paths_of(resource, lambda r: isinstance(r, WebSocketResource)
+                                      or getattr(r, "takes_connection", False))
         self.upgrades = GatewaySite(resource)
         self._reactor = reactor
         self._connections: set[HTTPServerProtocol] = set()
