@@ -116,7 +116,7 @@ class Twisted(Resource):
 
     def render(self, request: Any) -> bytes:
         channel = "HTTPChannel" if isinstance(request.channel, HTTPChannel) else "other"
-        return b"%s %s %s" % (channel.encode(), request.getHeader(b"upgrade"), request.uri)
+        return b"%s %s %s" % (channel.encode(), request.getHeader(b"upgrade") or b"-", request.uri)
 
 
 class TakesConnection(Twisted):
@@ -386,7 +386,7 @@ class HTTPServerTests(TestCase):
         a plain GET itself)."""
         client = await self.connect()
         status, _, body = await self.ask(client, b"GET /ws HTTP/1.1\r\nHost: h\r\n\r\n")
-        self.assertEqual((status, body), (200, b"HTTPChannel None /ws"))
+        self.assertEqual((status, body), (200, b"HTTPChannel - /ws"))
 
     async def test_close_connections(self) -> None:
         client = await self.connect()

@@ -24,7 +24,6 @@ from txgateway.http import IGatewayRequest
 
 #: Statuses whose answers have no body (nor framing).
 _BODYLESS = frozenset({204, 304})
-_EMPTY = BytesIO()
 
 
 @implementer(IGatewayRequest)
@@ -52,7 +51,7 @@ class Request:
         self.args = parse_qs(query, 1) if query else {}
         self.prepath: list[bytes] = []
         self.postpath = path.split(b"/")[1:]
-        self.content = _EMPTY
+        self.content = BytesIO()
         self.persistent = persistent
         self.responseHeaders = Headers()
         self._headers = headers

@@ -227,8 +227,6 @@ class HTTPServerProtocol(Protocol):
                 request.content = BytesIO(b"".join(self._parts) if len(self._parts) > 1
                                           else self._parts[0])
                 self._parts = []
-            else:
-                request.content = BytesIO()
             self._queue(request)
 
     # Answering, in order.
@@ -261,7 +259,7 @@ class HTTPServerProtocol(Protocol):
             request.finish()
             return
         if request.upload is not None and not request.complete \
-                and request.getHeader(b"expect") == b"100-continue" \
+                and (request.getHeader(b"expect") or b"").lower() == b"100-continue" \
                 and request.clientproto == b"HTTP/1.1":
             self.transport.write(_CONTINUE)
         try:
@@ -315,7 +313,8 @@ class HTTPServerProtocol(Protocol):
         if reading is None:
             if not self._in_head:
                 self._idle()
-        elif reading.getHeader(b"expect") == b"100-continue" and reading.upload is None \
+        elif (reading.getHeader(b"expect") or b"").lower() == b"100-continue" \
+                and reading.upload is None \
                 and reading.clientproto == b"HTTP/1.1" and not reading.oversized:
             self.transport.write(_CONTINUE)
 
@@ -449,9 +448,8 @@ class HTTPServer(Factory):
     def _swept(self) -> None:
         now = self.now = self._reactor.seconds()
         self.date = datetimeToString(now)
-        for connection in self._connections:
-            if connection.timed_out(now):
-                connection.abort()
+        for connection in [c for c in self._connections if c.timed_out(now)]:
+            connection.abort()
 
     async def _close(self) -> None:
         closed: Deferred[None] = Deferred()
