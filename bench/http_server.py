@@ -64,7 +64,7 @@ def cpu_seconds(pid: int) -> float:
 
 def wrk(script: Path, port: int, connections: int, seconds: float) -> int:
     done = subprocess.run(
-        ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s",
+        ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "-s",
          str(script), f"http://127.0.0.1:{port}/chat"], capture_output=True, text=True,
         check=True)
     if "Non-2xx" in done.stdout or "Socket errors" in done.stdout:

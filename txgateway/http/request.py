@@ -20,7 +20,7 @@ from twisted.web.http import RESPONSES, parse_qs
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
-from txgateway.http import IGatewayRequest
+from txgateway.http import IGatewayRequest, write_now
 
 #: Statuses whose answers have no body (nor framing).
 _BODYLESS = frozenset({204, 304})
@@ -98,22 +98,16 @@ class Request:
             raise RuntimeError("Request.write called on a request after Request.finish")
         if self._lost is not None:
             return
-        transport = self.channel.transport
+        channel = self.channel
         if not self.startedWriting:
             self.startedWriting = True
             head = self._head()
             if data and self.method != b"HEAD":
-                if self._chunked:
-                    transport.writeSequence((head, b"%x\r\n" % len(data), data, b"\r\n"))
-                else:
-                    transport.writeSequence((head, data))
-            else:
-                transport.write(head)
+                head += b"%x\r\n%s\r\n" % (len(data), data) if self._chunked else data
+            write_now(channel.transport, channel.socket, head)
         elif data and self.method != b"HEAD":
-            if self._chunked:
-                transport.writeSequence((b"%x\r\n" % len(data), data, b"\r\n"))
-            else:
-                transport.write(data)
+            write_now(channel.transport, channel.socket,
+                      b"%x\r\n%s\r\n" % (len(data), data) if self._chunked else data)
 
     def finish(self) -> None:
         if self.finished:
@@ -127,7 +121,7 @@ class Request:
                 self.responseHeaders.setRawHeaders(b"content-length", [b"0"])
             self.write(b"")
         if self._chunked:
-            self.channel.transport.write(b"0\r\n\r\n")
+            write_now(self.channel.transport, self.channel.socket, b"0\r\n\r\n")
         self.finished = True
         upload = self.upload
         if upload is not None and not upload.complete:

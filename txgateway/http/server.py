@@ -39,6 +39,7 @@ from twisted.web.resource import getChildForRequest
 from twisted.web.server import NOT_DONE_YET
 
 from txgateway.dialects.openai import error_body
+from txgateway.http import socket_of
 from txgateway.http.request import Request
 from txgateway.web.site import GatewaySite
 from txgateway.web.upload import Upload, paths_of, streamed_paths
@@ -93,6 +94,7 @@ class HTTPServerProtocol(Protocol):
         self._timeout: float | None = None
 
     def connectionMade(self) -> None:
+        self.socket = socket_of(self.transport)
         try:
             # Answers are written whole: Nagle's algorithm would only add latency.
             self.transport.setTcpNoDelay(True)
