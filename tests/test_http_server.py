@@ -109,6 +109,26 @@ class Streamed(Resource):
         return NOT_DONE_YET
 
 
+class Paused(Resource):
+    """Stops reading the client (as an upload's upstream backpressure does) for a while."""
+
+    isLeaf = True
+    streams_upload = True
+
+    def render(self, request: Any) -> Any:
+        transport = request.channel.transport
+        transport.pauseProducing()
+
+        def resume() -> None:
+            transport.resumeProducing()
+            request.setHeader(b"content-length", b"2")
+            request.write(b"ok")
+            request.finish()
+
+        reactor.callLater(0.5, resume)
+        return NOT_DONE_YET
+
+
 class Twisted(Resource):
     """What an upgrade reaches: twisted.web's own request, on an ``HTTPChannel``."""
 
@@ -158,7 +178,8 @@ class HTTPServerTests(TestCase):
         self.later = Later()
         for name, child in ((b"echo", Echo()), (b"later", self.later), (b"stream", Stream()),
                             (b"boom", Boom()), (b"fixed", Fixed()), (b"streamed", Streamed()),
-                            (b"twisted", Twisted()), (b"ws", TakesConnection())):
+                            (b"twisted", Twisted()), (b"ws", TakesConnection()),
+                            (b"paused", Paused())):
             root.putChild(name, child)
         self.server = HTTPServer(root, max_body_bytes=1000, reactor=reactor)
         self.server.sweep_interval = 0.05
@@ -330,6 +351,16 @@ class HTTPServerTests(TestCase):
         await self.ask(client, b"GET /echo HTTP/1.1\r\nHost: h\r\n\r\n")
         await self.until(lambda: client.lost, seconds=1)
         self.assertEqual(len(client.answers), 1)
+
+    async def test_body_the_gateway_stopped_reading_has_no_timeout(self) -> None:
+        self.server.body_timeout = 0.1
+        client = await self.connect()
+        status, _, _ = await self.ask(client, b"POST /paused HTTP/1.1\r\nHost: h\r\n"
+                                              b"Content-Length: 10\r\n\r\nab")
+        self.assertEqual(status, 200)
+        client.transport.write(b"c" * 8)
+        await self.ask(client, b"GET /echo HTTP/1.1\r\nHost: h\r\n\r\n")
+        self.assertFalse(client.lost)
 
     async def test_waiting_on_an_answer_has_no_timeout(self) -> None:
         self.server.body_timeout = self.server.idle_timeout = self.server.header_timeout = 0.1

@@ -371,10 +371,19 @@ class HTTPServerProtocol(Protocol):
         self._timeout = None
         self.transport.abortConnection()
 
-    def timed_out(self, now: float) -> bool:
-        """Whether the phase under a timeout has lasted too long (the sweep's question)."""
+    def timed_out(self, now: float, readers: Any) -> bool:
+        """
+        Whether the phase under a timeout has lasted too long (the sweep's question); a body
+        stalled because the gateway stopped reading it (an upload's upstream backpressure)
+        is not the client's doing.
+        """
         timeout = self._timeout
-        return timeout is not None and now - self._since > timeout
+        if timeout is None or now - self._since <= timeout:
+            return False
+        if self._reading is not None and self.transport not in readers():
+            self._since = now
+            return False
+        return True
 
     def connectionLost(self, reason: Any = None) -> None:
         upgrade = self._upgrade
@@ -450,7 +459,8 @@ class HTTPServer(Factory):
     def _swept(self) -> None:
         now = self.now = self._reactor.seconds()
         self.date = datetimeToString(now)
-        for connection in [c for c in self._connections if c.timed_out(now)]:
+        readers = self._reactor.getReaders
+        for connection in [c for c in self._connections if c.timed_out(now, readers)]:
             connection.abort()
 
     async def _close(self) -> None:
