@@ -15,7 +15,9 @@ from twisted.trial.unittest import TestCase
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
+from zope.interface.verify import verifyObject
 
+from txgateway.http import IGatewayRequest
 from txgateway.http.server import HTTPServer
 
 
@@ -375,6 +377,7 @@ class HTTPServerTests(TestCase):
         client = await self.connect()
         client.transport.write(b"GET /later HTTP/1.1\r\nHost: h\r\n\r\n")
         await self.until(lambda: self.later.waiting)
+        self.assertTrue(verifyObject(IGatewayRequest, self.later.waiting[0]))
         client.transport.abortConnection()
         await self.until(lambda: self.later.ended)
         self.assertTrue(hasattr(self.later.ended[0], "check"))  # a Failure

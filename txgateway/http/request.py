@@ -78,9 +78,6 @@ class Request:
     def getClientAddress(self) -> Any:
         return self.channel.transport.getPeer()
 
-    def getHost(self) -> Any:
-        return self.channel.transport.getHost()
-
     def isSecure(self) -> bool:
         return ISSLTransport.providedBy(self.channel.transport)
 
