@@ -17,6 +17,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface.verify import verifyObject
 
+from tests.gateway_harness import GatewayTestCase
 from txgateway.http import IGatewayRequest
 from txgateway.http.server import HTTPServer
 
@@ -428,3 +429,35 @@ class HTTPServerTests(TestCase):
         await self.server.close_connections()
         await self.until(lambda c=client: c.lost)
 
+
+
+class GatewayServerTests(GatewayTestCase):
+    """The server as the gateway runs it."""
+
+    async def connect(self) -> RawClient:
+        client = RawClient()
+        port = int(self.base_url.rsplit(":", 1)[1])
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
+        self.addCleanup(lambda: client.transport.abortConnection())
+        return client
+
+    async def test_absurd_chunk_size(self) -> None:
+        """Issue 19's fuzz case: 400 and closed at once; the gateway goes on serving."""
+        client = await self.connect()
+        client.transport.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\n"
+                               b"Authorization: Bearer sk-caller\r\n"
+                               b"Content-Type: application/json\r\n"
+                               b"Transfer-Encoding: chunked\r\n\r\nffffffffffffffffffff\r\n")
+        for _ in range(100):
+            if client.lost:
+                break
+            await deferLater(reactor, 0.01)
+        self.assertTrue(client.lost)
+        self.assertEqual(client.answers[0][0], 400)
+        other = await self.connect()
+        other.transport.write(b"GET /health HTTP/1.1\r\nHost: gw\r\n\r\n")
+        for _ in range(100):
+            if other.answers:
+                break
+            await deferLater(reactor, 0.01)
+        self.assertEqual(other.answers[0][0], 200)
