@@ -111,21 +111,16 @@ class Root(JSONResource):
         super().__init__()
         self._accountant = accountant
 
-    def refused(self, request: Any, status: int, message: str) -> bytes:
-        """Account for a request the server refused; its error body, in its endpoint's
-        dialect."""
-        endpoint = endpoint_of(self, request.path)
-        exchange = self._accountant.start(getattr(endpoint, "route", "") or "unknown")
+    def refused(self, request: Any, status: int, message: str) -> None:
+        exchange = self._accountant.start(route_of(self, request.path))
         exchange.status, exchange.error = status, message
         self._accountant.finish(exchange)
-        dialect = getattr(endpoint, "error_body", error_body)
-        return dialect(status, message, "request_too_large")
 
 
-def endpoint_of(root: Resource, path: bytes) -> Resource | None:
+def route_of(root: Resource, path: bytes) -> str:
     """
-    The endpoint ``path`` leads to, following the tree's fixed children only (no
-    ``getChild``: nothing runs); None when it leads to none.
+    The route name of the endpoint ``path`` leads to, following the tree's fixed children
+    only (no ``getChild``: nothing runs); "unknown" when it leads to none.
     """
     resource = root
     for segment in path.split(b"/")[1:]:
@@ -133,6 +128,5 @@ def endpoint_of(root: Resource, path: bytes) -> Resource | None:
             break
         resource = resource.children.get(segment)
         if resource is None:
-            return None
-    return resource
-
+            return "unknown"
+    return getattr(resource, "route", "") or "unknown"
