@@ -239,7 +239,7 @@ class HTTPServerProtocol(Protocol):
             self._render(request)
 
     def _refuse(self, request: Request) -> None:
-        """A body over the limit: a 413 in the endpoint's dialect, the rest dropped."""
+        """A body over the limit: a 413 (an OpenAI error, as before), the rest dropped."""
         request.oversized = True
         request.persistent = False
         self._queue(request)
