@@ -416,6 +416,21 @@ class HTTPServerTests(TestCase):
         self.assertEqual(self.server._transports, set())
         self.assertEqual(len(self.server.upgrades._transports), 1)
 
+    async def test_upgrade_behind_an_unanswered_request_waits(self) -> None:
+        """Pipelined behind a request still being answered, an upgrade is handed over only
+        once that answer is out."""
+        client = await self.connect()
+        client.transport.write(b"GET /later HTTP/1.1\r\nHost: h\r\n\r\n"
+                               b"GET /twisted HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\n"
+                               b"Upgrade: websocket\r\n\r\n")
+        await self.until(lambda: self.later.waiting)
+        await deferLater(reactor, 0.05)
+        self.assertEqual(self.server.upgrades._transports, set())
+        self.later.answer(b"first")
+        await self.until(lambda: len(client.answers) == 2)
+        self.assertEqual([a[2] for a in client.answers],
+                         [b"first", b"HTTPChannel websocket /twisted"])
+
     async def test_websocket_path_handed_over_without_upgrade(self) -> None:
         """A resource that takes the connection gets it, Upgrade or not (Autobahn refuses
         a plain GET itself)."""
