@@ -245,6 +245,6 @@ async def start_fake_bedrock(
         secrets: dict[str, str] | None = None) -> tuple[FakeBedrock, Any, GatewaySite]:
     """The fake, its port and its site (whose ``close_connections`` tests call at the end)."""
     fake = FakeBedrock(secrets or {ACCESS_KEY: SECRET_KEY})
-    site = GatewaySite(fake, max_body_bytes=2**30)
+    site = GatewaySite(fake)
     port = reactor.listenTCP(0, site, interface="127.0.0.1")
     return fake, port, site

@@ -90,7 +90,7 @@ class FakeCohere(FakeOpenAI):
 async def start_fake_cohere() -> tuple[FakeCohere, Any, GatewaySite]:
     """The fake, its port and its site (whose ``close_connections`` tests call at the end)."""
     fake = FakeCohere()
-    site = GatewaySite(fake, max_body_bytes=2**30)
+    site = GatewaySite(fake)
     port = reactor.listenTCP(0, site, interface="127.0.0.1")
     return fake, port, site
 

@@ -303,7 +303,7 @@ class FakeGoogle(FakeUpstream):
 async def start_fake_google(public_key: Any = None) -> tuple[FakeGoogle, Any, GatewaySite]:
     """The fake, its port and its site; the token endpoint is ``http://127.0.0.1:{port}/token``."""
     fake = FakeGoogle(public_key)
-    site = GatewaySite(fake, max_body_bytes=2**30)
+    site = GatewaySite(fake)
     port = reactor.listenTCP(0, site, interface="127.0.0.1")
     fake.token_uri = f"http://127.0.0.1:{port.getHost().port}/token"
     return fake, port, site

@@ -254,6 +254,6 @@ class BigStream:
 async def start_fake_openai() -> tuple[FakeOpenAI, Any, GatewaySite]:
     """The fake, its port and its site (whose ``close_connections`` tests call at the end)."""
     fake = FakeOpenAI()
-    site = GatewaySite(fake, max_body_bytes=2**30)
+    site = GatewaySite(fake)
     port = reactor.listenTCP(0, site, interface="127.0.0.1")
     return fake, port, site

@@ -20,12 +20,12 @@ from twisted.internet.task import deferLater
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.iweb import UNKNOWN_LENGTH
+from twisted.web.server import Request
 
 from tests.fake_openai_rest import TRANSCRIPT
 from tests.gateway_harness import CONFIG, GatewayTestCase
 from txgateway.dialects.multipart import FormParser, PartHead
 from txgateway.dialects.openai import BadRequest
-from txgateway.web.site import GatewayRequest
 from txgateway.web.upload import Upload
 
 LIMIT = 16 * 1024 * 1024
@@ -112,7 +112,7 @@ class UploadWatch:
         return waiter
 
 
-class WatchedRequest(GatewayRequest):
+class WatchedRequest(Request):
     """The fake's requests: each body chunk reported as read; ``/break`` paths cut the
     connection at the first chunk, ``/pause`` paths stop reading it."""
 

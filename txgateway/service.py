@@ -14,11 +14,11 @@ from twisted.logger import Logger
 
 from txgateway.config import ConfigError, GatewayConfig
 from txgateway.gateway import build_gateway
+from txgateway.http.server import HTTPServer
 from txgateway.logs import AccessLog
 from txgateway.providers import IProviderPlugin
 from txgateway.providers.registry import find_plugins
 from txgateway.web.root import build_root
-from txgateway.web.site import GatewaySite
 
 log = Logger()
 
@@ -53,7 +53,7 @@ class GatewayService(MultiService):
         self._flushing.clock = reactor
         self.gateway = build_gateway(reactor, config, plugins, self.access_log.write)
         self.gateway.config_source = config_source
-        self.site = GatewaySite(build_root(self.gateway), config.max_body_bytes)
+        self.site = HTTPServer(build_root(self.gateway), config.max_body_bytes, reactor)
         self.listening: Deferred[Any] = Deferred()
         self._port: Any = None
 

@@ -6,7 +6,33 @@ Endpoints never depend on which HTTP layer carries them: they see a request thro
 serving, such as WebSocket upgrades) and the lean server's request provide.
 """
 
+from typing import Any
+
+from twisted.internet import tcp
 from zope.interface import Attribute, Interface
+
+
+def socket_of(transport: Any) -> Any:
+    """The socket `write_now` may send on: a plain TCP connection's, else None."""
+    return transport.socket if isinstance(transport, tcp.Connection) else None
+
+
+def write_now(transport: Any, socket: Any, data: bytes) -> None:
+    """
+    Write ``data``, straight to the socket when nothing is queued: Twisted's TCP transport
+    would register for writability and send on the next reactor turn (two epoll_ctl calls
+    and a poll per write); what the socket does not take is queued.  (Twisted has no public
+    way to ask whether a transport holds unsent bytes: ``_tempDataBuffer`` is read here.)
+    """
+    if socket is not None and not transport.dataBuffer and not transport._tempDataBuffer:
+        try:
+            sent = socket.send(data)
+        except OSError:  # (would block, or broken: the transport finds out)
+            sent = 0
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
 
 
 class IGatewayRequest(Interface):

@@ -26,7 +26,6 @@ import re
 from typing import Any
 
 from httptools import HttpParserError, HttpResponseParser
-from twisted.internet import tcp
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.error import ConnectionDone
@@ -44,6 +43,8 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IPolicyForHTTPS, IResponse
 from zope.interface import implementer
+
+from txgateway.http import socket_of, write_now
 
 #: Headers about the connection and the message's framing: the agent writes its own, and
 #: (like Twisted's client) keeps the response's out of ``response.headers``.
@@ -287,7 +288,7 @@ class _Connection(Protocol):
 
     def connectionMade(self) -> None:
         self.transport.setTcpNoDelay(True)
-        self._socket = self.transport.socket if isinstance(self.transport, tcp.Connection) else None
+        self._socket = socket_of(self.transport)
 
     def closed(self) -> Deferred[None]:
         waiter: Deferred[None] = Deferred()
@@ -319,22 +320,7 @@ class _Connection(Protocol):
         return waiting
 
     def _write_now(self, data: bytes) -> None:
-        """
-        Write ``data``, straight to the socket when nothing is queued: Twisted's TCP
-        transport would register for writability and send on the next reactor turn (two
-        epoll_ctl calls and a poll per request); what the socket does not take is queued.
-        """
-        transport = self.transport
-        socket = self._socket
-        if socket is not None and not transport.dataBuffer and not transport._tempDataBuffer:
-            try:
-                sent = socket.send(data)
-            except OSError:  # (would block, or broken: the transport finds out)
-                sent = 0
-            if sent == len(data):
-                return
-            data = data[sent:]
-        transport.write(data)
+        write_now(self.transport, self._socket, data)
 
     def _cancel(self, waiting: Deferred[IResponse]) -> None:
         """The caller gave up before the response's head (it gets a CancelledError)."""

@@ -30,6 +30,9 @@ from txgateway.web.resource import JSONResource, answer_later
 class RealtimeTree(JSONResource):
     """The WebSocket at ``/v1/realtime`` itself, REST children below it."""
 
+    #: Its requests take over the connection (the HTTP server hands them to twisted.web).
+    takes_connection = True
+
     def __init__(self, socket: Any) -> None:
         super().__init__()
         self._socket = socket

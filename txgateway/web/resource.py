@@ -112,9 +112,7 @@ class Root(JSONResource):
         self._accountant = accountant
 
     def refused(self, request: Any, status: int, message: str) -> None:
-        # The request line is parsed but not yet handed to the request: the channel holds it.
-        path = getattr(request.channel, "_path", b"")
-        exchange = self._accountant.start(route_of(self, path.partition(b"?")[0]))
+        exchange = self._accountant.start(route_of(self, request.path))
         exchange.status, exchange.error = status, message
         self._accountant.finish(exchange)
 

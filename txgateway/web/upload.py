@@ -59,8 +59,8 @@ class BodyWatcher(Protocol):
         """The upload failed (client gone, over the limit, or the watcher's own error)."""
 
 
-def streamed_paths(root: Any, depth: int = 6) -> frozenset[bytes]:
-    """The paths under ``root`` (static children only) of resources that stream uploads."""
+def paths_of(root: Any, wanted: Callable[[Any], bool], depth: int = 6) -> frozenset[bytes]:
+    """The paths under ``root`` (static children only) of the resources ``wanted``."""
     found = set()
     level = [(b"", root)]
     for _ in range(depth):
@@ -68,11 +68,16 @@ def streamed_paths(root: Any, depth: int = 6) -> frozenset[bytes]:
         for path, resource in level:
             for name, child in getattr(resource, "children", {}).items():
                 child_path = path + b"/" + name
-                if getattr(child, "streams_upload", False):
+                if wanted(child):
                     found.add(child_path)
                 below.append((child_path, child))
         level = below
     return frozenset(found)
+
+
+def streamed_paths(root: Any) -> frozenset[bytes]:
+    """The paths under ``root`` of resources that stream uploads."""
+    return paths_of(root, lambda resource: getattr(resource, "streams_upload", False))
 
 
 class Upload:
