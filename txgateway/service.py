@@ -14,6 +14,7 @@ from twisted.logger import Logger
 
 from txgateway.config import ConfigError, GatewayConfig
 from txgateway.gateway import build_gateway
+from txgateway.limits import ILimiter
 from txgateway.logs import AccessLog
 from txgateway.providers import IProviderPlugin
 from txgateway.providers.registry import find_plugins
@@ -37,10 +38,13 @@ class GatewayService(MultiService):
 
     def __init__(self, config: GatewayConfig, reactor: Any = None,
                  plugins: Mapping[str, IProviderPlugin] | None = None,
-                 config_source: Callable[[], GatewayConfig] | None = None) -> None:
+                 config_source: Callable[[], GatewayConfig] | None = None,
+                 limiter: ILimiter | None = None,
+                 listen: Callable[[Any], Deferred[Any]] | None = None) -> None:
         """
         ``config_source`` reads the config afresh, for reloads (``POST /admin/reload``, and
-        SIGHUP when `reload_on_sighup` is called).
+        SIGHUP when `reload_on_sighup` is called).  A worker (`txgateway.worker`) passes the
+        parent's ``limiter`` and ``listen``, which serves the site on the socket it was given.
         """
         super().__init__()
         if reactor is None:
@@ -51,9 +55,10 @@ class GatewayService(MultiService):
         self.access_log = AccessLog(config.access_log)
         self._flushing = LoopingCall(self.access_log.flush)
         self._flushing.clock = reactor
-        self.gateway = build_gateway(reactor, config, plugins, self.access_log.write)
+        self.gateway = build_gateway(reactor, config, plugins, self.access_log.write, limiter)
         self.gateway.config_source = config_source
         self.site = GatewaySite(build_root(self.gateway), config.max_body_bytes)
+        self._listen = listen or serverFromString(reactor, config.listen).listen
         self.listening: Deferred[Any] = Deferred()
         self._port: Any = None
 
@@ -68,7 +73,7 @@ class GatewayService(MultiService):
         gateway = self.gateway
         await gateway.store.start()
         await gateway.authenticator.start()
-        port = await serverFromString(self._reactor, gateway.config.listen).listen(self.site)
+        port = await self._listen(self.site)
         self._listened(port)
 
     def _failed_to_start(self, failure: Any) -> None:
