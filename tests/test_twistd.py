@@ -149,9 +149,13 @@ def demo_chat(port: int) -> dict[str, Any]:
     return answer
 
 
+#: ``TXGATEWAY_TEST_WORKERS=2`` runs every gateway these tests start as two workers (CI does).
+WORKERS = os.environ.get("TXGATEWAY_TEST_WORKERS", "")
+
+
 def gateway_argv(twistd: str, port: int, config: Path = CONFIG) -> list[str]:
     return [twistd, "-n", "--pidfile=", "txgateway", "--config", str(config),
-            "--listen", listen_on(port)]
+            "--listen", listen_on(port), *(["--workers", WORKERS] if WORKERS else [])]
 
 
 def test_help_lists_the_subcommand() -> None:
