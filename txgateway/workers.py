@@ -1,15 +1,17 @@
 """
-``--workers N``: N gateway processes accepting on one listening socket, and the parent that
-keeps them.
+``--workers N``: N gateway processes serving one listen address, and the parent that keeps
+them.
 
-The parent binds the config's endpoint (so every worker accepts on the same socket and
-connections queue while one restarts), never accepts itself, and spawns ``python -m
-txgateway.worker`` with the socket as file descriptor 3 and one end of a socket pair as 4, on
-which the two speak AMP (`txgateway.cluster`).  Over it the parent holds what must be counted
-once: the memory limiter's windows and spend (so a budget is exact across workers; a Redis
-limiter is shared by the workers directly), and it gathers what the user sees as one gateway:
-``/metrics`` summed, the realtime sessions listed together, a reload done everywhere.  The
-ledger needs nothing: every worker writes its own rows to the shared store.
+The parent binds the config's endpoint, one ``SO_REUSEPORT`` socket per worker for TCP (the
+kernel spreads connections evenly; `reuse_port_sockets`) or one shared socket for UNIX, and
+keeps them open, so connections queue while a worker restarts.  It never accepts itself: it
+spawns ``python -m txgateway.worker`` with the worker's socket as file descriptor 3 and one end
+of a socket pair as 4, on which the two speak AMP (`txgateway.cluster`).  Over it the parent
+holds what must be counted once: the memory limiter's windows and spend (so a budget is exact
+across workers; a Redis limiter is shared by the workers directly), and it gathers what the
+user sees as one gateway: ``/metrics`` summed, the realtime sessions listed together, a
+reload done everywhere.  The ledger needs nothing: every worker writes its own rows to the
+shared store.
 
 A worker that dies is started again, after a backoff that doubles while workers die young.
 SIGTERM drains every worker (each as one process drains) before the parent exits; SIGHUP has
@@ -26,7 +28,6 @@ from typing import Any
 
 import orjson
 from twisted.application.service import Service
-from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred, DeferredList, gatherResults
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
@@ -120,8 +121,9 @@ class WorkerPool(Service):
         self._failures: dict[int, int] = {}
         self._restarts: dict[int, Any] = {}
         self._port: Any = None
+        self._sockets: list[socket.socket] = []
         self._family = ""
-        #: Fires with the listening port once every worker has been spawned.
+        #: Fires with the listening address once every worker has been spawned.
         self.listening: Deferred[Any] = Deferred()
 
     def startService(self) -> None:
@@ -134,19 +136,25 @@ class WorkerPool(Service):
         await store.start()
         await store.close()
         listen = self._listen or self._config.listen
-        if listen.split(":", 1)[0] not in ("tcp", "tcp6", "unix"):
+        kind = listen.split(":", 1)[0]
+        if kind in ("tcp", "tcp6"):
+            self._sockets = reuse_port_sockets(listen, self.count)
+            self._family = "AF_INET6" if kind == "tcp6" else "AF_INET"
+            address = self._sockets[0].getsockname()
+        elif kind == "unix":
+            self._port = await serverFromString(self.reactor, listen).listen(
+                Factory.forProtocol(Protocol))
+            self._port.stopReading()  # the workers accept; the parent only holds the socket
+            self._sockets = [self._port.socket] * self.count
+            self._family, address = "AF_UNIX", self._port.getHost().name
+        else:
             raise ValueError(f"workers share tcp, tcp6 and unix sockets only, not {listen!r}: "
                              "terminate TLS in front of the gateway")
-        endpoint = serverFromString(self.reactor, listen)
-        self._port = await endpoint.listen(Factory.forProtocol(Protocol))
-        self._port.stopReading()  # the workers accept; the parent only holds the socket
-        self._family = _family(self._port.getHost())
         for index in range(self.count):
             self._spawn(index)
-        address = self._port.getHost()
         log.info("txgateway parent {pid} serving on {address} with {count} workers",
                  pid=os.getpid(), address=address, count=self.count)
-        self.listening.callback(self._port)
+        self.listening.callback(address)
 
     def _failed_to_start(self, failure: Any) -> None:
         log.failure("txgateway could not start its workers", failure)
@@ -167,7 +175,7 @@ class WorkerPool(Service):
                 [sys.executable, "-m", "txgateway.worker", self._path, self._listen or "",
                  self._family],
                 env=dict(os.environ),
-                childFDs={1: 1, 2: 2, 3: self._port.fileno(), 4: theirs.fileno()})
+                childFDs={1: 1, 2: 2, 3: self._sockets[index].fileno(), 4: theirs.fileno()})
         finally:
             theirs.close()
         self.workers[index] = worker
@@ -230,6 +238,9 @@ class WorkerPool(Service):
             timer.cancel()
         if self._port is not None:
             await self._port.stopListening()
+        else:
+            for listening in self._sockets:
+                listening.close()
         await self.limiter.close()
 
     def _kill(self, workers: list[_Worker]) -> None:
@@ -239,11 +250,45 @@ class WorkerPool(Service):
                 worker.transport.signalProcess("KILL")
 
 
-def _family(address: Any) -> str:
-    if isinstance(address, IPv4Address):
-        return "AF_INET"
-    if isinstance(address, IPv6Address):
-        return "AF_INET6"
-    if isinstance(address, UNIXAddress):
-        return "AF_UNIX"
-    raise ValueError(f"workers can share only TCP and UNIX sockets, not {address!r}")
+def reuse_port_sockets(listen: str, count: int) -> list[socket.socket]:
+    """
+    ``count`` listening sockets on the address of a ``tcp:`` or ``tcp6:`` endpoint
+    (``port``, ``interface`` and ``backlog`` as Twisted reads them), all bound with
+    ``SO_REUSEPORT``: the kernel spreads new connections evenly over them, one per worker,
+    where workers sharing one socket would let whichever wakes first take a whole burst.
+    The parent keeps them open, so a restarting worker's connections wait in its backlog.
+    """
+    kind, *fields = _endpoint_fields(listen)
+    options = dict(field.split("=", 1) for field in fields if "=" in field)
+    positional = [field for field in fields if "=" not in field]
+    port = int(options.get("port") or positional[0])
+    family = socket.AF_INET6 if kind == "tcp6" else socket.AF_INET
+    interface = options.get("interface", "::" if kind == "tcp6" else "")
+    backlog = int(options.get("backlog", "50"))
+    sockets = []
+    for _ in range(count):
+        listening = socket.socket(family, socket.SOCK_STREAM)
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        listening.bind((interface, port))
+        port = listening.getsockname()[1]  # port 0: the others join the first's
+        listening.listen(backlog)
+        listening.setblocking(False)
+        sockets.append(listening)
+    return sockets
+
+
+def _endpoint_fields(description: str) -> list[str]:
+    """An endpoint string split at its unescaped colons (``interface=\\:\\:1``)."""
+    fields, current, escaped = [], "", False
+    for character in description:
+        if escaped:
+            current, escaped = current + character, False
+        elif character == "\\":
+            escaped = True
+        elif character == ":":
+            fields.append(current)
+            current = ""
+        else:
+            current += character
+    return [*fields, current]
