@@ -20,6 +20,7 @@ every worker reload the config file, which each refuses alike when it is bad.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -28,8 +29,9 @@ from typing import Any
 
 import orjson
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, gatherResults
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.logger import Logger
 from twisted.protocols import amp
@@ -196,9 +198,13 @@ class WorkerPool(Service):
         self._restarts[worker.index] = self.reactor.callLater(delay, self._spawn, worker.index)
 
     def ask_all(self, command: type[amp.Command]) -> Deferred[list[dict[str, Any]]]:
-        """``command``'s answer from every worker running now."""
-        return gatherResults([worker.link.callRemote(command)
+        """
+        ``command``'s answer from every worker running now (a worker that dies meanwhile
+        has none: what a dead worker counted died with it, as a restarted process's would).
+        """
+        asked = DeferredList([worker.link.callRemote(command)
                               for worker in self.workers.values()], consumeErrors=True)
+        return asked.addCallback(lambda results: [answer for ok, answer in results if ok])
 
     async def reload(self) -> list[str]:
         """Every worker reloads; the problems of the first that refused (empty: all did)."""
@@ -229,7 +235,8 @@ class WorkerPool(Service):
         self._restarts.clear()
         workers = list(self.workers.values())
         for worker in workers:
-            worker.transport.signalProcess("TERM")
+            with contextlib.suppress(ProcessExitedAlready):
+                worker.transport.signalProcess("TERM")
         ended = DeferredList([worker.ended for worker in workers])
         timer = self.reactor.callLater(GatewayService.drain_seconds + STOP_GRACE,
                                        self._kill, workers)
@@ -247,7 +254,8 @@ class WorkerPool(Service):
         for worker in workers:
             if not worker.ended.called:
                 log.warn("worker {index} did not drain in time: killing it", index=worker.index)
-                worker.transport.signalProcess("KILL")
+                with contextlib.suppress(ProcessExitedAlready):
+                    worker.transport.signalProcess("KILL")
 
 
 def reuse_port_sockets(listen: str, count: int) -> list[socket.socket]:
