@@ -23,6 +23,9 @@ from websockets.sync.client import connect
 from tests.test_operations import KEY, chat, write_config
 from tests.test_twistd import TWISTD, free_port, http, listen_on
 
+#: Three Python processes import the whole gateway at once: slow on a loaded machine.
+START_TIMEOUT = 60.0
+
 pytestmark = pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="reads /proc")
 
 
@@ -34,13 +37,18 @@ def start(start_twistd: Any, tmp_path: Path, extra: str = "", delay: float = 0.0
     port = free_port()
     gateway = start_twistd([TWISTD, "-n", "--pidfile=", "txgateway", "--config", str(config),
                             "--listen", listen_on(port), "--workers", "2"])
-    gateway.wait_healthy(port)
+    gateway.wait_healthy(port, START_TIMEOUT)
     gateway.port, gateway.config = port, config
-    wait_for(lambda: len(workers(gateway)) == 2, gateway)
+    wait_for(lambda: serving(gateway) == 2, gateway)  # /health had an answer from one
     return gateway
 
 
-def wait_for(condition: Any, gateway: Any, timeout: float = 15.0) -> None:
+def serving(gateway: Any) -> int:
+    """How many workers have started serving (restarted ones included)."""
+    return gateway.output().count("txgateway serving on")
+
+
+def wait_for(condition: Any, gateway: Any, timeout: float = START_TIMEOUT) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, gateway.output()
@@ -127,7 +135,8 @@ def test_a_killed_worker_is_restarted(start_twistd: Any, tmp_path: Path) -> None
     os.kill(victim, signal.SIGKILL)
     # Connections made meanwhile wait in the dead worker's socket, which the parent holds.
     assert all(chat(gateway.port)[0] == 200 for _ in range(10))
-    wait_for(lambda: len(workers(gateway)) == 2 and victim not in workers(gateway), gateway)
+    wait_for(lambda: serving(gateway) == 3, gateway)
+    assert len(workers(gateway)) == 2 and victim not in workers(gateway)
     assert survivor in workers(gateway)
     # It died young (under 10 s old): the first restart waits half a second.
     assert "starting it again in 0.5 s" in gateway.output()
