@@ -71,9 +71,11 @@ class SummedMetricsTests(SynchronousTestCase):
 
     def test_sessions_of_every_worker_in_one_list(self) -> None:
         merged = merged_sessions([
-            {"active": [{"id": "b", "started_at": "2026-01-01T00:00:02Z"}], "recent": []},
+            {"active": [{"id": "b", "started_at": "2026-01-01T00:00:02Z"}],
+             "recent": [{"id": "d", "ended_at": "2026-01-01T00:00:03Z"}]},
             {"active": [{"id": "a", "started_at": "2026-01-01T00:00:01Z"}],
-             "recent": [{"id": "c", "ended_at": "2026-01-01T00:00:00Z"}]},
+             "recent": [{"id": "e", "ended_at": "2026-01-01T00:00:04Z"},
+                        {"id": "c", "ended_at": "2026-01-01T00:00:00Z"}]},
         ])
         self.assertEqual([s["id"] for s in merged["active"]], ["a", "b"])
-        self.assertEqual([s["id"] for s in merged["recent"]], ["c"])
+        self.assertEqual([s["id"] for s in merged["recent"]], ["e", "d", "c"])

@@ -265,12 +265,15 @@ class _Fixed:
 
 def merged_sessions(answers: Iterable[dict[str, list[dict[str, Any]]]],
                     ) -> dict[str, list[dict[str, Any]]]:
-    """Every worker's sessions in one list each, in the order one process would give."""
+    """
+    Every worker's sessions in one list each, in the order one process gives them: active
+    ones as they started, ended ones latest first.
+    """
     active: list[dict[str, Any]] = []
     recent: list[dict[str, Any]] = []
     for answer in answers:
         active.extend(answer["active"])
         recent.extend(answer["recent"])
-    active.sort(key=lambda session: session["started_at"])
-    recent.sort(key=lambda session: session["ended_at"] or "")
+    active.sort(key=lambda session: session["started_at"])  # oldest first, newest last
+    recent.sort(key=lambda session: session["ended_at"] or "", reverse=True)  # newest first
     return {"active": active, "recent": recent}
