@@ -103,10 +103,12 @@ class _Worker(ProcessProtocol):
         self.ended: Deferred[None] = Deferred()
 
     def processEnded(self, reason: Any) -> None:
-        if self.link.transport is not None:
-            self.link.transport.loseConnection()
-        self.pool.worker_ended(self, reason)
-        self.ended.callback(None)
+        try:
+            if self.link.transport is not None:
+                self.link.transport.loseConnection()
+            self.pool.worker_ended(self, reason)
+        finally:  # the parent's stop waits for this, whatever went wrong above
+            self.ended.callback(None)
 
 
 class WorkerPool(Service):
