@@ -11,6 +11,7 @@ noisy shared machine.  See bench/README.md for what each column means.
 
 import argparse
 import contextlib
+import http.client
 import json
 import os
 import re
@@ -25,6 +26,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 MODEL = "bench-model"
@@ -172,16 +174,20 @@ def cpu_seconds(pid: int) -> float:
     return ticks / CLK_TCK
 
 
-def memory_mib(pid: int) -> dict[str, float]:
-    """VmRSS (now) and VmHWM (peak) of the process tree, in MiB."""
+def memory_mib(pid: int) -> dict[str, Any]:
+    """VmRSS (now) and VmHWM (peak) of the process tree, in MiB, and each process's RSS."""
     totals = {"VmRSS": 0, "VmHWM": 0}
+    each = []
     for member in process_tree(pid):
         with contextlib.suppress(OSError):
             for line in Path(f"/proc/{member}/status").read_text().splitlines():
                 key, _, value = line.partition(":")
                 if key in totals:
                     totals[key] += int(value.split()[0])
-    return {"rss_mib": totals["VmRSS"] / 1024, "peak_rss_mib": totals["VmHWM"] / 1024}
+                    if key == "VmRSS":
+                        each.append(int(value.split()[0]) / 1024)
+    return {"rss_mib": totals["VmRSS"] / 1024, "peak_rss_mib": totals["VmHWM"] / 1024,
+            "process_rss_mib": sorted(each, reverse=True)}
 
 
 # --------------------------------------------------------------------------- targets
@@ -238,6 +244,8 @@ def txgateway_target(args, workdir: Path, upstream_url: str) -> Target:
         "    provider: upstream\n"
     )
     cmd = shlex.split(args.gateway_cmd.format(config=config, port=port, upstream_url=upstream_url))
+    if args.workers != 1:
+        cmd += ["--workers", str(args.workers)]
     service = Service(args.gateway_name, cmd, workdir / "gateway.log", port=port)
     return Target(args.gateway_name, service)
 
@@ -477,6 +485,25 @@ def measure(
     }
 
 
+def first_token_ms(target: Target, samples: int) -> float:
+    """Median time from sending a streamed chat to its first ``data:`` line, one at a time."""
+    body = chat_body(target.model, True).encode()
+    headers = {"Content-Type": "application/json", **target.headers}
+    port = target.service.port
+    times = []
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    for _ in range(samples):
+        started = time.perf_counter()
+        connection.request("POST", target.path, body, headers)
+        response = connection.getresponse()
+        while not response.readline().startswith(b"data:"):
+            pass
+        times.append(1000 * (time.perf_counter() - started))
+        response.read()
+    connection.close()
+    return sorted(times)[len(times) // 2]
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -531,7 +558,8 @@ HEADER = [
 ]
 
 
-def print_report(results: list[dict], memory: dict[str, dict], primary: str) -> None:
+def print_report(results: list[dict], memory: dict[str, dict], ttft: dict[str, float],
+                 primary: str) -> None:
     direct_only = [r for r in results if r["target"] == "direct"]
     print("\nDirect upstream capacity (fake_upstream, no gateway):")
     for r in direct_only:
@@ -547,10 +575,17 @@ def print_report(results: list[dict], memory: dict[str, dict], primary: str) -> 
         )
         print_table([HEADER] + rows)
     for name, mem in memory.items():
+        each = ", ".join(f"{rss:.1f}" for rss in mem["process_rss_mib"])
         print(
-            f"{name}: RSS after load {mem['rss_mib']:.1f} MiB, "
+            f"{name}: RSS after load {mem['rss_mib']:.1f} MiB in total (per process: {each}), "
             f"peak RSS {mem['peak_rss_mib']:.1f} MiB"
         )
+    direct_ttft = ttft.get("direct")
+    if direct_ttft is not None:
+        print(f"\nStreaming time to first token at c=1 (median): direct {direct_ttft:.2f} ms")
+        for name, value in ttft.items():
+            if name != "direct":
+                print(f"  {name}: {value:.2f} ms, added {value - direct_ttft:+.2f} ms")
 
 
 def print_table(rows: list[list[str]]) -> None:
@@ -574,7 +609,11 @@ def parse_args(argv=None):
     add = parser.add_argument
     add("--duration", type=int, default=10, help="seconds per measured run (default 10)")
     add("--warmup", type=int, default=2, help="seconds of unmeasured load first (default 2)")
-    add("--concurrency", default="1,50", help="comma-separated wrk connection counts")
+    add("--concurrency", default="1,50,200", help="comma-separated wrk connection counts")
+    add("--workers", type=int, default=1,
+        help="txgateway's worker processes (more than 1: nothing is pinned, see README)")
+    add("--ttft-samples", type=int, default=50,
+        help="streamed calls at c=1 for the time to first token (0: skip)")
     add("--scenarios", default="nonstream,stream", help="comma-separated: nonstream,stream")
     add("--threads", type=int, default=1, help="wrk threads (default 1, see README)")
     add(
@@ -603,6 +642,9 @@ def parse_args(argv=None):
     args.scenarios = args.scenarios.split(",")
     if unknown := set(args.scenarios) - SCENARIOS.keys():
         parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    if args.workers != 1 and args.pin:
+        print("note: --workers: not pinning (the gateways may use every core)", file=sys.stderr)
+        args.pin = False
     if args.pin and (os.cpu_count() or 1) < 2:
         print("note: fewer than 2 CPUs, not pinning", file=sys.stderr)
         args.pin = False
@@ -649,7 +691,7 @@ def print_progress(r: dict) -> None:
     )
 
 
-def run_all(args, workdir: Path) -> tuple[list[dict], dict[str, dict]]:
+def run_all(args, workdir: Path) -> tuple[list[dict], dict[str, dict], dict[str, float]]:
     """Interleave targets inside each scenario so drift on the machine hits all of them alike."""
     results = []
     with contextlib.ExitStack() as stack:
@@ -661,8 +703,10 @@ def run_all(args, workdir: Path) -> tuple[list[dict], dict[str, dict]]:
                     result = measure(target, upstream, scenario, concurrency, args, workdir)
                     results.append(result)
                     print_progress(result)
+        ttft = ({t.name: first_token_ms(t, args.ttft_samples) for t in targets}
+                if "stream" in args.scenarios and args.ttft_samples else {})
         memory = {t.name: memory_mib(t.service.proc.pid) for t in targets if t.name != "direct"}
-    return results, memory
+    return results, memory, ttft
 
 
 def main(argv=None) -> int:
@@ -674,15 +718,15 @@ def main(argv=None) -> int:
         return 1
     workdir = Path(tempfile.mkdtemp(prefix="txgw-bench-"))
     try:
-        results, memory = run_all(args, workdir)
+        results, memory, ttft = run_all(args, workdir)
     except BenchError as error:
         print(f"\nbench failed: {error}\n(configs and logs kept in {workdir})", file=sys.stderr)
         return 1
     primary = args.gateway_name
-    print_report(results, memory, primary)
+    print_report(results, memory, ttft, primary)
     if args.json:
         settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-        report = {"settings": settings, "results": results, "memory": memory}
+        report = {"settings": settings, "results": results, "memory": memory, "ttft_ms": ttft}
         args.json.write_text(json.dumps(report, indent=2))
     if args.keep_logs:
         print(f"configs and logs kept in {workdir}")

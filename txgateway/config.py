@@ -35,6 +35,8 @@ HttpURL = NewType("HttpURL", str)
 """A string that must be an absolute http(s) URL."""
 
 Seconds = NewType("Seconds", float)
+#: A number of worker processes: a positive integer, or "auto" (one per CPU core).
+Workers = NewType("Workers", int)
 """A positive duration in seconds."""
 
 
@@ -202,6 +204,8 @@ class GatewayConfig:
     realtime: RealtimeSettings = RealtimeSettings()
     admin: AdminSettings = AdminSettings()
     tracing: TracingSettings = TracingSettings()
+    #: Worker processes accepting on the one listening socket (`txgateway.workers`).
+    workers: Workers = Workers(1)
     #: Where usage records and keys are kept: ``sqlite:PATH`` or ``postgresql://...``.
     store: str = "sqlite:txgateway.db"
     #: Where rate limits and budgets are counted: ``memory`` (one process) or ``redis://...``.
@@ -306,7 +310,16 @@ def _strict_converter() -> cattrs.Converter:
             raise IterableValidationError("invalid list items", errors, type_)
         return tuple(items)
 
+    def structure_workers(value: Any, _: type) -> int:
+        if value == "auto":
+            return os.cpu_count() or 1
+        count = _parse(int, value, (int, str), "expected a number of workers or 'auto'")
+        if count < 1:
+            raise _Invalid("expected at least 1 worker")
+        return count
+
     converter.register_structure_hook(str, structure_str)
+    converter.register_structure_hook(Workers, structure_workers)
     converter.register_structure_hook(int, structure_int)
     converter.register_structure_hook(Seconds, structure_seconds)
     converter.register_structure_hook(float, structure_number)

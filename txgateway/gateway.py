@@ -9,6 +9,7 @@ import attrs
 
 from txgateway.accounting import Accountant
 from txgateway.auth import KeyAuthenticator
+from txgateway.cluster import LocalView
 from txgateway.config import ConfigError, GatewayConfig
 from txgateway.limits import ILimiter, open_limiter
 from txgateway.logs import AccessWriter
@@ -23,8 +24,8 @@ from txgateway.tracing import TracingAgent, open_tracing
 from txgateway.upstream import pooled_agent
 
 #: Settings a reload cannot change: the process must restart for them.
-FIXED_AT_START = ("listen", "store", "limiter", "access_log", "upstream", "plugin_dirs",
-                  "tracing")
+FIXED_AT_START = ("listen", "workers", "store", "limiter", "access_log", "upstream",
+                  "plugin_dirs", "tracing")
 
 
 @attrs.define
@@ -57,6 +58,9 @@ class Gateway:
     config_source: Callable[[], GatewayConfig] | None = None
     #: The traces' exporter (`txgateway.tracing.Tracing`); None when tracing is off.
     tracing: Any = None
+    #: The gateway as a whole (`txgateway.cluster.IGatewayView`): this process, or every
+    #: worker through the parent.
+    view: Any = None
 
     def reload_from_source(self) -> None:
         if self.config_source is None:
@@ -103,8 +107,12 @@ def build_gateway(
     config: GatewayConfig,
     plugins: Mapping[str, IProviderPlugin],
     access_log: AccessWriter,
+    limiter: ILimiter | None = None,
 ) -> Gateway:
-    """Make the providers the config names and everything that serves requests."""
+    """
+    Make the providers the config names and everything that serves requests; ``limiter``
+    replaces the config's (a worker's `txgateway.cluster.ParentLimiter`).
+    """
     agent, pool = pooled_agent(reactor, config.upstream)
     tracing = open_tracing(config.tracing)
     if tracing is not None:
@@ -115,11 +123,12 @@ def build_gateway(
     metrics.provider_kinds = provider_kinds(providers)
     store = open_store(config.store, reactor)
     ledger = Ledger(store, reactor)
-    limiter = open_limiter(config.limiter, reactor)
+    if limiter is None:
+        limiter = open_limiter(config.limiter, reactor)
     prices = shipped_table(config.prices)
     accountant = Accountant(reactor, metrics, access_log, ledger, limiter, prices)
     accountant.tracing = tracing
-    return Gateway(
+    gateway = Gateway(
         reactor=reactor,
         config=config,
         tracing=tracing,
@@ -138,3 +147,5 @@ def build_gateway(
         realtime=SessionBook(reactor, config.realtime, metrics, access_log,
                              accountant.session_ended),
     )
+    gateway.view = LocalView(gateway)
+    return gateway

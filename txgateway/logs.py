@@ -28,9 +28,10 @@ class JSONLinesWriter:
 
     Records go straight to the stream, not through twisted.logger: building a log event and
     filtering its ``log_*`` bookkeeping back out cost seven times the line itself, on every
-    request.  Lines are buffered; the service calls `flush` every second and at stop, so a
-    line costs no system call of its own.  (The usage ledger, not this log, is the durable
-    record.)
+    request.  Lines are kept until the service calls `flush` (every second and at stop), then
+    written in one piece, so a line costs no system call of its own and workers appending to
+    one file never split each other's lines.  (The usage ledger, not this log, is the
+    durable record.)
     """
 
     def __init__(self, stream: Sink, clock: Callable[[], float] = time.time) -> None:
@@ -38,10 +39,11 @@ class JSONLinesWriter:
         self._clock = clock
         self._second = -1
         self._second_text = ""
+        self._lines: list[bytes] = []
 
     def __call__(self, fields: dict[str, Any]) -> None:
-        line = orjson.dumps({"time": self._time(self._clock()), **fields}, default=str)
-        self._stream.write(line + b"\n")
+        self._lines.append(orjson.dumps({"time": self._time(self._clock()), **fields},
+                                        default=str, option=orjson.OPT_APPEND_NEWLINE))
 
     def _time(self, when: float) -> str:
         second = int(when)
@@ -51,6 +53,9 @@ class JSONLinesWriter:
         return f"{self._second_text}.{int((when - second) * 1e6):06d}Z"
 
     def flush(self) -> None:
+        if self._lines:
+            lines, self._lines = self._lines, []
+            self._stream.write(b"".join(lines))
         self._stream.flush()
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 from twisted.web.resource import Resource
 
-from txgateway.config import ConfigError
+from txgateway.dialects.openai import error_body
 from txgateway.gateway import Gateway
 from txgateway.web.admin_keys import Keys
 from txgateway.web.dashboard import DashboardPage, LiveSessions, Providers
@@ -56,41 +56,46 @@ class Admin(JSONResource):
 
 
 class RealtimeSessions(JSONResource):
-    """Active and recently ended realtime sessions, each with its tally."""
+    """Active and recently ended realtime sessions, each with its tally (of every worker)."""
 
     openapi = Endpoint("Admin", {"GET": Operation("List realtime sessions")},
                        item="{session_id}")
 
     def __init__(self, gateway: Gateway) -> None:
         super().__init__()
-        self._book = gateway.realtime
+        self._gateway = gateway
 
     def getChild(self, path: bytes, request: Any) -> Resource:
-        return _OneSession(self._book, path.decode("ascii", "replace"))
+        return _OneSession(self._gateway, path.decode("ascii", "replace"))
 
-    def render_GET(self, request: Any) -> bytes:
-        book = self._book
-        return write_json(request, 200, orjson.dumps({
-            "active": [session.as_json() for session in book.active()],
-            "recent": [session.as_json() for session in book.recent()],
-        }))
+    def render_GET(self, request: Any) -> Any:
+        return answer_later(request, self._list())
+
+    async def _list(self) -> tuple[int, Any]:
+        return 200, await self._gateway.view.sessions()
 
 
 class _OneSession(JSONResource):
     openapi = Endpoint("Admin", {"GET": Operation("Retrieve a realtime session")})
     isLeaf = True
 
-    def __init__(self, book: Any, session_id: str) -> None:
+    def __init__(self, gateway: Gateway, session_id: str) -> None:
         super().__init__()
-        self._book = book
+        self._gateway = gateway
         self._id = session_id
 
-    def render_GET(self, request: Any) -> bytes:
-        session = self._book.find(self._id)
-        if session is None:
-            return openai_error(request, 404, f"No realtime session {self._id!r}.",
-                                "session_not_found")
-        return write_json(request, 200, orjson.dumps(session.as_json()))
+    def render_GET(self, request: Any) -> Any:
+        session = self._gateway.realtime.find(self._id)
+        if session is not None:  # this worker's: no need to ask the others
+            return write_json(request, 200, orjson.dumps(session.as_json()))
+        return answer_later(request, self._find())
+
+    async def _find(self) -> tuple[int, Any]:
+        sessions = await self._gateway.view.sessions()
+        for session in [*sessions["active"], *sessions["recent"]]:
+            if session["id"] == self._id:
+                return 200, session
+        return 404, error_body(404, f"No realtime session {self._id!r}.", "session_not_found")
 
 
 class _Refusal(Resource):
@@ -176,12 +181,14 @@ class Reload(JSONResource):
         super().__init__()
         self._gateway = gateway
 
-    def render_POST(self, request: Any) -> bytes:
-        try:
-            self._gateway.reload_from_source()
-        except ConfigError as error:
-            return write_json(request, 400, orjson.dumps({"error": {
-                "message": "The config was not reloaded: " + "; ".join(error.problems),
+    def render_POST(self, request: Any) -> Any:
+        return answer_later(request, self._reload())
+
+    async def _reload(self) -> tuple[int, Any]:
+        problems = await self._gateway.view.reload()
+        if problems:
+            return 400, {"error": {
+                "message": "The config was not reloaded: " + "; ".join(problems),
                 "type": "invalid_request_error", "param": None, "code": "invalid_config",
-                "problems": error.problems}}))
-        return write_json(request, 200, b'{"status":"reloaded"}')
+                "problems": problems}}
+        return 200, b'{"status":"reloaded"}'

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from twisted.internet.defer import Deferred, gatherResults
+from prometheus_client import CONTENT_TYPE_LATEST
+from twisted.internet.defer import CancelledError, Deferred, gatherResults
+from twisted.logger import Logger
+from twisted.web.server import NOT_DONE_YET
 
 from txgateway.gateway import Gateway
 from txgateway.web.openapi import Endpoint, Operation
 from txgateway.web.resource import JSONResource, answer_later, write_json
+
+log = Logger()
 
 
 class Health(JSONResource):
@@ -68,7 +72,7 @@ class Ready(JSONResource):
 
 
 class Metrics(JSONResource):
-    """The Prometheus text exposition, collected in-process (no thread hop)."""
+    """The Prometheus text exposition of the whole gateway (every worker's, summed)."""
 
     openapi = Endpoint("Operations", {"GET": Operation("Prometheus metrics", None,
                                                        "text/plain")})
@@ -79,8 +83,21 @@ class Metrics(JSONResource):
         super().__init__()
         self._gateway = gateway
 
-    def render_GET(self, request: Any) -> bytes:
-        gateway = self._gateway
-        gateway.metrics.ledger_pending(gateway.ledger.pending)
-        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
-        return generate_latest(gateway.metrics.registry)
+    def render_GET(self, request: Any) -> Any:
+        waiting = self._gateway.view.metrics()
+        waiting.addCallbacks(lambda text: _answer(request, 200, text), lambda failure: _answer(
+            request, 500, b"the metrics could not be gathered\n", failure))
+        request.notifyFinish().addErrback(lambda _: waiting.cancel())
+        return NOT_DONE_YET
+
+
+def _answer(request: Any, status: int, body: bytes, failure: Any = None) -> None:
+    if failure is not None:
+        if failure.check(CancelledError):  # the client left
+            return
+        log.failure("/metrics failed", failure)
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
+    request.setHeader(b"content-length", b"%d" % len(body))
+    request.write(body)
+    request.finish()
