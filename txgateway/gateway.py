@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
+from twisted.web.iweb import IAgent
 
 from txgateway.accounting import Accountant
 from txgateway.auth import KeyAuthenticator
@@ -105,10 +106,9 @@ def build_gateway(
     access_log: AccessWriter,
 ) -> Gateway:
     """Make the providers the config names and everything that serves requests."""
-    agent, pool = pooled_agent(reactor, config.upstream)
+    pooled, pool = pooled_agent(reactor, config.upstream)
     tracing = open_tracing(config.tracing)
-    if tracing is not None:
-        agent = TracingAgent(agent)
+    agent: IAgent = pooled if tracing is None else TracingAgent(pooled)
     context = ProviderContext(reactor=reactor, http_agent=agent)
     providers = build_providers(config, plugins, context)
     metrics = GatewayMetrics()
