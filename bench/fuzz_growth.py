@@ -116,9 +116,6 @@ def serve(cases: int, top: int) -> None:
         from twisted.web.server import Request
         alive = [o for o in gc.get_objects() if isinstance(o, Request)]
         print("requests alive", len(alive))
-        if alive:
-            for referrer in gc.get_referrers(alive[0])[:8]:
-                print("  held by", type(referrer), repr(referrer)[:200])
         await service.stopService()
 
     from twisted.logger import globalLogBeginner, jsonFileLogObserver
