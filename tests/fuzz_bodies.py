@@ -51,6 +51,22 @@ RESPONSES = {
     "reasoning": {"effort": "low"}, "metadata": {"k": "v"}, "stream": False,
 }
 
+#: A chat completions request with every part the translation to Messages reads.
+CHAT = {
+    "model": "demo", "messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": [
+            {"type": "text", "text": "Hi"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "ok"}],
+    "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+    "tool_choice": "auto", "max_tokens": 20, "temperature": 0.5, "top_p": 0.9, "stop": ["END"],
+    "response_format": {"type": "json_object"}, "reasoning_effort": "low",
+    "parallel_tool_calls": True, "stream": False,
+}
+
 #: An admin API key.
 KEY = {"name": "k", "models": ["demo"], "requests_per_minute": 10, "tokens_per_minute": 100,
        "budget_usd": 1.5, "budget_period": "day", "metadata": {"team": "a"},
