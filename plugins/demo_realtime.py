@@ -154,11 +154,15 @@ class DemoRealtime:
         item = event.get("item")
         if not isinstance(item, dict):
             return self._error("invalid_value", "Missing item.", event.get("event_id"))
-        content = item.get("content") if isinstance(item.get("content"), list) else []
+        content = item.get("content")
+        if not isinstance(content, list):
+            content = []
         self._add_item(self._text_tokens(content), 0, item.get("role", "user"), content)
 
     def _response_create(self, event: dict[str, Any]) -> None:
-        options = event.get("response") if isinstance(event.get("response"), dict) else {}
+        options = event.get("response")
+        if not isinstance(options, dict):
+            options = {}
         out_of_band = options.get("conversation") == "none"
         if not out_of_band and self._active is not None:
             return self._error(
@@ -166,7 +170,9 @@ class DemoRealtime:
                 f"Conversation already has an active response in progress: {self._active}.",
                 event.get("event_id"))
         if out_of_band:
-            given = options.get("input") if isinstance(options.get("input"), list) else []
+            given = options.get("input")
+            if not isinstance(given, list):
+                given = []
             read = (sum(self._text_tokens(i.get("content") or []) for i in given
                         if isinstance(i, dict)), 0)
             cached = (0, 0)
@@ -227,7 +233,7 @@ class DemoRealtime:
         # Content parts are "text"/"audio" in the part events, the dialect's names in items.
         kind = "audio" if audio else "text"
         said = "transcript" if audio else "text"
-        item = {"id": item_id, "type": "message", "object": "realtime.item",
+        item: dict[str, Any] = {"id": item_id, "type": "message", "object": "realtime.item",
                 "status": "in_progress", "role": "assistant", "content": []}
         previous = None if out_of_band else (self._items[-1].id if self._items else None)
         response = {"object": "realtime.response", "id": rid, "status": "in_progress",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import warnings
 from typing import Any
 
@@ -154,3 +155,41 @@ class AudioTests(GatewayTestCase):
         self.assertEqual(response.code, 400)
         self.assertEqual(response.headers.getRawHeaders(b"content-type"), [b"application/json"])
         self.assertEqual((await response.json())["error"]["code"], "fake_400")
+
+    async def test_renamed_small_forms_over_reused_and_closed_connections(self) -> None:
+        """
+        A small form to a renamed model arrives in one read, so the model part lies in the
+        body's last chunk, which waits for its end; the upstream connection, reused from the
+        pool, takes the body at once.  Every call is a 200 with the model renamed, the model
+        part first or last, over a kept-alive client connection or ``Connection: close``.
+        """
+        audio = b"RIFF fake audio"
+        model = b'--XyZ\r\nContent-Disposition: form-data; name="model"\r\n\r\nrenamed\r\n'
+        file = (b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
+                b"Content-Type: audio/wav\r\n\r\n" + audio + b"\r\n")
+        forms = [model + file + b"--XyZ--\r\n", file + model + b"--XyZ--\r\n"]
+        port = int(self.base_url.rpartition(":")[2])
+
+        def call(form: bytes, close: bool) -> bytes:
+            head = (b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: gateway\r\n"
+                    b"Content-Type: multipart/form-data; boundary=XyZ\r\n"
+                    b"Content-Length: %d\r\n" % len(form))
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+                client.sendall(head + (b"Connection: close\r\n" if close else b"") + b"\r\n"
+                               + form)
+                if close:
+                    return b"".join(iter(lambda: client.recv(65536), b""))
+                answer = b""
+                while b"}" not in answer:  # the whole small JSON answer
+                    answer += client.recv(65536)
+                return answer
+
+        for round_ in range(4):
+            for form in forms:
+                answer = await self.sdk(call, form, round_ % 2 == 0)
+                self.assertTrue(answer.startswith(b"HTTP/1.1 200 "), answer[:300])
+        self.assertEqual(len(self.fake.forms), 8)
+        for path, fields, files in self.fake.forms:
+            self.assertEqual((path, fields["model"]), (b"/v1/audio/transcriptions",
+                                                       "upstream-name"))
+            self.assertEqual(files["file"][3], len(audio))

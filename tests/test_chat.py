@@ -14,6 +14,7 @@ from twisted.internet.task import deferLater
 
 from tests.fake_openai import CONTENT, TOOL_ARGUMENT_FRAGMENTS, USAGE
 from tests.gateway_harness import GatewayTestCase, closed_port
+from txgateway import accounting
 from txgateway.limits import open_limiter
 
 MESSAGES = [{"role": "user", "content": "Say hello"}]
@@ -375,6 +376,19 @@ class ModelsHealthMetricsTests(GatewayTestCase):
         completion = await self.sdk(self.client.chat.completions.create, model="gpt-4o-mini",
                                     messages=MESSAGES)
         self.assertTrue(completion.choices)
+
+    async def test_made_up_models_do_not_grow_the_metrics(self) -> None:
+        """
+        Through a ``*`` route a caller may name any model: past `MODEL_LABELS` names, and
+        for names longer than `MODEL_LABEL_LENGTH`, the series are labelled ``other``.
+        """
+        self.patch(accounting, "MODEL_LABELS", 2)
+        for model in ("made-up-1", "made-up-2", "made-up-3", "made-up-1", "x" * 300):
+            await self.sdk(self.client.chat.completions.create, model=model,
+                           messages=MESSAGES)
+        counts = {dict(labels)["model"]: value for (name, labels), value
+                  in (await self.metrics()).items() if name == "txgateway_requests_total"}
+        self.assertEqual(counts, {"made-up-1": 2, "made-up-2": 1, "other": 2})
 
     async def test_metrics(self) -> None:
         """Requests, tokens, durations and time to first token are counted, streams too."""

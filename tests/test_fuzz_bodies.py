@@ -17,6 +17,7 @@ from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
 from tests.fuzz_bodies import (
+    CHAT,
     KEY,
     MESSAGES,
     RESPONSES,
@@ -37,6 +38,8 @@ ENDPOINTS = {
         check_anthropic_error),
     "/v1/responses": (mutations(RESPONSES, ["demo", "claude-x"]),
                       check_openai_error),
+    # (Not to the fake OpenAI upstream: it fails on bodies a real one refuses, a 502 here.)
+    "/v1/chat/completions": (mutations(CHAT, ["demo", "claude-x"]), check_openai_error),
 }
 
 
@@ -90,6 +93,9 @@ class FuzzedBodies(GatewayTestCase):
 
     async def test_responses(self) -> None:
         await self.check_endpoint("/v1/responses")
+
+    async def test_chat_completions(self) -> None:
+        await self.check_endpoint("/v1/chat/completions")
 
 
 class FuzzedAdminKeys(GatewayTestCase):
@@ -157,6 +163,25 @@ class FoundByTheFuzz(GatewayTestCase):
         # Items that are not objects are refused on the native path too, streamed or not.
         self.assertEqual(await self.openai_param({"model": "gpt-4o", "input": [[]],
                                                   "stream": True}), "input[0]")
+
+    async def test_chat_translated_to_messages(self) -> None:
+        """Chat bodies that a translation to Anthropic read as they were: a 500 before."""
+        chat = {"model": "claude-x", "messages": [{"role": "user", "content": "Hi"}]}
+        cases = [
+            ({"messages": [{"role": "user", "content": "Hi"}, None]}, "messages[1]"),
+            ({"messages": [{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": {"x": 1}}}]}]},
+             "messages[0].content[0].image_url.url"),
+            ({"reasoning_effort": ["low"]}, "reasoning_effort"),
+            ({"tools": [{"type": "function"}]}, "tools[0].function"),
+            ({"tool_choice": {"type": "function"}}, "tool_choice.function"),
+        ]
+        for change, param in cases:
+            status, answer = await self.answer("/v1/chat/completions", {**chat, **change},
+                                               authorization=f"Bearer {TEAM_KEY}")
+            self.assertEqual((status, answer["error"]["type"], answer["error"]["param"]),
+                             (400, "invalid_request_error", param))
+        self.assertEqual(self.claude.requests, [])
 
     async def test_deep_nesting(self) -> None:
         deep = b'{"a": [' * 200 + b"1" + b"]}" * 200

@@ -14,8 +14,10 @@ from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
 from tests.gateway_harness import CONFIG, GatewayTestCase, OnPostgreSQL
+from txgateway.auth import KeyAuthenticator
 from txgateway.config import load_config
 from txgateway.providers.registry import find_plugins
+from txgateway.service import GatewayService
 
 ADMIN = "admin-secret"
 TEAM_KEY = "sk-team-0123456789"
@@ -252,3 +254,44 @@ class ScaledOutKeyTests(OnPostgreSQL, KeyTests):
         self.config = KEYS_CONFIG + (
             f'limiter: "redis://127.0.0.1:6379/0?prefix=txgateway-test-{secrets.token_hex(6)}:"\n')
         return super().setUp()
+
+
+class OpenGatewayOnPostgreSQL(OnPostgreSQL, GatewayTestCase):
+    """
+    Two gateway processes on one PostgreSQL store, both started with no keys: the first key
+    made through one closes the other within its refresh interval (10 s, here 0.3 s), and
+    that key's limits apply there.
+    """
+
+    config = CONFIG + f"admin:\n  token: {ADMIN}\n"
+
+    def setUp(self) -> object:
+        self.patch(KeyAuthenticator, "cache_seconds", 0.3)
+        return super().setUp()
+
+    async def _other_gateway(self) -> str:
+        other = GatewayService(self.service.gateway.config, reactor)
+        other.startService()
+        self.addCleanup(other.stopService)
+        return f"http://127.0.0.1:{(await other.listening).getHost().port}"
+
+    async def _chat(self, key: str) -> int:
+        response = await treq.post(
+            self.base_url + "/v1/chat/completions", orjson.dumps(
+                {"model": "gpt-ok", "messages": [{"role": "user", "content": "hi"}]}),
+            headers={b"authorization": [b"Bearer " + key.encode()]}, pool=self.pool)
+        await response.content()
+        return response.code
+
+    async def test_the_first_key_made_elsewhere_closes_this_one(self) -> None:
+        other = await self._other_gateway()
+        self.assertEqual(await self._chat("sk-anyone"), 200)  # open: no key anywhere
+        response = await treq.post(other + "/admin/keys", orjson.dumps(
+            {"name": "first", "requests_per_minute": 1}),
+            headers={b"authorization": [b"Bearer " + ADMIN.encode()]}, pool=self.pool)
+        made = orjson.loads(await response.content())
+        self.assertEqual(response.code, 201)
+        await deferLater(reactor, 0.4)
+        self.assertEqual(await self._chat("sk-anyone"), 401)
+        self.assertEqual(await self._chat(made["key"]), 200)
+        self.assertEqual(await self._chat(made["key"]), 429)  # its limit applies here too

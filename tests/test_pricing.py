@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from importlib.resources import files
 
 import attrs
@@ -22,6 +23,21 @@ class LookupTests(SynchronousTestCase):
         self.assertEqual(TABLE.price("claude-sonnet-4-5-20250929").cache_write, 3.75)
         self.assertEqual(TABLE.price("claude-3-5-sonnet-latest").input, 3.0)
         self.assertEqual(TABLE.price("gemini-2.5-pro-preview-05-06").output, 10.0)
+
+    def test_a_made_up_name_is_looked_up_in_bounded_time(self) -> None:
+        """
+        A caller's model name may be as long as a body: the prefixes tried stop at the
+        longest listed name (all of them took 22 s for 300 kB of dashes, the reactor
+        stalled), and a name that long is not cached.
+        """
+        table = shipped_table()
+        for name, price in (("-" * 300_000, None), ("gpt-4o-" + "-" * 300_000, 2.5)):
+            started = time.process_time()
+            found = table.price(name)
+            self.assertLess(time.process_time() - started, 0.5)
+            self.assertEqual(found and found.input, price)
+        self.assertEqual(table._found, {})
+        self.assertEqual(table.price("gpt-4o-2024-08-06").input, 2.5)
 
     def test_the_longest_listed_name_wins(self) -> None:
         self.assertEqual(TABLE.price("gpt-4o-mini").input, 0.15)

@@ -7,6 +7,9 @@ from typing import Any
 import openai
 import orjson
 import treq
+from twisted.internet import reactor
+from twisted.internet.defer import FirstError
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from tests.gateway_harness import GatewayTestCase, OnPostgreSQL
@@ -237,6 +240,14 @@ class ResponsesWireFidelity(GatewayTestCase):
         self.assertEqual([response.usage.input_tokens_details.cache_write_tokens
                           for response in (answer, streamed, demo)], [5, 5, 0])
         self.assertEqual(answer.usage.input_tokens, 32)
+        # The access line and the ledger count them too, so the cost is not under-stated.
+        records = self.access_records()
+        self.assertEqual([r["cache_creation_input_tokens"] for r in records], [5, 5, 0])
+        self.assertEqual(records[0]["cost_usd"], records[1]["cost_usd"])
+        await self.ledger_written()
+        rows = await self.service.gateway.store.usage_report("model")
+        self.assertEqual({row["model"]: row["cache_creation_tokens"] for row in rows},
+                         {"claude-x": 10, "demo": 0})
 
     async def test_mid_stream_error_is_numbered_next(self) -> None:
         """An upstream that breaks mid-stream: the ``error`` event takes the next number."""
@@ -246,3 +257,37 @@ class ResponsesWireFidelity(GatewayTestCase):
         self.assertEqual(events[-1].type, "error")
         self.assertEqual([event.sequence_number for event in events], list(range(len(events))))
         self.assertGreater(len(events), 2)
+
+
+class StoringFails(GatewayTestCase):
+    """A streamed response whose saving fails ends with an error event, not a hang."""
+
+    async def _stream_while_saving(self, put_object: Any) -> list[dict[str, Any]]:
+        self.patch(self.service.gateway.store, "put_object", put_object)
+        response = await self.post("/v1/responses", orjson.dumps(
+            {"model": "claude-x", "input": "Hi", "stream": True}), timeout=5)
+        self.assertEqual(response.code, 200)
+        body = await response.content()
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError, FirstError)), 1)
+        return [orjson.loads(line[6:]) for line in body.split(b"\n") if line[:6] == b"data: "]
+
+    async def test_saving_raises(self) -> None:
+        def put_object(*args: Any) -> Any:
+            raise RuntimeError("the store broke")
+
+        events = await self._stream_while_saving(put_object)
+        self.assertEqual((events[-1]["type"], events[-1]["code"]), ("error", "store_failed"))
+        self.assertEqual([event["sequence_number"] for event in events],
+                         list(range(len(events))))
+        [record] = self.access_records()
+        self.assertEqual(record["status"], 500)
+
+    async def test_saving_fails_later(self) -> None:
+        def broke() -> None:
+            raise RuntimeError("the store broke")
+
+        def put_object(*args: Any) -> Any:
+            return deferLater(reactor, 0.01, broke)
+
+        events = await self._stream_while_saving(put_object)
+        self.assertEqual((events[-1]["type"], events[-1]["code"]), ("error", "store_failed"))

@@ -61,6 +61,20 @@ class RouterTests(SynchronousTestCase):
         router.failed(first)
         self.assertEqual(router.plan("m")[0].provider.name, "a")
 
+    def test_failing_made_up_models_are_remembered_boundedly(self) -> None:
+        """Behind ``*`` each made-up name is a target of its own: the oldest is forgotten."""
+        settings = RoutingSettings(failures_before_cooldown=1, cooldown=30)
+        router = Router([ModelRoute(name="*", targets=(RouteTarget("a"),))], PROVIDERS,
+                        settings, Clock().seconds)
+        self.patch(router, "max_tracked", 2)
+        targets = [router.plan(f"made-up-{number}")[0] for number in range(3)]
+        for target in targets:
+            router.failed(target)
+        self.assertEqual([router.cooling_down(target) for target in targets],
+                         [False, True, True])
+        router.failed(targets[2])  # known: nothing else is forgotten
+        self.assertTrue(router.cooling_down(targets[1]))
+
     def test_the_caller_model_goes_upstream_when_a_target_names_none(self) -> None:
         router = Router([ModelRoute(name="gpt-*", targets=(RouteTarget("a"),
                                                            RouteTarget("b", model="y")))],

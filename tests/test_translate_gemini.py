@@ -1,25 +1,23 @@
 """
 The Gemini translation, table-driven: requests, answers and streams against agentgateway's
-published vectors (`/work/shared/vectors/agentgateway`, Apache-2.0) and our own cases.
+published vectors (found by `tests.vectors`, Apache-2.0) and our own cases.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import os
 from typing import Any
 
 import orjson
 from twisted.trial.unittest import TestCase
 
+from tests.vectors import needs_vectors, snapshot, vector
 from txgateway.plugins.gemini import wire as gemini
 from txgateway.translate import Untranslatable
 from txgateway.translate.chain import ChainedStream
 from txgateway.translate.messages_to_chat import ChatToMessagesStream
 from txgateway.usage import Usage
-
-VECTORS = os.environ.get("TXGATEWAY_VECTORS", "/work/shared/vectors/agentgateway")
 
 #: Request vectors whose expected upstream body we match exactly.
 REQUEST_CASES = ["basic", "generation-config", "image-file", "image-inline", "multi-turn-tools",
@@ -27,32 +25,21 @@ REQUEST_CASES = ["basic", "generation-config", "image-file", "image-inline", "mu
 RESPONSE_CASES = ["basic", "blocked", "reasoning", "tool"]
 
 
-def snapshot(path: str) -> dict[str, Any]:
-    """The JSON after a snapshot's YAML front matter."""
-    with open(path) as file:
-        text = file.read()
-    return json.loads(text[text.index("\n{") + 1:])
-
-
+@needs_vectors
 class VectorRequestTests(TestCase):
-    def setUp(self) -> None:
-        if not os.path.isdir(VECTORS):
-            self.skipTest("the shared test vectors are not here")
 
     def test_requests(self) -> None:
         for case in REQUEST_CASES:
-            base = os.path.join(VECTORS, "requests", "completions", case)
-            with open(base + ".json") as file:
-                chat = json.load(file)
+            base = f"requests/completions/{case}"
+            chat = json.loads(vector(base + ".json"))
             expected = snapshot(base + ".vertex-gemini.snap")["request"]
             with self.subTest(case=case):
                 self.assertEqual(gemini.generate_request(chat), expected)
 
     def test_responses(self) -> None:
         for case in RESPONSE_CASES:
-            base = os.path.join(VECTORS, "response", "vertex-gemini", case)
-            with open(base + ".json", "rb") as file:
-                answer = orjson.loads(file.read())
+            base = f"response/vertex-gemini/{case}"
+            answer = orjson.loads(vector(base + ".json"))
             expected = snapshot(base + ".vertex-gemini-completions.snap")["response"]
             completion, usage = gemini.chat_completion(answer, 123)
             with self.subTest(case=case):
@@ -71,8 +58,7 @@ class VectorRequestTests(TestCase):
 
     def test_stream_tool(self) -> None:
         """One chunk holding a whole call and the finish: one complete tool call delta."""
-        with open(os.path.join(VECTORS, "response/vertex-gemini/stream_tool.json"), "rb") as f:
-            raw = f.read()
+        raw = vector("response/vertex-gemini/stream_tool.json")
         translator = gemini.GeminiToChatStream(123, True)
         chunks = _chunks(translator.feed(raw) + translator.finish())
         calls = [call for chunk in chunks for choice in chunk["choices"]

@@ -62,6 +62,13 @@ class Exchange:
     finished: bool = False
 
 
+#: How many distinct model names become metrics labels, and how long one may be.
+MODEL_LABELS = 1000
+MODEL_LABEL_LENGTH = 200
+#: The label of every other model.
+OTHER_MODEL = "other"
+
+
 class Accountant:
     """Turns finished exchanges into metrics and one access log line each."""
 
@@ -78,6 +85,7 @@ class Accountant:
         self.prices = prices
         self._in_flight = 0
         self._drain_waiters: list[Deferred[None]] = []
+        self._model_labels: set[str] = set()
 
     def start(self, route: str) -> Exchange:
         self._in_flight += 1
@@ -105,8 +113,7 @@ class Accountant:
         duration = self._clock.seconds() - exchange.started
         ttft = None if exchange.first_byte is None else exchange.first_byte - exchange.started
         usage = exchange.usage or Usage()
-        # Only routed model names become label values: callers cannot grow the label set.
-        model = exchange.model if exchange.provider else ""
+        model = self._model_label(exchange) if exchange.provider else ""
         self._metrics.request(exchange.route, model, exchange.provider, str(exchange.status),
                               duration, ttft)
         if exchange.usage is not None:
@@ -169,6 +176,21 @@ class Accountant:
         })
         if self.tracing is not None:
             self.tracing.exchange_finished(exchange)
+
+    def _model_label(self, exchange: Exchange) -> str:
+        """
+        The model as a metrics label: only routed names, and of those (a pattern route such
+        as ``*`` takes any name a caller makes up) the first `MODEL_LABELS`, each at most
+        `MODEL_LABEL_LENGTH` long; the rest are ``other``, so callers cannot grow the series
+        without bound.
+        """
+        model, labels = exchange.model, self._model_labels
+        if model in labels:
+            return model
+        if len(labels) >= MODEL_LABELS or len(model) > MODEL_LABEL_LENGTH:
+            return OTHER_MODEL
+        labels.add(model)
+        return model
 
     def _cost(self, exchange: Exchange, model: str, usage: Usage) -> float:
         """What the call cost at the price table's rates (0 for unpriced models)."""

@@ -79,14 +79,16 @@ class KeyAuthenticator:
     """
 
     max_cached = 100_000
+    #: How long a lookup is trusted (the docs promise 10 s).
+    cache_seconds = 10.0
 
     def __init__(self, clock: Callable[[], float], store: Any, declared: Sequence[KeyConfig],
-                 cache_seconds: float = 10.0) -> None:
+                 cache_seconds: float | None = None) -> None:
         self._clock = clock
         self._store = store
         self._declared = {record.hash: principal_of(record)
                           for record in map(declared_record, declared)}
-        self._cache_seconds = cache_seconds
+        self._cache_seconds = self.cache_seconds if cache_seconds is None else cache_seconds
         self._cache: dict[str, tuple[float, Principal | None]] = {}
         #: True while no key exists anywhere: every caller is let in.
         self.open = not self._declared

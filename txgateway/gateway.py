@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
+from twisted.web.iweb import IAgent
 
 from txgateway.accounting import Accountant
 from txgateway.auth import KeyAuthenticator
@@ -113,10 +114,9 @@ def build_gateway(
     Make the providers the config names and everything that serves requests; ``limiter``
     replaces the config's (a worker's `txgateway.cluster.ParentLimiter`).
     """
-    agent, pool = pooled_agent(reactor, config.upstream)
+    pooled, pool = pooled_agent(reactor, config.upstream)
     tracing = open_tracing(config.tracing)
-    if tracing is not None:
-        agent = TracingAgent(agent)
+    agent: IAgent = pooled if tracing is None else TracingAgent(pooled)
     context = ProviderContext(reactor=reactor, http_agent=agent)
     providers = build_providers(config, plugins, context)
     metrics = GatewayMetrics()

@@ -67,6 +67,7 @@ class PriceTable:
     """Prices by model name, found for dated and regional variants of the names listed."""
 
     _CACHE_SIZE = 4096
+    _CACHED_LENGTH = 256
 
     def __init__(self, prices: Mapping[str, ModelPrice]) -> None:
         self._names = {name: price for name, price in prices.items() if not _GLOB & set(name)}
@@ -74,6 +75,7 @@ class PriceTable:
         self._globs = sorted(((name, price) for name, price in prices.items()
                               if _GLOB & set(name)), key=lambda item: -len(item[0]))
         self._found: dict[str, ModelPrice | None] = {}
+        self._longest = max(map(len, self._names), default=0)
 
     def price(self, model: str) -> ModelPrice | None:
         """
@@ -86,9 +88,10 @@ class PriceTable:
         except KeyError:
             pass
         found = self._look_up(model)
-        if len(self._found) >= self._CACHE_SIZE:
-            self._found.clear()
-        self._found[model] = found
+        if len(model) <= self._CACHED_LENGTH:  # a made-up name may be a body's size
+            if len(self._found) >= self._CACHE_SIZE:
+                self._found.clear()
+            self._found[model] = found
         return found
 
     def _look_up(self, model: str) -> ModelPrice | None:
@@ -98,7 +101,8 @@ class PriceTable:
             price = self._names.get(name)
             if price is not None:
                 return price
-            for end in range(len(name) - 1, 0, -1):
+            # No listed name is longer than `_longest`: a caller's made-up name costs no more.
+            for end in range(min(len(name) - 1, self._longest), 0, -1):
                 if name[end] in "-@" and name[:end] in self._names:
                     return self._names[name[:end]]
         for pattern, price in self._globs:

@@ -57,6 +57,9 @@ class Router:
     config order.  A target without ``model`` sends the caller's name upstream unchanged.
     """
 
+    #: How many failing targets are remembered at most.
+    max_tracked = 10_000
+
     def __init__(self, routes: Sequence[ModelRoute], providers: Mapping[str, IProvider],
                  settings: RoutingSettings = DEFAULT_SETTINGS,
                  clock: Callable[[], float] = time.time,
@@ -116,7 +119,12 @@ class Router:
 
     def failed(self, target: Target) -> None:
         """A call to ``target`` failed before its answer began: count it toward a cooldown."""
-        health = self._health.setdefault(_key(target), _Health())
+        key = _key(target)
+        if key not in self._health and len(self._health) >= self.max_tracked:
+            # A pattern route's targets carry the callers' own model names: forget the
+            # oldest failing one rather than grow without bound.
+            del self._health[next(iter(self._health))]
+        health = self._health.setdefault(key, _Health())
         health.failures += 1
         if health.failures >= self._settings.failures_before_cooldown:
             health.cool_until = self._now() + self._settings.cooldown

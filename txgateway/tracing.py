@@ -28,7 +28,9 @@ from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import SpanKind, Status, StatusCode, set_span_in_context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent
 from twisted.web.resource import Resource, getChildForRequest
+from zope.interface import implementer
 
 from txgateway import semconv
 from txgateway.config import TracingSettings
@@ -181,6 +183,7 @@ class RequestTrace:
         return span
 
 
+@implementer(IAgent)
 class TracingAgent:
     """An ``IAgent`` wrapper: every upstream call of a traced request gets a client span."""
 

@@ -105,7 +105,8 @@ def typed(kinds: Mapping[str, Shape], default: str | None = None) -> Shape:
 
     def check(value: Any, path: tuple[Any, ...]) -> None:
         head(value, path)
-        shape = kinds.get(value.get("type") or default)
+        kind = value.get("type") or default
+        shape = None if kind is None else kinds.get(kind)
         if shape is not None:
             shape(value, path)
 

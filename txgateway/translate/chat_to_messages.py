@@ -10,7 +10,18 @@ from typing import Any
 import orjson
 
 from txgateway.dialects.anthropic import ERROR_STATUSES, error_of
-from txgateway.dialects.openai import error_body, stream_error_event
+from txgateway.dialects.openai import BadRequest, error_body, stream_error_event
+from txgateway.dialects.shapes import (
+    WrongShape,
+    boolean,
+    integer,
+    list_of,
+    number,
+    obj,
+    one_of,
+    string,
+    typed,
+)
 from txgateway.streams import EventSplitter, data_of, event_name, events
 from txgateway.translate import (
     ToChatChunks,
@@ -38,8 +49,38 @@ FINISH_REASONS: dict[str | None, str] = {
 }
 
 
+_CONTENT = one_of("expected a string or an array of content parts", string, list_of(typed({
+    "text": obj({"text": string}),
+    "image_url": obj({"image_url": obj({"url": string}, required=("url",))},
+                     required=("image_url",))})))
+_FUNCTION = obj({"name": string, "description": string, "parameters": obj()},
+                required=("name",))
+#: What the translation to Messages reads of a chat completions request.
+_REQUEST = obj({
+    "messages": list_of(obj({
+        "role": string, "content": _CONTENT, "tool_call_id": string,
+        "tool_calls": list_of(obj({"id": string, "function": obj(
+            {"name": string, "arguments": string})}))})),
+    "max_completion_tokens": integer, "max_tokens": integer,
+    "stop": one_of("expected a string or an array of strings", string, list_of(string)),
+    "temperature": number, "top_p": number, "parallel_tool_calls": boolean,
+    "tools": list_of(typed({"function": obj({"function": _FUNCTION}, required=("function",))})),
+    "tool_choice": one_of("expected a string or an object", string, obj(
+        {"function": obj({"name": string}, required=("name",))}, required=("function",))),
+    "response_format": obj({"type": string, "json_schema": obj({"schema": obj()})}),
+    "reasoning_effort": string,
+})
+
+
 def messages_request(chat: dict[str, Any], model: str, default_max_tokens: int) -> dict[str, Any]:
-    """The Messages request for a chat completions request (``model`` is the upstream's)."""
+    """
+    The Messages request for a chat completions request (``model`` is the upstream's); a
+    `BadRequest` naming the field when one it reads has the wrong type.
+    """
+    try:
+        _REQUEST(chat, ())
+    except WrongShape as wrong:
+        raise BadRequest(f"Invalid type for '{wrong.param()}': {wrong}", wrong.param()) from None
     system, messages = _conversation(chat.get("messages") or [])
     request: dict[str, Any] = {"model": model, "messages": messages}
     if system:

@@ -29,7 +29,7 @@ from typing import Any
 
 import attrs
 import orjson
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -447,12 +447,25 @@ class _SavesBeforeEnd:
         raise NotImplementedError
 
     def ended(self, failure: Failure | None) -> None:
-        saving = None if failure is not None or self._call.aborted else self.saving()
-        if saving is None:
+        if failure is not None or self._call.aborted:
             super().ended(failure)  # type: ignore[misc]
             return
-        saving.addErrback(lambda reason: log.failure("storing a response failed", reason))
-        saving.addBoth(lambda _: super(_SavesBeforeEnd, self).ended(failure))  # type: ignore
+        end = super().ended  # type: ignore[misc]
+
+        def not_stored(reason: Failure) -> None:
+            # The client would otherwise ask for a response that is not there: its stream
+            # ends with an error event instead of the completed one.
+            log.failure("storing a response failed", reason)
+            end(Failure(NotStored("the response could not be stored")))
+
+        maybeDeferred(self.saving).addCallbacks(lambda _: end(None), not_stored)
+
+
+class NotStored(Exception):
+    """What a stream ends with when what it made could not be stored."""
+
+    status = 500
+    code = "store_failed"
 
 
 class StoringStreamRelay(_SavesBeforeEnd, TranslatedStreamRelay):
