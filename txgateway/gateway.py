@@ -10,6 +10,7 @@ import attrs
 from txgateway.accounting import Accountant
 from txgateway.auth import KeyAuthenticator
 from txgateway.config import ConfigError, GatewayConfig
+from txgateway.dialects.redact import Redactor, redactor_of
 from txgateway.limits import ILimiter, open_limiter
 from txgateway.logs import AccessWriter
 from txgateway.metrics import GatewayMetrics
@@ -57,6 +58,8 @@ class Gateway:
     config_source: Callable[[], GatewayConfig] | None = None
     #: The traces' exporter (`txgateway.tracing.Tracing`); None when tracing is off.
     tracing: Any = None
+    #: Scrubs the config's secrets (and key-shaped strings) from upstream errors.
+    redactor: Redactor = Redactor()
 
     def reload_from_source(self) -> None:
         if self.config_source is None:
@@ -81,6 +84,7 @@ class Gateway:
         self.metrics.provider_kinds = provider_kinds(providers)
         self.router = Router(config.models, providers, config.routing, self.reactor.seconds)
         self.authenticator = authenticator
+        self.redactor = redactor_of(config)
         self.realtime.settings = config.realtime
         self.config = config
 
@@ -123,6 +127,7 @@ def build_gateway(
         reactor=reactor,
         config=config,
         tracing=tracing,
+        redactor=redactor_of(config),
         plugins=plugins,
         context=context,
         providers=providers,

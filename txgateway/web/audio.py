@@ -55,7 +55,7 @@ class Speech(RestEndpoint):
         if response.code != 200:
             exchange.first_byte = self._gateway.reactor.seconds()
             body = await call.read(response)
-            self.answer(request, exchange, response, call, body, None)
+            self.answer_error(request, exchange, response, call, body)
             return
         start_relayed(request, response)
         exchange.status = 200

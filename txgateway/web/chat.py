@@ -18,9 +18,8 @@ from txgateway.config import UpstreamSettings
 from txgateway.dialects.openai import (
     ChatRequest,
     error_body,
-    is_error_body,
+    loads_object,
     parse_chat,
-    response_usage,
     stream_error_event,
     upstream_chat_body,
 )
@@ -30,7 +29,7 @@ from txgateway.streams import EventSplitter, data_of, events
 from txgateway.upstream import UpstreamCall, UpstreamError
 from txgateway.usage import Usage, estimate_tokens
 from txgateway.web.openapi import Endpoint, Operation
-from txgateway.web.proxy import ProxyEndpoint, finish, is_event_stream, pass_retry_after
+from txgateway.web.proxy import ProxyEndpoint, finish, is_event_stream
 from txgateway.web.relay import (
     StreamRelay,
     TranslatedStreamRelay,
@@ -70,21 +69,16 @@ class ChatCompletions(ProxyEndpoint):
 
     def _answer(self, request: Any, exchange: Exchange, response: Any, call: UpstreamCall,
                 body: bytes) -> None:
-        status = response.code
-        if status == 200:
-            if exchange.usage is None:  # a translating provider has read it already
-                exchange.usage = Usage.from_openai(response_usage(body))
-        elif not is_error_body(body):
-            # Not an OpenAI error object (a proxy's HTML page, say): say what happened in one.
-            snippet = body[:200].decode("utf-8", "replace")
-            status = status if 400 <= status < 500 else 502
-            body = error_body(status, f"the upstream answered {response.code}: {snippet}",
-                              "upstream_error")
-        exchange.status = status
-        if status != 200:
-            exchange.error = f"upstream status {response.code}"
-            pass_retry_after(request, response)
-        finish(request, call, status, body)
+        if response.code != 200:
+            self.answer_error(request, exchange, response, call, body)
+            return
+        if exchange.usage is None:  # a translating provider has read it already
+            answer = loads_object(body)
+            if answer is None:
+                raise UpstreamError("the upstream's answer could not be read")
+            exchange.usage = Usage.from_openai(answer.get("usage"))
+        exchange.status = 200
+        finish(request, call, 200, body)
 
     async def _relay(self, request: Any, exchange: Exchange, chat: ChatRequest,
                      call: UpstreamCall, response: Any, translating: Any) -> None:

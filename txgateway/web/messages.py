@@ -16,6 +16,7 @@ import orjson
 
 from txgateway.accounting import Exchange
 from txgateway.dialects import anthropic
+from txgateway.dialects.errors import ANTHROPIC
 from txgateway.gateway import Gateway
 from txgateway.providers import ApiCall, dialect
 from txgateway.routing import Target
@@ -24,13 +25,12 @@ from txgateway.translate.chain import ChainedStream
 from txgateway.translate.messages_to_chat import (
     ChatToMessagesStream,
     chat_request,
-    error_for,
     message,
 )
 from txgateway.upstream import UpstreamCall, UpstreamError
 from txgateway.usage import Usage
 from txgateway.web.openapi import Endpoint, Operation
-from txgateway.web.proxy import ProxyEndpoint, finish, is_event_stream, pass_retry_after
+from txgateway.web.proxy import ProxyEndpoint, finish, is_event_stream
 from txgateway.web.relay import TranslatedStreamRelay, start_event_stream
 
 #: Caller headers that choose the upstream's behaviour on the fast path: the wire version the
@@ -56,6 +56,7 @@ class _AnthropicEndpoint(ProxyEndpoint):
     """What the Messages and count_tokens endpoints share: the dialect, the native request."""
 
     count_only = False
+    errors = ANTHROPIC
 
     def parse(self, raw: bytes) -> anthropic.MessagesRequest:
         return anthropic.parse_messages(raw, self.count_only)
@@ -75,17 +76,12 @@ class _AnthropicEndpoint(ProxyEndpoint):
             headers=_caller_headers(request)))
 
     def _answer(self, request: Any, exchange: Exchange, response: Any, call: UpstreamCall,
-                body: bytes, native: bool) -> None:
-        """A whole answer: an error in Anthropic's shape whatever the upstream said."""
-        status = response.code
-        exchange.status = status
-        if status != 200:
-            exchange.error = f"upstream status {status}"
-            if not (native and anthropic.is_error_body(body)):
-                status = status if 400 <= status < 600 else 502
-                body = error_for(status, body)
-            pass_retry_after(request, response)
-        finish(request, call, status, body)
+                body: bytes) -> None:
+        if response.code != 200:
+            self.answer_error(request, exchange, response, call, body)
+            return
+        exchange.status = 200
+        finish(request, call, 200, body)
 
 
 class Messages(_AnthropicEndpoint):
@@ -138,7 +134,7 @@ class Messages(_AnthropicEndpoint):
                     body = orjson.dumps(answer)
             except (ValueError, AttributeError, TypeError):
                 raise UpstreamError("the upstream's answer could not be read") from None
-        self._answer(request, exchange, response, call, body, native)
+        self._answer(request, exchange, response, call, body)
 
 
 class CountTokens(_AnthropicEndpoint):
@@ -162,7 +158,7 @@ class CountTokens(_AnthropicEndpoint):
         response = await call.send(provider.agent, upstream_request)
         exchange.first_byte = self._gateway.reactor.seconds()
         body = await call.read(response)
-        self._answer(request, exchange, response, call, body, True)
+        self._answer(request, exchange, response, call, body)
 
 
 def messages_tree(gateway: Gateway) -> Messages:

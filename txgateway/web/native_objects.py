@@ -22,7 +22,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from txgateway.accounting import Exchange
 from txgateway.auth import Principal, caller_key
-from txgateway.dialects.openai import error_body, is_error_body
+from txgateway.dialects.errors import OPENAI, upstream_error
 from txgateway.gateway import Gateway
 from txgateway.providers import ApiCall, IProvider, UpstreamRequest, prepare
 from txgateway.upstream import UpstreamCall
@@ -88,13 +88,9 @@ class NativeCall:
         """A whole JSON answer; an error made an OpenAI error object."""
         self.exchange.first_byte = self.gateway.reactor.seconds()
         body = await self.call.read(response)
-        status = response.code
-        if status >= 300 and not is_error_body(body):
-            snippet = body[:200].decode("utf-8", "replace")
-            status = status if 400 <= status < 500 else 502
-            body = error_body(status, f"the upstream answered {response.code}: {snippet}",
-                              "upstream_error")
-        return status, body
+        if response.code >= 300:
+            return upstream_error(OPENAI, response.code, body, self.gateway.redactor)
+        return response.code, body
 
     async def relay(self, response: Any, reader: Reader | None = None) -> None:
         """A 200's body relayed to the caller as it arrives, any other answered whole."""

@@ -2,16 +2,17 @@
 ``/p/{provider}/{path}``: any method and path, forwarded to a configured provider's own API
 with the gateway's credentials for it, for the calls the gateway has no endpoint for.
 
-A provider offers this by having ``passthrough_base`` (its API's base URL, str or bytes: the
-URL ``/p/{provider}`` stands for) and ``passthrough_headers`` (its credentials and configured
-headers, a mapping).  The caller's credentials are never forwarded, only configured providers
-are reachable, paths that try to leave the base URL are refused, redirects are relayed and
-never followed (the gateway's agent follows none), hop-by-hop headers are dropped both ways.
-The answer is relayed as it arrives; its usage (and model, when the request named none) is read
-on the side, from a JSON answer in OpenAI's or Anthropic's shape or from an SSE answer: chat
-and completions chunks, Responses' final event, Anthropic's ``message_start`` and
-``message_delta``.  The caller's ``Accept-Encoding`` goes up as sent (the openai SDK asks for
-gzip): a gzip'd answer is relayed as it came and inflated on the side for its usage.
+A provider offers this by providing `IPassthroughProvider`: ``passthrough_base`` (its API's
+base URL, str or bytes: the URL ``/p/{provider}`` stands for) and ``passthrough_headers`` (its
+credentials and configured headers, a mapping).  The caller's credentials are never forwarded,
+only configured providers are reachable, paths that try to leave the base URL are refused,
+redirects are relayed and never followed (the gateway's agent follows none), hop-by-hop headers
+are dropped both ways.  The answer is relayed as it arrives (an error answer whole, scrubbed of
+secrets); its usage (and model, when the request named none) is read on the side, from a JSON
+answer in OpenAI's or Anthropic's shape or from an SSE answer: chat and completions chunks,
+Responses' final event, Anthropic's ``message_start`` and ``message_delta``.  The caller's
+``Accept-Encoding`` goes up as sent (the openai SDK asks for gzip): a gzip'd answer is relayed
+as it came and inflated on the side for its usage.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from txgateway.dialects.multipart import SegmentsProducer
 from txgateway.dialects.openai import error_body
 from txgateway.dialects.openai_rest import usage_of
 from txgateway.gateway import Gateway
-from txgateway.providers import UpstreamRequest
+from txgateway.providers import IPassthroughProvider, UpstreamRequest
 from txgateway.streams import EventSplitter, data_of, events
 from txgateway.upstream import TimedBody, UpstreamCall
 from txgateway.usage import Usage, estimate_tokens
@@ -103,8 +104,7 @@ class Passthrough(JSONResource):
             raise Refusal(404, "name a provider: /p/{provider}/{path}", "unknown_url")
         name = unquote(request.postpath[0].decode("utf-8", "replace"))
         provider = self._gateway.providers.get(name)
-        base = getattr(provider, "passthrough_base", None)
-        if base is None:
+        if not IPassthroughProvider.providedBy(provider):
             raise Refusal(404, f"no configured provider `{name}` offers passthrough",
                            "unknown_provider")
         segments = request.postpath[1:]
@@ -116,6 +116,7 @@ class Passthrough(JSONResource):
                                "invalid_path")
         if b"" in segments[:-1]:
             raise Refusal(400, "the path must not contain empty segments", "invalid_path")
+        base = provider.passthrough_base
         if isinstance(base, str):
             base = base.encode()
         url = base.rstrip(b"/") + b"/" + b"/".join(segments)
@@ -133,6 +134,15 @@ class Passthrough(JSONResource):
             SegmentsProducer([memoryview(raw)]) if raw else None))
         _start(request, response)
         exchange.status = response.code
+        if response.code >= 400 and request.method != b"HEAD":
+            # An error may quote the credentials sent: read whole, scrubbed, then answered.
+            body = gateway.redactor.bytes(await call.read(response))
+            exchange.error = f"upstream status {response.code}"
+            request.setHeader(b"content-length", b"%d" % len(body))
+            if not call.aborted:
+                request.write(body)
+                request.finish()
+            return
         reader = _usage_reader(response)
         exchange.stream = reader is not None and reader.stream
         relay = PassthroughRelay(gateway.reactor, gateway.config.upstream, request,
@@ -160,7 +170,7 @@ def _forwarded(request: Any, provider: Any) -> Headers:
     for name, values in request.requestHeaders.getAllRawHeaders():
         if name.lower() not in dropped:
             headers.setRawHeaders(name, values)
-    for name, value in getattr(provider, "passthrough_headers", {}).items():
+    for name, value in provider.passthrough_headers.items():
         if value:
             headers.setRawHeaders(name.encode(), [value.encode()])
     return headers

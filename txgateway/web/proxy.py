@@ -20,10 +20,11 @@ from twisted.web.server import NOT_DONE_YET
 
 from txgateway.accounting import Exchange
 from txgateway.auth import Principal, caller_key
+from txgateway.dialects.errors import OPENAI, ErrorDialect, upstream_error
 from txgateway.dialects.openai import BadRequest
 from txgateway.dialects.openai import error_body as openai_error_body
 from txgateway.gateway import Gateway
-from txgateway.providers import prepare
+from txgateway.providers import ITranslatingProvider, prepare
 from txgateway.routing import Target
 from txgateway.upstream import (
     RETRYABLE_ERRORS,
@@ -52,6 +53,8 @@ class ProxyEndpoint(JSONResource):
     isLeaf = True
     #: The route name in metrics and the access log.
     route = ""
+    #: How the caller's dialect writes the upstream's errors.
+    errors: ErrorDialect = OPENAI
 
     def __init__(self, gateway: Gateway) -> None:
         super().__init__()
@@ -65,6 +68,16 @@ class ProxyEndpoint(JSONResource):
                    param: str | None = None) -> bytes:
         """An error in the caller's dialect."""
         raise NotImplementedError
+
+    def answer_error(self, request: Any, exchange: Exchange, response: Any,
+                     call: UpstreamCall, body: bytes) -> None:
+        """An upstream's answer that is no success, said in the caller's dialect."""
+        status, body = upstream_error(self.errors, response.code, body,
+                                      self._gateway.redactor)
+        exchange.status = status
+        exchange.error = f"upstream status {response.code}"
+        pass_retry_after(request, response)
+        finish(request, call, status, body)
 
     def unknown_model(self, model: str) -> str:
         return f"The model `{model}` does not exist or you do not have access to it."
@@ -265,6 +278,7 @@ def is_event_stream(response: Any, provider: Any = None) -> bool:
     Whether ``response`` is a stream to relay: SSE, or the content type a translating
     ``provider`` streams in when it says (``stream_content_type``, e.g. AWS event streams).
     """
-    expected = getattr(provider, "stream_content_type", b"text/event-stream")
+    expected = (provider.stream_content_type if ITranslatingProvider.providedBy(provider)
+                else b"text/event-stream")
     content_type = response.headers.getRawHeaders(b"content-type", [b""])[0]
     return content_type.startswith(expected)

@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 
 from txgateway.accounting import Exchange
 from txgateway.config import UpstreamSettings
-from txgateway.upstream import TimedBody, UpstreamCall
+from txgateway.upstream import TimedBody, UpstreamCall, UpstreamError
 from txgateway.usage import Usage, estimate_tokens
 
 #: nginx's status for "the client closed the connection before the answer was complete".
@@ -101,7 +101,11 @@ class TranslatedStreamRelay(StreamRelay):
         if exchange.first_byte is None:
             exchange.first_byte = self._reactor.seconds()
         translator = self._translator
-        out = translator.feed(data)
+        try:
+            out = translator.feed(data)
+        except (ValueError, TypeError, KeyError, AttributeError):
+            self.fail(UpstreamError("the upstream sent an event that could not be read"))
+            return
         if translator.usage is not None:
             exchange.usage = translator.usage
         if translator.error is not None and exchange.error is None:

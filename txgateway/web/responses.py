@@ -35,10 +35,10 @@ from twisted.python.failure import Failure
 
 from txgateway.accounting import Exchange
 from txgateway.auth import caller_key
+from txgateway.dialects.errors import OPENAI, upstream_error
 from txgateway.dialects.openai import (
     BadRequest,
     error_body,
-    is_error_body,
     model_of,
     parse_object,
 )
@@ -71,7 +71,6 @@ from txgateway.web.proxy import (
     Refusal,
     finish,
     is_event_stream,
-    pass_retry_after,
 )
 from txgateway.web.relay import StreamRelay, TranslatedStreamRelay, start_event_stream
 from txgateway.web.resource import JSONResource, answer_later, openai_error
@@ -238,12 +237,13 @@ class Responses(ProxyEndpoint):
         body = await call.read(response)
         if response.code == 200:
             answer = _loads(body)
-            if isinstance(answer, dict):
-                exchange.usage = Usage.from_responses(answer.get("usage"))
-                if parsed.conversation is not None:
-                    answer["conversation"] = conversation_reference(parsed.conversation)
-                    body = orjson.dumps(answer)
-                await self._keep(exchange, parsed, answer, provider)
+            if not isinstance(answer, dict):
+                raise UpstreamError("the upstream's answer could not be read")
+            exchange.usage = Usage.from_responses(answer.get("usage"))
+            if parsed.conversation is not None:
+                answer["conversation"] = conversation_reference(parsed.conversation)
+                body = orjson.dumps(answer)
+            await self._keep(exchange, parsed, answer, provider)
         self._answer(request, exchange, response, call, body)
 
     def _native_request(self, parsed: ResponsesRequest, target: Target,
@@ -367,17 +367,11 @@ class Responses(ProxyEndpoint):
 
     def _answer(self, request: Any, exchange: Exchange, response: Any, call: UpstreamCall,
                 body: bytes) -> None:
-        status = response.code
-        if status != 200:
-            if not is_error_body(body):
-                snippet = body[:200].decode("utf-8", "replace")
-                status = status if 400 <= status < 500 else 502
-                body = error_body(status, f"the upstream answered {response.code}: {snippet}",
-                                  "upstream_error")
-            exchange.error = f"upstream status {response.code}"
-            pass_retry_after(request, response)
-        exchange.status = status
-        finish(request, call, status, body)
+        if response.code != 200:
+            self.answer_error(request, exchange, response, call, body)
+            return
+        exchange.status = 200
+        finish(request, call, 200, body)
 
 
 def response_items(document: dict[str, Any]) -> list[dict[str, Any]]:
@@ -654,10 +648,8 @@ class StoredResponse(JSONResource):
             body = await call.read(response)
         except UpstreamError as error:
             return error.status, error_body(error.status, str(error), error.code)
-        if response.code != 200 and not is_error_body(body):
-            status = response.code if 400 <= response.code < 500 else 502
-            return status, error_body(status, f"the upstream answered {response.code}",
-                                      "upstream_error")
+        if response.code != 200:
+            return upstream_error(OPENAI, response.code, body, self._gateway.redactor)
         return response.code, body
 
 

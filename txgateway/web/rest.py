@@ -14,13 +14,13 @@ from twisted.python.failure import Failure
 
 from txgateway.accounting import Exchange
 from txgateway.config import UpstreamSettings
-from txgateway.dialects.openai import error_body, is_error_body, stream_error_event
+from txgateway.dialects.openai import error_body, loads_object, stream_error_event
 from txgateway.providers import dialect
 from txgateway.routing import Target
 from txgateway.streams import EventSplitter, data_of, events
-from txgateway.upstream import UpstreamCall
+from txgateway.upstream import UpstreamCall, UpstreamError
 from txgateway.usage import Usage, estimate_tokens
-from txgateway.web.proxy import ProxyEndpoint, finish, pass_retry_after
+from txgateway.web.proxy import ProxyEndpoint, finish
 from txgateway.web.relay import StreamRelay
 
 UsageReader = Callable[[Any, "Usage | None"], "Usage | None"]
@@ -44,26 +44,23 @@ class RestEndpoint(ProxyEndpoint):
                body: bytes, read_usage: UsageReader | None) -> None:
         """
         A whole answer, passed on as the upstream wrote it (its content type kept); a 200's
-        usage read on the side when it is JSON, an error made an OpenAI error object.
+        usage read on the side when it is JSON (a JSON one that does not parse is a 502), an
+        error made an OpenAI error object.
         """
-        status = response.code
+        if response.code != 200:
+            self.answer_error(request, exchange, response, call, body)
+            return
         content_type = response.headers.getRawHeaders(b"content-type", [b"application/json"])[0]
-        if status == 200:
-            if read_usage is not None and exchange.usage is None and b"json" in content_type:
-                exchange.usage = read_usage(_loads(body), None)
-        else:
-            exchange.error = f"upstream status {status}"
-            pass_retry_after(request, response)
-            content_type = b"application/json"
-            if not is_error_body(body):
-                snippet = body[:200].decode("utf-8", "replace")
-                status = status if 400 <= status < 500 else 502
-                body = error_body(status, f"the upstream answered {response.code}: {snippet}",
-                                  "upstream_error")
-        exchange.status = status
+        if b"json" in content_type and exchange.usage is None:
+            answer = loads_object(body)
+            if answer is None:
+                raise UpstreamError("the upstream's answer could not be read")
+            if read_usage is not None:
+                exchange.usage = read_usage(answer, None)
+        exchange.status = 200
         if call.aborted:
             return
-        request.setResponseCode(status)
+        request.setResponseCode(200)
         request.setHeader(b"content-type", content_type)
         request.setHeader(b"content-length", b"%d" % len(body))
         request.write(body)
