@@ -132,7 +132,9 @@ class ProxyEndpoint(JSONResource):
         principal = await authenticate(gateway, request, exchange, parsed.model)
         plan = gateway.router.plan(parsed.model)
         if plan is None:
-            raise Refusal(404, self.unknown_model(parsed.model), "model_not_found", "model")
+            # A key sent as the model (a pasting slip) is not said back nor logged.
+            exchange.model = gateway.redactor.text(parsed.model)
+            raise Refusal(404, self.unknown_model(exchange.model), "model_not_found", "model")
         await within_limits(gateway, request, exchange, principal,
                             self.admission_tokens(parsed, size))
         return plan
