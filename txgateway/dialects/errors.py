@@ -20,16 +20,30 @@ from txgateway.dialects.redact import Redactor
 
 @attrs.frozen
 class ErrorDialect:
-    """How a caller's dialect writes an error and recognises one of its own."""
+    """How a caller's dialect writes an error, recognises one of its own, and words refusals."""
 
     is_error_body: Callable[[bytes], bool]
     #: ``(status, message, code) -> bytes``.
     error_body: Callable[[int, str, str], bytes]
+    #: A 401 for a call with no key at all, and for a key that is not known.
+    missing_key: str
+    incorrect_key: str
+    #: The 404 message for a model no route serves.
+    unknown_model: Callable[[str], str]
 
 
-OPENAI = ErrorDialect(openai.is_error_body, openai.error_body)
-ANTHROPIC = ErrorDialect(anthropic.is_error_body,
-                         lambda status, message, code: anthropic.error_body(status, message))
+OPENAI = ErrorDialect(
+    openai.is_error_body, openai.error_body,
+    missing_key=("You didn't provide an API key. You need to provide your API key in an "
+                 "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."),
+    incorrect_key="Incorrect API key provided.",
+    unknown_model=lambda model: (f"The model `{model}` does not exist or you do not have "
+                                 "access to it."))
+ANTHROPIC = ErrorDialect(
+    anthropic.is_error_body,
+    lambda status, message, code: anthropic.error_body(status, message),
+    missing_key="x-api-key header is required", incorrect_key="invalid x-api-key",
+    unknown_model=lambda model: f"model: {model}")
 
 
 def upstream_error(dialect: ErrorDialect, status: int, body: bytes,

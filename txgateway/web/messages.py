@@ -65,9 +65,6 @@ class _AnthropicEndpoint(ProxyEndpoint):
                    param: str | None = None) -> bytes:
         return anthropic.error_body(status, message)
 
-    def unknown_model(self, model: str) -> str:
-        return f"model: {model}"
-
     def _native(self, request: Any, api: str, parsed: anthropic.MessagesRequest,
                 target: Target) -> Any:
         return target.provider.build_request(ApiCall(

@@ -40,7 +40,7 @@ from txgateway.streams import EventSplitter, data_of, events
 from txgateway.upstream import TimedBody, UpstreamCall
 from txgateway.usage import Usage, estimate_tokens
 from txgateway.web.openapi import Endpoint, Operation
-from txgateway.web.proxy import Refusal, answered, authenticate, within_limits
+from txgateway.web.proxy import Refusal, admit_request, answered
 from txgateway.web.relay import CLIENT_CLOSED
 from txgateway.web.resource import JSONResource, write_json
 
@@ -126,9 +126,8 @@ class Passthrough(JSONResource):
     async def _relay(self, request: Any, exchange: Exchange, provider: Any, url: bytes,
                      raw: bytes, call: UpstreamCall) -> None:
         gateway = self._gateway
-        principal = await authenticate(gateway, request, exchange, exchange.model)
-        await within_limits(gateway, request, exchange, principal,
-                            estimate_tokens(len(raw)))
+        await admit_request(gateway, request, exchange, exchange.model,
+                            estimate_tokens(len(raw)), routed=False)
         response = await call.send(provider.agent, UpstreamRequest(
             request.method, url, _forwarded(request, provider),
             SegmentsProducer([memoryview(raw)]) if raw else None))

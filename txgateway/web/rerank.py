@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 import orjson
 
 from txgateway.accounting import Exchange
@@ -26,6 +27,7 @@ from txgateway.dialects.cohere import (
     upstream_error,
     upstream_rerank_body,
 )
+from txgateway.dialects.errors import OPENAI
 from txgateway.providers import ApiCall, dialect
 from txgateway.routing import Target
 from txgateway.upstream import UpstreamCall, UpstreamError
@@ -40,8 +42,7 @@ class Rerank(ProxyEndpoint):
     parse = staticmethod(parse_rerank)
     error_body = staticmethod(error_body)
 
-    def unknown_model(self, model: str) -> str:
-        return f"model '{model}' not found"
+    errors = attrs.evolve(OPENAI, unknown_model=lambda model: f"model '{model}' not found")
 
     async def proxy(self, request: Any, exchange: Exchange, rerank: RerankRequest,
                     target: Target, call: UpstreamCall) -> None:
