@@ -57,6 +57,8 @@ class _AnthropicEndpoint(ProxyEndpoint):
 
     count_only = False
     errors = ANTHROPIC
+    #: The anthropic SDK's ``_request_id`` is Anthropic's ``request-id``.
+    request_id_headers = (b"x-request-id", b"request-id")
 
     def parse(self, raw: bytes) -> anthropic.MessagesRequest:
         return anthropic.parse_messages(raw, self.count_only)

@@ -46,6 +46,8 @@ class ProxyEndpoint(JSONResource):
     route = ""
     #: How the caller's dialect writes the upstream's errors.
     errors: ErrorDialect = OPENAI
+    #: The headers that carry the exchange's id (its SDK reads one of them).
+    request_id_headers: tuple[bytes, ...] = (b"x-request-id",)
 
     def __init__(self, gateway: Gateway) -> None:
         super().__init__()
@@ -86,7 +88,8 @@ class ProxyEndpoint(JSONResource):
     def render_POST(self, request: Any) -> Any:
         gateway = self._gateway
         exchange = gateway.accountant.start(self.route)
-        request.setHeader(b"x-request-id", exchange.request_id.encode())
+        for name in self.request_id_headers:
+            request.setHeader(name, exchange.request_id.encode())
         raw = request.content.getvalue()
         try:
             parsed = self.parse(raw)
