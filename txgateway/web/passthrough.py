@@ -239,6 +239,9 @@ class PassthroughRelay(TimedBody):
         if not self._call.aborted:
             self._request.registerProducer(self, True)
 
+    def stopProducing(self) -> None:
+        self._call.abort()  # the client has gone: see `StreamRelay.stopProducing`
+
     def received(self, data: bytes) -> None:
         if self._exchange.first_byte is None:
             self._exchange.first_byte = self._reactor.seconds()

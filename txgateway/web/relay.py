@@ -17,6 +17,7 @@ from twisted.python.failure import Failure
 
 from txgateway.accounting import Exchange
 from txgateway.config import UpstreamSettings
+from txgateway.streams import EventTooLarge
 from txgateway.upstream import TimedBody, UpstreamCall, UpstreamError
 from txgateway.usage import Usage, estimate_tokens
 
@@ -50,6 +51,11 @@ class StreamRelay(TimedBody):
         super().connectionMade()
         if not self._call.aborted:
             self._request.registerProducer(self, True)
+
+    def stopProducing(self) -> None:
+        # The client's connection is gone (it may say so before the request's notifyFinish
+        # does): the call is aborted, so that the end is counted as the client's, 499.
+        self._call.abort()
 
     def tail(self) -> bytes:
         """What to write when the upstream body ended cleanly."""
@@ -103,6 +109,8 @@ class TranslatedStreamRelay(StreamRelay):
         translator = self._translator
         try:
             out = translator.feed(data)
+        except EventTooLarge:
+            raise  # said as such by `TimedBody`
         except (ValueError, TypeError, KeyError, AttributeError):
             self.fail(UpstreamError("the upstream sent an event that could not be read"))
             return
