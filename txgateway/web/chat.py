@@ -11,10 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
 from txgateway.accounting import Exchange
-from txgateway.config import UpstreamSettings
 from txgateway.dialects.openai import (
     ChatRequest,
     error_body,
@@ -27,14 +24,10 @@ from txgateway.providers import ApiCall, dialect
 from txgateway.routing import Target
 from txgateway.streams import EventSplitter, data_of, events
 from txgateway.upstream import UpstreamCall, UpstreamError
-from txgateway.usage import Usage, estimate_tokens
+from txgateway.usage import Usage
 from txgateway.web.openapi import Endpoint, Operation
 from txgateway.web.proxy import ProxyEndpoint, finish, is_event_stream
-from txgateway.web.relay import (
-    StreamRelay,
-    TranslatedStreamRelay,
-    start_event_stream,
-)
+from txgateway.web.relay import Relay, start_event_stream
 
 
 class ChatCompletions(ProxyEndpoint):
@@ -84,14 +77,10 @@ class ChatCompletions(ProxyEndpoint):
                      call: UpstreamCall, response: Any, translating: Any) -> None:
         start_event_stream(request)
         exchange.status = 200
-        reactor, settings = self._gateway.reactor, self._gateway.config.upstream
-        if translating is None:
-            relay: StreamRelay = ChatStreamRelay(reactor, settings, request, exchange, call,
-                                                 chat)
-        else:
-            relay = TranslatedStreamRelay(
-                reactor, settings, request, exchange, call, stream_error_event,
-                translating.stream_translator(chat.wants_usage), len(chat.raw))
+        transcoder = (ChatEvents(chat.wants_usage) if translating is None
+                      else translating.stream_translator(chat.wants_usage))
+        relay = Relay(self._gateway.reactor, self._gateway.config.upstream, request, exchange,
+                      call, stream_error_event, transcoder, len(chat.raw))
         call.deliver(response, relay)
         await relay.done
 
@@ -107,56 +96,45 @@ def _translated(provider: Any, exchange: Exchange, status: int, body: bytes) -> 
     return provider.translate_error(status, body) or body
 
 
-class ChatStreamRelay(StreamRelay):
+class ChatEvents:
     """
-    Relays an upstream chat completions SSE stream to the client as it arrives.
-
-    It looks into the events only where the bytes say usage is there (``"prompt_tokens"``),
-    to count it and to drop the usage-only chunk the gateway asked for on the caller's
-    behalf.  A stream that breaks or stalls ends with an error event the openai SDK raises.
+    The same-dialect transcoder (`txgateway.web.relay.ITranscoder`) of a chat completions
+    stream: whole events as they came.  It looks into them only where the bytes say usage is
+    there (``"prompt_tokens"``), to count it and to drop the usage-only chunk the gateway asked
+    for on the caller's behalf.
     """
 
-    def __init__(self, reactor: Any, settings: UpstreamSettings, request: Any,
-                 exchange: Exchange, call: UpstreamCall, chat: ChatRequest) -> None:
-        super().__init__(reactor, settings, request, exchange, call, stream_error_event)
-        self._chat = chat
+    error = None
+
+    def __init__(self, wants_usage: bool) -> None:
+        self._wants_usage = wants_usage
         self._splitter = EventSplitter()
-        self._data_events = 0
+        self.usage: Usage | None = None
+        self.chunks = 0
 
-    def received(self, data: bytes) -> None:
-        if self._exchange.first_byte is None:
-            self._exchange.first_byte = self._reactor.seconds()
+    def feed(self, data: bytes) -> bytes:
         run = self._splitter.feed(data)
         if not run:
-            return
+            return run
         if b'"prompt_tokens"' in run:
             run = self._take_usage(run)
-        self._data_events += run.count(b"data:") - run.count(b"data: [DONE]")
-        self._request.write(run)
+        self.chunks += run.count(b"data:") - run.count(b"data: [DONE]")
+        return run
 
     def _take_usage(self, run: bytes) -> bytes:
         kept = []
         for event in events(run):
             payload = data_of(event)
             if b'"prompt_tokens"' in payload:
-                try:
-                    chunk = orjson.loads(payload)
-                except orjson.JSONDecodeError:
-                    chunk = None
-                if isinstance(chunk, dict):
+                chunk = loads_object(payload)
+                if chunk is not None:
                     usage = Usage.from_openai(chunk.get("usage"))
                     if usage is not None:
-                        self._exchange.usage = usage
-                        if not self._chat.wants_usage and not chunk.get("choices"):
+                        self.usage = usage
+                        if not self._wants_usage and not chunk.get("choices"):
                             continue
             kept.append(event + b"\n\n")
         return b"".join(kept)
 
-    def tail(self) -> bytes:
+    def finish(self) -> bytes:
         return self._splitter.pending
-
-    def estimate(self) -> Usage:
-        # Cut short: count what was seen.  OpenAI streams one token per chunk after a first
-        # chunk that carries only the role.
-        return Usage(input_tokens=estimate_tokens(len(self._chat.raw)),
-                     output_tokens=max(self._data_events - 1, 0), estimated=True)

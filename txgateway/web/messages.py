@@ -31,7 +31,7 @@ from txgateway.upstream import UpstreamCall, UpstreamError
 from txgateway.usage import Usage
 from txgateway.web.openapi import Endpoint, Operation
 from txgateway.web.proxy import ProxyEndpoint, finish, is_event_stream
-from txgateway.web.relay import TranslatedStreamRelay, start_event_stream
+from txgateway.web.relay import Relay, start_event_stream
 
 #: Caller headers that choose the upstream's behaviour on the fast path: the wire version the
 #: caller's SDK speaks, and the beta features (prompt caching, longer output...) it turns on.
@@ -111,7 +111,7 @@ class Messages(_AnthropicEndpoint):
                           else ChatToMessagesStream(target.model))
             if translating:
                 translator = ChainedStream(provider.stream_translator(True), translator)
-            relay = TranslatedStreamRelay(
+            relay = Relay(
                 self._gateway.reactor, self._gateway.config.upstream, request, exchange, call,
                 _stream_error, translator, len(parsed.raw))
             call.deliver(response, relay)

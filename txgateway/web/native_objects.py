@@ -17,7 +17,6 @@ import attrs
 import orjson
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET
 
 from txgateway.accounting import Exchange
@@ -27,7 +26,8 @@ from txgateway.gateway import Gateway
 from txgateway.providers import ApiCall, IProvider, UpstreamRequest, prepare
 from txgateway.upstream import UpstreamCall
 from txgateway.web.proxy import Refusal, answered, finish
-from txgateway.web.rest import BytesRelay, start_relayed
+from txgateway.web.relay import Bytes, Relay
+from txgateway.web.rest import start_relayed
 
 log = Logger()
 
@@ -99,8 +99,10 @@ class NativeCall:
             return
         start_relayed(self.request, response)
         self.exchange.status = 200
-        relay = ReadingRelay(self.gateway.reactor, self.gateway.config.upstream, self.request,
-                             self.exchange, self.call, reader)
+        relay = Relay(self.gateway.reactor, self.gateway.config.upstream, self.request,
+                      self.exchange, self.call, None,
+                      Bytes() if reader is None else Reading(reader), None,
+                      None if reader is None else reader.ended)
         self.call.deliver(response, relay)
         await relay.done
 
@@ -188,27 +190,18 @@ class Reader(Protocol):
         """Work done before the end reaches the client (which may then ask again)."""
 
 
-class ReadingRelay(BytesRelay):
-    """A body relayed as it arrives (`BytesRelay`), read on the side by ``reader``."""
+class Reading:
+    """The transcoder (`txgateway.web.relay.ITranscoder`) of a body read on the side."""
 
-    def __init__(self, reactor: Any, settings: Any, request: Any, exchange: Exchange,
-                 call: UpstreamCall, reader: Reader | None) -> None:
-        super().__init__(reactor, settings, request, exchange, call, 0)
+    usage = error = None
+    chunks = 0
+
+    def __init__(self, reader: Reader) -> None:
         self._reader = reader
 
-    def received(self, data: bytes) -> None:
-        super().received(data)
-        if self._reader is not None:
-            self._reader.feed(data)
+    def feed(self, data: bytes) -> bytes:
+        self._reader.feed(data)
+        return data
 
-    def estimate(self) -> Any:
-        return None  # a file's bytes are no tokens
-
-    def ended(self, failure: Failure | None) -> None:
-        if self._reader is None or failure is not None or self._call.aborted:
-            super().ended(failure)
-            return
-        reading = self._reader.ended()
-        reading.addErrback(lambda reason: log.failure("reading {path} failed", reason,
-                                                      path=self._request.path))
-        reading.addBoth(lambda _: super(ReadingRelay, self).ended(failure))
+    def finish(self) -> bytes:
+        return b""

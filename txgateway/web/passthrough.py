@@ -240,7 +240,7 @@ class PassthroughRelay(TimedBody):
             self._request.registerProducer(self, True)
 
     def stopProducing(self) -> None:
-        self._call.abort()  # the client has gone: see `StreamRelay.stopProducing`
+        self._call.abort()  # the client has gone: see `Relay.stopProducing`
 
     def received(self, data: bytes) -> None:
         if self._exchange.first_byte is None:

@@ -31,7 +31,6 @@ import attrs
 import orjson
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from txgateway.accounting import Exchange
 from txgateway.auth import caller_key
@@ -63,7 +62,7 @@ from txgateway.translate.responses_to_chat import (
     stored_items,
 )
 from txgateway.upstream import UpstreamCall, UpstreamError
-from txgateway.usage import Usage, estimate_tokens
+from txgateway.usage import Usage
 from txgateway.web import conversations
 from txgateway.web.openapi import Endpoint, Operation
 from txgateway.web.proxy import (
@@ -72,7 +71,7 @@ from txgateway.web.proxy import (
     finish,
     is_event_stream,
 )
-from txgateway.web.relay import StreamRelay, TranslatedStreamRelay, start_event_stream
+from txgateway.web.relay import Relay, start_event_stream
 from txgateway.web.resource import JSONResource, answer_later, openai_error
 
 log = Logger()
@@ -226,10 +225,15 @@ class Responses(ProxyEndpoint):
         if parsed.stream and response.code == 200 and is_event_stream(response, provider):
             start_event_stream(request)
             exchange.status = 200
-            relay = NativeResponsesRelay(
-                self._gateway.reactor, self._gateway.config.upstream, request, exchange, call,
-                len(parsed.raw), lambda answer: self._keep(exchange, parsed, answer, provider),
-                conversation_reference(parsed.conversation))
+            events_out = ResponsesEvents(conversation_reference(parsed.conversation))
+
+            def keep() -> Deferred[Any] | None:
+                if events_out.response is None:
+                    return None
+                return self._keep(exchange, parsed, events_out.response, provider)
+
+            relay = Relay(self._gateway.reactor, self._gateway.config.upstream, request,
+                          exchange, call, _stream_error, events_out, len(parsed.raw), keep)
             call.deliver(response, relay)
             await relay.done
             return
@@ -283,9 +287,9 @@ class Responses(ProxyEndpoint):
                     return None
                 return self._keep(exchange, parsed, events_out.response)
 
-            relay = StoringStreamRelay(
-                self._gateway.reactor, self._gateway.config.upstream, request, exchange, call,
-                events_out.error_event, translator, len(parsed.raw), save=save)
+            relay = Relay(self._gateway.reactor, self._gateway.config.upstream, request,
+                          exchange, call, events_out.error_event, translator, len(parsed.raw),
+                          save)
             call.deliver(response, relay)
             await relay.done
             return
@@ -429,97 +433,51 @@ def _with_data(event: bytes, data: bytes) -> bytes:
     return b"\n".join([*lines, b"data: " + data])
 
 
-class _SavesBeforeEnd:
+class ResponsesEvents:
     """
-    Mixed into a relay: on a clean end, what must be stored is stored before the stream's
-    end reaches the client, so that a follow-up the client sends at once finds it.
-    """
-
-    _call: UpstreamCall
-
-    def saving(self) -> Deferred[Any] | None:
-        raise NotImplementedError
-
-    def ended(self, failure: Failure | None) -> None:
-        saving = None if failure is not None or self._call.aborted else self.saving()
-        if saving is None:
-            super().ended(failure)  # type: ignore[misc]
-            return
-        saving.addErrback(lambda reason: log.failure("storing a response failed", reason))
-        saving.addBoth(lambda _: super(_SavesBeforeEnd, self).ended(failure))  # type: ignore
-
-
-class StoringStreamRelay(_SavesBeforeEnd, TranslatedStreamRelay):
-    """A translated Responses stream, whose final response is stored before the end."""
-
-    def __init__(self, *args: Any, save: Callable[[], Deferred[Any] | None]) -> None:
-        super().__init__(*args)
-        self._save = save
-        self._tail: bytes | None = None
-
-    def saving(self) -> Deferred[Any] | None:
-        self._tail = self._translator.finish()  # completes the response, if it was not yet
-        return self._save()
-
-    def tail(self) -> bytes:
-        return super().tail() if self._tail is None else self._tail
-
-
-class NativeResponsesRelay(_SavesBeforeEnd, StreamRelay):
-    """
-    Relays an upstream Responses stream as it arrives, looking into events only where the
-    bytes say a response object is (its id, its usage in the final event); with a
-    ``conversation``, those are rewritten to show it, as the upstream never saw it.
+    The same-dialect transcoder (`txgateway.web.relay.ITranscoder`) of a Responses stream:
+    events as they came, looked into only where the bytes say a response object is (its id,
+    its usage in the final event); with a ``conversation``, those are rewritten to show it, as
+    the upstream never saw it.
     """
 
-    def __init__(self, reactor: Any, settings: Any, request: Any, exchange: Exchange,
-                 call: UpstreamCall, request_size: int,
-                 keep: Callable[[dict[str, Any]], Deferred[Any]],
-                 conversation: dict[str, Any] | None) -> None:
-        super().__init__(reactor, settings, request, exchange, call, _stream_error)
+    error = None
+
+    def __init__(self, conversation: dict[str, Any] | None) -> None:
         self._splitter = EventSplitter()
-        self._request_size = request_size
-        self._keep = keep
         self._conversation = conversation
         #: The response object as last shown: created, then completed (or failed...).
-        self._response: dict[str, Any] | None = None
-        self._deltas = 0
+        self.response: dict[str, Any] | None = None
+        self.usage: Usage | None = None
+        #: One per text delta, after a first that carries none (as chat chunks count).
+        self.chunks = 1
 
-    def received(self, data: bytes) -> None:
-        if self._exchange.first_byte is None:
-            self._exchange.first_byte = self._reactor.seconds()
+    def feed(self, data: bytes) -> bytes:
         run = self._splitter.feed(data)
         if not run:
-            return
-        self._deltas += run.count(b'"response.output_text.delta"')
+            return run
+        self.chunks += run.count(b'"response.output_text.delta"')
         if b'"response"' in run:
             run = self._look_into(run)
-        self._request.write(run)
+        return run
 
     def _look_into(self, run: bytes) -> bytes:
         out = []
         for event in events(run):
             payload = _loads(data_of(event))
             if isinstance(payload, dict) and isinstance(payload.get("response"), dict):
-                response = self._response = payload["response"]
+                response = self.response = payload["response"]
                 usage = Usage.from_responses(response.get("usage"))
                 if usage is not None:
-                    self._exchange.usage = usage
+                    self.usage = usage
                 if self._conversation is not None:
                     response["conversation"] = self._conversation
                     event = _with_data(event, orjson.dumps(payload))
             out.append(event + b"\n\n")
         return run if self._conversation is None else b"".join(out)
 
-    def saving(self) -> Deferred[Any] | None:
-        return None if self._response is None else self._keep(self._response)
-
-    def tail(self) -> bytes:
+    def finish(self) -> bytes:
         return self._splitter.pending
-
-    def estimate(self) -> Usage:
-        return Usage(input_tokens=estimate_tokens(self._request_size),
-                     output_tokens=self._deltas, estimated=True)
 
 
 class StoredResponse(JSONResource):
