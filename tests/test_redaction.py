@@ -34,6 +34,7 @@ ECHO_CONFIG = (
     .replace("models:\n", "models:\n"
              "  - name: echo\n    provider: echo\n"
              "  - name: echo-html\n    provider: echo\n    model: html\n"
+             "  - name: echo-midstream\n    provider: echo\n    model: midstream\n"
              "  - name: echo-claude\n    provider: echo-claude\n")
 )
 
@@ -46,7 +47,15 @@ class EchoingUpstream(Resource):
     def render_POST(self, request: Any) -> bytes:
         sent = (request.getHeader(b"authorization") or request.getHeader(b"x-api-key") or b"")
         key = sent.decode().removeprefix("Bearer ")
-        model = orjson.loads(request.content.read()).get("model")
+        call = orjson.loads(request.content.read())
+        model = call.get("model")
+        if model == "midstream" and call.get("stream"):
+            request.setHeader(b"content-type", b"text/event-stream")
+            chunk = {"id": "c", "object": "chat.completion.chunk", "model": model,
+                     "choices": [{"index": 0, "delta": {"role": "assistant", "content": "hi"}}]}
+            error = {"error": {"message": f"key {key} revoked", "type": "server_error"}}
+            return (b"data: " + orjson.dumps(chunk) + b"\n\ndata: " + orjson.dumps(error)
+                    + b"\n\n")
         if model == "html":
             request.setResponseCode(503)
             request.setHeader(b"content-type", b"text/html")
@@ -108,6 +117,19 @@ class RedactionTests(GatewayTestCase):
             self.assertIn(b"proxy error for " + REDACTED.encode(), answer)
             self.assertNotIn(OPENAI_SECRET.encode(), answer)
             self.assertNotIn(STRAY_KEY.encode(), answer)
+        self._check_log_clean()
+
+    async def test_an_error_event_mid_stream_is_scrubbed(self) -> None:
+        for path, body in [("/v1/chat/completions", {"model": "echo-midstream",
+                                                      "messages": MESSAGES}),
+                           ("/v1/messages", {"model": "echo-midstream", "max_tokens": 5,
+                                             "messages": MESSAGES})]:
+            status, answer = await self.call(path, {**body, "stream": True})
+            self.assertEqual(status, 200, answer)
+            self.assertIn(b"key " + REDACTED.encode() + b" revoked", answer, path)
+            self.assertNotIn(OPENAI_SECRET.encode(), answer, path)
+        records = self.access_records()
+        self.assertEqual([record["status"] >= 500 for record in records], [True, True])
         self._check_log_clean()
 
     def _check_log_clean(self) -> None:

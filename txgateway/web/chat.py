@@ -79,7 +79,7 @@ class ChatCompletions(ProxyEndpoint):
         exchange.status = 200
         transcoder = (ChatEvents(chat.wants_usage) if translating is None
                       else translating.stream_translator(chat.wants_usage))
-        relay = Relay(self._gateway.reactor, self._gateway.config.upstream, request, exchange,
+        relay = Relay(self._gateway, request, exchange,
                       call, stream_error_event, transcoder, len(chat.raw))
         call.deliver(response, relay)
         await relay.done
@@ -101,15 +101,14 @@ class ChatEvents:
     The same-dialect transcoder (`txgateway.web.relay.ITranscoder`) of a chat completions
     stream: whole events as they came.  It looks into them only where the bytes say usage is
     there (``"prompt_tokens"``), to count it and to drop the usage-only chunk the gateway asked
-    for on the caller's behalf.
+    for on the caller's behalf, or an error (``"error"`` as a key), to record it.
     """
-
-    error = None
 
     def __init__(self, wants_usage: bool) -> None:
         self._wants_usage = wants_usage
         self._splitter = EventSplitter()
         self.usage: Usage | None = None
+        self.error: tuple[int, str] | None = None
         self.chunks = 0
 
     def feed(self, data: bytes) -> bytes:
@@ -118,6 +117,8 @@ class ChatEvents:
             return run
         if b'"prompt_tokens"' in run:
             run = self._take_usage(run)
+        if b'"error"' in run and self.error is None:
+            self._take_error(run)
         self.chunks += run.count(b"data:") - run.count(b"data: [DONE]")
         return run
 
@@ -135,6 +136,14 @@ class ChatEvents:
                             continue
             kept.append(event + b"\n\n")
         return b"".join(kept)
+
+    def _take_error(self, run: bytes) -> None:
+        for event in events(run):
+            chunk = loads_object(data_of(event))
+            error = None if chunk is None else chunk.get("error")
+            if isinstance(error, dict):
+                self.error = (502, str(error.get("message", "")))
+                return
 
     def finish(self) -> bytes:
         return self._splitter.pending

@@ -111,8 +111,7 @@ class Messages(_AnthropicEndpoint):
                           else ChatToMessagesStream(target.model))
             if translating:
                 translator = ChainedStream(provider.stream_translator(True), translator)
-            relay = Relay(
-                self._gateway.reactor, self._gateway.config.upstream, request, exchange, call,
+            relay = Relay(self._gateway, request, exchange, call,
                 _stream_error, translator, len(parsed.raw))
             call.deliver(response, relay)
             await relay.done

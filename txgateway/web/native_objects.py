@@ -99,7 +99,7 @@ class NativeCall:
             return
         start_relayed(self.request, response)
         self.exchange.status = 200
-        relay = Relay(self.gateway.reactor, self.gateway.config.upstream, self.request,
+        relay = Relay(self.gateway, self.request,
                       self.exchange, self.call, None,
                       Bytes() if reader is None else Reading(reader), None,
                       None if reader is None else reader.ended)

@@ -18,7 +18,6 @@ from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface
 
 from txgateway.accounting import Exchange
-from txgateway.config import UpstreamSettings
 from txgateway.streams import EventTooLarge
 from txgateway.upstream import TimedBody, UpstreamCall, UpstreamError
 from txgateway.usage import Usage, estimate_tokens
@@ -67,11 +66,11 @@ class Relay(TimedBody):
     instead, so that it cannot take a truncated file for a whole one.
     """
 
-    def __init__(self, reactor: Any, settings: UpstreamSettings, request: Any,
-                 exchange: Exchange, call: UpstreamCall, error_event: ErrorEvent | None,
-                 transcoder: Any, request_size: int | None,
+    def __init__(self, gateway: Any, request: Any, exchange: Exchange, call: UpstreamCall,
+                 error_event: ErrorEvent | None, transcoder: Any, request_size: int | None,
                  save: Callable[[], Deferred[Any] | None] | None = None) -> None:
-        super().__init__(reactor, settings)
+        super().__init__(gateway.reactor, gateway.config.upstream)
+        self._redactor = gateway.redactor
         self._request = request
         self._exchange = exchange
         self._call = call
@@ -105,8 +104,12 @@ class Relay(TimedBody):
             return
         if transcoder.usage is not None:
             exchange.usage = transcoder.usage
-        if transcoder.error is not None and exchange.error is None:
-            exchange.status, exchange.error = transcoder.error
+        if transcoder.error is not None:
+            # An error event the upstream sent may quote its credentials: scrubbed from here.
+            if exchange.error is None:
+                exchange.status = transcoder.error[0]
+                exchange.error = self._redactor.text(transcoder.error[1])
+            out = self._redactor.bytes(out)
         if out:
             self._request.write(out)
 

@@ -232,7 +232,7 @@ class Responses(ProxyEndpoint):
                     return None
                 return self._keep(exchange, parsed, events_out.response, provider)
 
-            relay = Relay(self._gateway.reactor, self._gateway.config.upstream, request,
+            relay = Relay(self._gateway, request,
                           exchange, call, _stream_error, events_out, len(parsed.raw), keep)
             call.deliver(response, relay)
             await relay.done
@@ -287,7 +287,7 @@ class Responses(ProxyEndpoint):
                     return None
                 return self._keep(exchange, parsed, events_out.response)
 
-            relay = Relay(self._gateway.reactor, self._gateway.config.upstream, request,
+            relay = Relay(self._gateway, request,
                           exchange, call, events_out.error_event, translator, len(parsed.raw),
                           save)
             call.deliver(response, relay)

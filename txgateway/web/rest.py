@@ -106,7 +106,7 @@ def bytes_relay(gateway: Any, request: Any, exchange: Exchange, call: UpstreamCa
     The relay of a binary body (speech audio), chunk by chunk as it arrives; one that breaks
     drops the client's connection.
     """
-    return Relay(gateway.reactor, gateway.config.upstream, request, exchange, call, None,
+    return Relay(gateway, request, exchange, call, None,
                  Bytes(), request_size)
 
 
@@ -143,7 +143,7 @@ class UsageEvents:
 def event_relay(gateway: Any, request: Any, exchange: Exchange, call: UpstreamCall,
                 read_usage: UsageReader, request_size: int) -> Relay:
     """The relay of an SSE stream in OpenAI's format, its usage read by ``read_usage``."""
-    return Relay(gateway.reactor, gateway.config.upstream, request, exchange, call,
+    return Relay(gateway, request, exchange, call,
                  stream_error_event, UsageEvents(read_usage), request_size)
 
 
