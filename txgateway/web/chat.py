@@ -20,7 +20,7 @@ from txgateway.dialects.openai import (
     stream_error_event,
     upstream_chat_body,
 )
-from txgateway.providers import ApiCall, dialect
+from txgateway.providers import OPENAI_WIRE, ApiCall, speaks
 from txgateway.routing import Target
 from txgateway.streams import EventSplitter, data_of, events
 from txgateway.upstream import UpstreamCall, UpstreamError
@@ -43,7 +43,7 @@ class ChatCompletions(ProxyEndpoint):
                     call: UpstreamCall) -> None:
         provider = target.provider
         # Providers that answer in another dialect translate the parsed request themselves.
-        translating = dialect(provider) != "openai"
+        translating = not speaks(provider, OPENAI_WIRE)
         upstream_request = provider.build_request(ApiCall(
             api=self.api,
             body=chat.raw if translating else upstream_chat_body(chat, target.model),

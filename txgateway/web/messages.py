@@ -18,7 +18,7 @@ from txgateway.accounting import Exchange
 from txgateway.dialects import anthropic
 from txgateway.dialects.errors import ANTHROPIC
 from txgateway.gateway import Gateway
-from txgateway.providers import ApiCall, dialect
+from txgateway.providers import ANTHROPIC_WIRE, OPENAI_WIRE, ApiCall, speaks
 from txgateway.routing import Target
 from txgateway.tokens import estimate_messages_tokens
 from txgateway.translate.chain import ChainedStream
@@ -92,10 +92,9 @@ class Messages(_AnthropicEndpoint):
     async def proxy(self, request: Any, exchange: Exchange, parsed: anthropic.MessagesRequest,
                      target: Target, call: UpstreamCall) -> None:
         provider = target.provider
-        kind = dialect(provider, target.model)
-        native = kind == "anthropic"
+        native = speaks(provider, ANTHROPIC_WIRE, target.model)
         # A provider of a third dialect (Gemini...) translates to OpenAI chat and back first.
-        translating = not native and kind != "openai"
+        translating = not native and not speaks(provider, OPENAI_WIRE, target.model)
         if native:
             upstream_request = self._native(request, "messages", parsed, target)
         else:
@@ -146,7 +145,7 @@ class CountTokens(_AnthropicEndpoint):
     async def proxy(self, request: Any, exchange: Exchange, parsed: anthropic.MessagesRequest,
                      target: Target, call: UpstreamCall) -> None:
         provider = target.provider
-        if dialect(provider) != "anthropic":
+        if not speaks(provider, ANTHROPIC_WIRE):
             # A count uses no tokens: the exchange records none.
             exchange.status = 200
             finish(request, call, 200, orjson.dumps(

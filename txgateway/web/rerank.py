@@ -28,7 +28,7 @@ from txgateway.dialects.cohere import (
     upstream_rerank_body,
 )
 from txgateway.dialects.errors import OPENAI
-from txgateway.providers import ApiCall, dialect
+from txgateway.providers import OPENAI_WIRE, ApiCall, speaks
 from txgateway.routing import Target
 from txgateway.upstream import UpstreamCall, UpstreamError
 from txgateway.web.openapi import Endpoint, Operation
@@ -74,7 +74,7 @@ class Rerank(ProxyEndpoint):
         """The answer to send back, with its usage counted; unreadable ones are a 502."""
         usage = None
         try:
-            translated = dialect(provider) != "openai"
+            translated = not speaks(provider, OPENAI_WIRE)
             if translated:
                 body, usage = provider.translate_response(body, "rerank")
             answer = orjson.loads(body)

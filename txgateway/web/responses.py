@@ -43,7 +43,7 @@ from txgateway.dialects.openai import (
 )
 from txgateway.dialects.shapes import WrongShape
 from txgateway.gateway import Gateway
-from txgateway.providers import ApiCall, UpstreamRequest, dialect
+from txgateway.providers import OPENAI_WIRE, ApiCall, UpstreamRequest, speaks
 from txgateway.routing import Target
 from txgateway.streams import EventSplitter, data_of, events
 from txgateway.translate.chain import ChainedStream
@@ -139,7 +139,7 @@ def chain_items(held: dict[str, Any]) -> list[dict[str, Any]]:
 
 def native_responses(target: Target) -> bool:
     provider = target.provider
-    return "responses" in provider.apis and dialect(provider, target.model) == "openai"
+    return "responses" in provider.apis and speaks(provider, OPENAI_WIRE, target.model)
 
 
 class Responses(ProxyEndpoint):
@@ -269,7 +269,7 @@ class Responses(ProxyEndpoint):
                           target: Target, call: UpstreamCall) -> None:
         provider = target.provider
         chat = self._chat(parsed, target, chat_request)
-        translating = dialect(provider, target.model) != "openai"
+        translating = not speaks(provider, OPENAI_WIRE, target.model)
         response = await call.send(provider.agent, provider.build_request(ApiCall(
             api="chat", body=orjson.dumps(chat), parsed=chat, model=target.model,
             stream=parsed.stream)))
@@ -323,7 +323,7 @@ class Responses(ProxyEndpoint):
                                call: UpstreamCall, target: Target) -> dict[str, Any] | None:
         """A whole chat answer in OpenAI's format; None when it was an error, answered."""
         provider = target.provider
-        translating = dialect(provider, target.model) != "openai"
+        translating = not speaks(provider, OPENAI_WIRE, target.model)
         exchange.first_byte = self._gateway.reactor.seconds()
         body = await call.read(response)
         if response.code != 200:

@@ -13,7 +13,7 @@ import orjson
 
 from txgateway.accounting import Exchange
 from txgateway.dialects.openai import error_body, loads_object, stream_error_event
-from txgateway.providers import dialect
+from txgateway.providers import OPENAI_WIRE, speaks
 from txgateway.routing import Target
 from txgateway.streams import EventSplitter, data_of, events
 from txgateway.upstream import UpstreamCall, UpstreamError
@@ -72,7 +72,7 @@ def refused_api(api: str, request: Any, exchange: Exchange, call: UpstreamCall,
     dialect where the endpoint cannot translate, ``translated`` false).
     """
     provider = target.provider
-    if api in provider.apis and (translated or dialect(provider) == "openai"):
+    if api in provider.apis and (translated or speaks(provider, OPENAI_WIRE)):
         return False
     message = (f"the model `{exchange.model}` is served by the provider "
                f"`{provider.name}`, which does not offer the {api} API")
