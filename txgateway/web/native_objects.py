@@ -26,7 +26,7 @@ from txgateway.gateway import Gateway
 from txgateway.providers import ApiCall, IProvider, UpstreamRequest, prepare
 from txgateway.upstream import UpstreamCall
 from txgateway.web.proxy import Refusal, answered, finish
-from txgateway.web.relay import Bytes, Relay
+from txgateway.web.relay import Bytes, Peeking, Relay
 from txgateway.web.rest import start_relayed
 
 log = Logger()
@@ -101,7 +101,7 @@ class NativeCall:
         self.exchange.status = 200
         relay = Relay(self.gateway, self.request,
                       self.exchange, self.call, None,
-                      Bytes() if reader is None else Reading(reader), None,
+                      Bytes() if reader is None else Peeking(reader), None,
                       None if reader is None else reader.ended)
         self.call.deliver(response, relay)
         await relay.done
@@ -188,20 +188,3 @@ class Reader(Protocol):
 
     def ended(self) -> Deferred[None]:
         """Work done before the end reaches the client (which may then ask again)."""
-
-
-class Reading:
-    """The transcoder (`txgateway.web.relay.ITranscoder`) of a body read on the side."""
-
-    usage = error = None
-    chunks = 0
-
-    def __init__(self, reader: Reader) -> None:
-        self._reader = reader
-
-    def feed(self, data: bytes) -> bytes:
-        self._reader.feed(data)
-        return data
-
-    def finish(self) -> bytes:
-        return b""

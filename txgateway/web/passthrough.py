@@ -24,24 +24,22 @@ from urllib.parse import unquote
 import attrs
 import orjson
 from twisted.internet.defer import Deferred
-from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 from twisted.web.server import NOT_DONE_YET
 
 from txgateway.accounting import Exchange
-from txgateway.config import UpstreamSettings
 from txgateway.dialects.multipart import SegmentsProducer
 from txgateway.dialects.openai import error_body
 from txgateway.dialects.openai_rest import usage_of
 from txgateway.gateway import Gateway
 from txgateway.providers import IPassthroughProvider, UpstreamRequest
 from txgateway.streams import EventSplitter, data_of, events
-from txgateway.upstream import TimedBody, UpstreamCall
+from txgateway.upstream import UpstreamCall
 from txgateway.usage import Usage, estimate_tokens
 from txgateway.web.openapi import Endpoint, Operation
 from txgateway.web.proxy import Refusal, admit_request, answered
-from txgateway.web.relay import CLIENT_CLOSED
+from txgateway.web.relay import Bytes, Peeking, Relay
 from txgateway.web.resource import JSONResource, write_json
 
 #: Headers of one connection only (RFC 9110 section 7.6.1), never forwarded either way.
@@ -144,10 +142,12 @@ class Passthrough(JSONResource):
             return
         reader = _usage_reader(response)
         exchange.stream = reader is not None and reader.stream
-        relay = PassthroughRelay(gateway.reactor, gateway.config.upstream, request,
-                                 exchange, call, reader)
+        relay = Relay(gateway, request, exchange, call, None,
+                      Bytes() if reader is None else Peeking(reader), None)
         call.deliver(response, relay)
         await relay.done
+        if reader is not None:
+            _record(exchange, *reader.read(), whole=exchange.error is None)
 
 
 def _model_in(raw: bytes, request: Any) -> str:
@@ -218,60 +218,12 @@ def _usage_reader(response: Any) -> UsageReader | None:
     return Inflating(reader, limit) if coding in GZIP else None
 
 
-class PassthroughRelay(TimedBody):
-    """
-    Relays the upstream's body as it arrives, with backpressure, showing it to a usage
-    ``reader`` on the side.  A body that breaks drops the client's connection, so that it
-    cannot take a truncated answer for a whole one; the usage seen before is kept, estimated.
-    """
-
-    def __init__(self, reactor: Any, settings: UpstreamSettings, request: Any,
-                 exchange: Exchange, call: UpstreamCall, reader: UsageReader | None) -> None:
-        super().__init__(reactor, settings)
-        self._request = request
-        self._exchange = exchange
-        self._call = call
-        self._reader = reader
-        self.done: Deferred[None] = Deferred()
-
-    def connectionMade(self) -> None:
-        super().connectionMade()
-        if not self._call.aborted:
-            self._request.registerProducer(self, True)
-
-    def stopProducing(self) -> None:
-        self._call.abort()  # the client has gone: see `Relay.stopProducing`
-
-    def received(self, data: bytes) -> None:
-        if self._exchange.first_byte is None:
-            self._exchange.first_byte = self._reactor.seconds()
-        self._request.write(data)
-        if self._reader is not None:
-            self._reader.feed(data)
-
-    def ended(self, failure: Failure | None) -> None:
-        exchange = self._exchange
-        if self._reader is not None:
-            self._record(*self._reader.read(), whole=failure is None and not self._call.aborted)
-        if self._call.aborted:
-            exchange.status = CLIENT_CLOSED
-            exchange.error = "the client disconnected"
-        elif failure is not None:
-            exchange.status = getattr(failure.value, "status", 502)
-            exchange.error = str(failure.value)
-            self._request.unregisterProducer()
-            self._request.loseConnection()
-        else:
-            self._request.unregisterProducer()
-            self._request.finish()
-        self.done.callback(None)
-
-    def _record(self, usage: Usage | None, model: str, whole: bool) -> None:
-        exchange = self._exchange
-        if usage is not None:
-            exchange.usage = usage if whole else attrs.evolve(usage, estimated=True)
-        if not exchange.model:
-            exchange.model = model
+def _record(exchange: Exchange, usage: Usage | None, model: str, whole: bool) -> None:
+    """What the reader saw: the usage (estimated when the body was cut short), the model."""
+    if usage is not None:
+        exchange.usage = usage if whole else attrs.evolve(usage, estimated=True)
+    if not exchange.model:
+        exchange.model = model
 
 
 class AnswerUsage:

@@ -182,3 +182,14 @@ class Bytes:
 
     def finish(self) -> bytes:
         return b""
+
+
+class Peeking(Bytes):
+    """The transcoder of a body relayed as it came and shown to a ``reader`` on the side."""
+
+    def __init__(self, reader: Any) -> None:
+        self._reader = reader
+
+    def feed(self, data: bytes) -> bytes:
+        self._reader.feed(data)
+        return data
