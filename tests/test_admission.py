@@ -49,6 +49,11 @@ class AdmissionTests(GatewayTestCase):
                                 "message": "x-api-key header is required"}))
         _, answer = await self.call("/v1/messages", messages, {b"x-api-key": [b"sk-nobodys"]})
         self.assertEqual(answer["error"]["message"], "invalid x-api-key")
+        for path in ("/v1/files", "/v1/conversations/conv_x", "/v1/responses/resp_x"):
+            response = await treq.get(self.base_url + path, pool=self.pool)
+            answer = orjson.loads(await response.content())
+            self.assertEqual(response.code, 401, path)
+            self.assertTrue(answer["error"]["message"].startswith("You didn't provide"), path)
 
     async def test_refusals_to_a_limited_key_carry_its_rate_limit_headers(self) -> None:
         key = {b"authorization": [b"Bearer " + LIMITED_KEY.encode()]}

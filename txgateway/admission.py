@@ -17,7 +17,7 @@ from typing import Any
 import attrs
 
 from txgateway.auth import Principal
-from txgateway.dialects.errors import ErrorDialect
+from txgateway.dialects.errors import OPENAI, ErrorDialect
 from txgateway.limits import Limits
 from txgateway.routing import Target
 
@@ -65,8 +65,7 @@ async def admit(gateway: Any, principal: Principal | None, key_sent: bool, model
     (passthrough) skips the route.
     """
     if principal is None:
-        raise Refusal(401, dialect.incorrect_key if key_sent else dialect.missing_key,
-                      "invalid_api_key")
+        raise Refusal(401, key_refused(key_sent, dialect), "invalid_api_key")
     caller = await limited(gateway, principal, tokens)
     # A key sent as the model (a pasting slip) is not said back: `said` is redacted.
     if not principal.may_use(model):
@@ -77,6 +76,11 @@ async def admit(gateway: Any, principal: Principal | None, key_sent: bool, model
         raise Refusal(404, dialect.unknown_model(said(gateway, model)), "model_not_found",
                       "model", caller)
     return Admitted(principal, caller, tuple(plan))
+
+
+def key_refused(key_sent: bool, dialect: ErrorDialect = OPENAI) -> str:
+    """The 401's words: no key at all, or a key that is not known."""
+    return dialect.incorrect_key if key_sent else dialect.missing_key
 
 
 def said(gateway: Any, model: str) -> str:

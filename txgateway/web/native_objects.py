@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from twisted.web.server import NOT_DONE_YET
 
 from txgateway.accounting import Exchange
+from txgateway.admission import key_refused
 from txgateway.auth import Principal, caller_key
 from txgateway.dialects.errors import OPENAI, upstream_error
 from txgateway.gateway import Gateway
@@ -130,9 +131,10 @@ def run(gateway: Gateway, request: Any, route: str, work: Work) -> Any:
 
 async def _work(gateway: Gateway, request: Any, exchange: Exchange, call: UpstreamCall,
                 work: Work) -> None:
-    principal = await gateway.authenticator.authenticate(caller_key(request))
+    key = caller_key(request)
+    principal = await gateway.authenticator.authenticate(key)
     if principal is None:
-        raise Refusal(401, "Incorrect API key provided.", "invalid_api_key")
+        raise Refusal(401, key_refused(key is not None), "invalid_api_key")
     exchange.key_id = principal.key_id
     await work(NativeCall(gateway, request, exchange, principal, call))
 

@@ -33,6 +33,7 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
 
 from txgateway.accounting import Exchange
+from txgateway.admission import key_refused
 from txgateway.auth import caller_key
 from txgateway.dialects.errors import OPENAI, upstream_error
 from txgateway.dialects.openai import (
@@ -518,9 +519,10 @@ class StoredResponse(JSONResource):
 
     async def _find(self, request: Any) -> tuple[str, Any] | tuple[int, bytes]:
         """("held", document), ("route", provider), or an error answer (status, body)."""
-        principal = await self._gateway.authenticator.authenticate(caller_key(request))
+        key = caller_key(request)
+        principal = await self._gateway.authenticator.authenticate(key)
         if principal is None:
-            return 401, error_body(401, "Incorrect API key provided.", "invalid_api_key")
+            return 401, error_body(401, key_refused(key is not None), "invalid_api_key")
         store = self._gateway.store
         held = await store.get_object(RESPONSE, self._id)
         if held is not None and held["owner"] == principal.key_id:
