@@ -14,7 +14,7 @@ from collections.abc import Callable
 import attrs
 import orjson
 
-from txgateway.dialects import anthropic, openai
+from txgateway.dialects import anthropic, cohere, openai
 from txgateway.dialects.redact import Redactor
 
 
@@ -44,6 +44,11 @@ ANTHROPIC = ErrorDialect(
     lambda status, message, code: anthropic.error_body(status, message),
     missing_key="x-api-key header is required", incorrect_key="invalid x-api-key",
     unknown_model=lambda model: f"model: {model}")
+COHERE = ErrorDialect(
+    cohere.is_error_body,
+    lambda status, message, code: cohere.error_body(status, message),
+    missing_key="no api key supplied", incorrect_key="invalid api token",
+    unknown_model=lambda model: f"model '{model}' not found")
 
 
 def upstream_error(dialect: ErrorDialect, status: int, body: bytes,
@@ -63,11 +68,14 @@ def upstream_error(dialect: ErrorDialect, status: int, body: bytes,
 
 
 def _openai_message(body: bytes) -> str | None:
-    """The message of an OpenAI error object (what translating providers make), or None."""
+    """
+    The message of an OpenAI error object (what translating providers make), or of vLLM's
+    ``{"error": "..."}``; None for anything else.
+    """
     try:
         error = orjson.loads(body).get("error")
     except (orjson.JSONDecodeError, AttributeError):
         return None
     if isinstance(error, dict) and isinstance(error.get("message"), str):
         return error["message"]
-    return None
+    return error if isinstance(error, str) else None
