@@ -130,6 +130,7 @@ class EndlessBodyTests(GatewayTestCase):
             ("/v1/responses", {"model": "endless", "input": "hi"}),
             ("/v1/messages", {"model": "endless-claude", "max_tokens": 5,
                               "messages": messages}),
+            ("/v1/messages", {"model": "endless", "max_tokens": 5, "messages": messages}),
         ]
         streams = [
             ("/v1/chat/completions", {"model": "endless", "messages": messages,
@@ -137,6 +138,9 @@ class EndlessBodyTests(GatewayTestCase):
             ("/v1/responses", {"model": "endless", "input": "hi", "stream": True}),
             ("/v1/messages", {"model": "endless-claude", "max_tokens": 5,
                               "messages": messages, "stream": True}),
+            # Translated: the OpenAI stream's endless event, for a Messages caller.
+            ("/v1/messages", {"model": "endless", "max_tokens": 5, "messages": messages,
+                              "stream": True}),
         ]
         started = reactor.seconds()
         answers = gatherResults([Deferred.fromCoroutine(self.call(path, body))

@@ -182,12 +182,7 @@ def expectation(family: Family, fault: str) -> Expected:
 
 
 #: Defects found by the matrix, each a strict xfail until its owner fixes it.
-DEFECTS = {
-    ("messages-stream", "malformed"): "translated stream raises on a malformed SSE event",
-    ("chat", "malformed"): "a 200 with a body that is not JSON is relayed as a 200",
-    ("responses", "malformed"): "a 200 with a body that is not JSON is relayed as a 200",
-    ("embeddings", "malformed"): "a 200 with a body that is not JSON is relayed as a 200",
-}
+DEFECTS: dict[tuple[str, str], str] = {}
 #: The drip answers chat completions; the other families do not parse them.
 SKIPPED = {("responses", "drip"), ("embeddings", "drip")}
 

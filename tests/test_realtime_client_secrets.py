@@ -165,7 +165,7 @@ class ClientSecretTests(RealtimeTestCase):
         await client.next("response.done")
         await self.finish(client)
         answer = await self.upgrade_refused(minted["value"], "")
-        self.assertEqual((answer[0], answer[1]["error"]["code"]), (429, "rate_limit_exceeded"))
+        self.assertEqual((answer[0], answer[1]["error"]["code"]), (429, "budget_exceeded"))
         self.assertIn("Budget exceeded", answer[1]["error"]["message"])
         answer = await self.mint("sk-broke", {})
         self.assertEqual((answer[0], answer[1]["error"]["code"]), (429, "rate_limit_exceeded"))

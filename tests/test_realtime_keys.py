@@ -60,7 +60,8 @@ class RealtimeKeyTests(RealtimeTestCase):
         base = f"ws://127.0.0.1:{self.port}/v1/realtime?model=demo"
         answer = await deferToThread(refused, base,
                                      additional_headers={"Authorization": "Bearer sk-broke"})
-        self.assertEqual((answer[0], answer[1]["error"]["code"]), (429, "rate_limit_exceeded"))
+        # The code REST calls get for a spent budget: one admission step for both.
+        self.assertEqual((answer[0], answer[1]["error"]["code"]), (429, "budget_exceeded"))
 
     async def test_the_session_is_one_ledger_record_with_its_cost(self) -> None:
         client = await self.connect(headers={"Authorization": f"Bearer {KEY}"})

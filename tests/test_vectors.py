@@ -13,7 +13,7 @@ import orjson
 
 from tests.vectors import needs_vectors, snapshot, vector, without_nulls
 from txgateway.dialects.cohere import completed_answer, parse_rerank, upstream_rerank_body
-from txgateway.dialects.openai import parse_chat, response_usage, upstream_chat_body
+from txgateway.dialects.openai import loads_object, parse_chat, upstream_chat_body
 from txgateway.dialects.openai_rest import usage_of
 from txgateway.plugins.bedrock.converse import (
     chat_completion,
@@ -204,7 +204,7 @@ class OpenAIVectors(unittest.TestCase):
                 body = vector(f"response/completions/{case}.json")
                 expected = snapshot(f"response/completions/{case}.completions-completions"
                                     ".snap")["response"]["usage"]
-                usage = Usage.from_openai(response_usage(body))
+                usage = Usage.from_openai(loads_object(body)["usage"])
                 self.assertEqual(usage, Usage.from_openai(expected))
                 self.assertEqual(usage.output_tokens, expected["completion_tokens"])
                 self.assertEqual(usage.input_tokens, expected["prompt_tokens"])
@@ -213,4 +213,4 @@ class OpenAIVectors(unittest.TestCase):
         body = vector("response/openai/embeddings.json")
         expected = snapshot("response/openai/embeddings.openai.snap")["response"]
         self.assertEqual(orjson.loads(body), expected)
-        self.assertEqual(usage_of(response_usage(body)), Usage(input_tokens=8))
+        self.assertEqual(usage_of(loads_object(body)["usage"]), Usage(input_tokens=8))

@@ -12,6 +12,7 @@ from txgateway.accounting import Accountant
 from txgateway.auth import KeyAuthenticator
 from txgateway.cluster import LocalView
 from txgateway.config import ConfigError, GatewayConfig
+from txgateway.dialects.redact import Redactor, redactor_of
 from txgateway.limits import ILimiter, open_limiter
 from txgateway.logs import AccessWriter
 from txgateway.metrics import GatewayMetrics
@@ -62,6 +63,8 @@ class Gateway:
     #: The gateway as a whole (`txgateway.cluster.IGatewayView`): this process, or every
     #: worker through the parent.
     view: Any = None
+    #: Scrubs the config's secrets (and key-shaped strings) from upstream errors.
+    redactor: Redactor = Redactor()
 
     def reload_from_source(self) -> None:
         if self.config_source is None:
@@ -86,6 +89,7 @@ class Gateway:
         self.metrics.provider_kinds = provider_kinds(providers)
         self.router = Router(config.models, providers, config.routing, self.reactor.seconds)
         self.authenticator = authenticator
+        self.redactor = redactor_of(config)
         self.realtime.settings = config.realtime
         self.config = config
 
@@ -132,6 +136,7 @@ def build_gateway(
         reactor=reactor,
         config=config,
         tracing=tracing,
+        redactor=redactor_of(config),
         plugins=plugins,
         context=context,
         providers=providers,

@@ -97,26 +97,13 @@ def error_body(status: int, message: str, code: str | None = None,
     return orjson.dumps({"message": message})
 
 
-def upstream_error(status: int, body: bytes) -> bytes:
-    """
-    An upstream's error answer in Cohere's shape: Cohere's own as it came, OpenAI's and vLLM's
-    (``{"error": {"message": ...}}`` or ``{"message": ...}``) by their message, anything else
-    (a proxy's HTML page) described.
-    """
+def is_error_body(body: bytes) -> bool:
+    """Whether an upstream's error answer is already in Cohere's shape (a ``message``)."""
     try:
         answer = orjson.loads(body)
     except orjson.JSONDecodeError:
-        answer = None
-    if isinstance(answer, dict):
-        if isinstance(answer.get("message"), str):
-            return body
-        error = answer.get("error")
-        if isinstance(error, dict) and isinstance(error.get("message"), str):
-            return error_body(status, error["message"])
-        if isinstance(error, str):
-            return error_body(status, error)
-    snippet = body[:200].decode("utf-8", "replace")
-    return error_body(status, f"the upstream answered {status}: {snippet}")
+        return False
+    return isinstance(answer, dict) and isinstance(answer.get("message"), str)
 
 
 def rerank_usage(answer: Any, rerank: RerankRequest) -> Usage:

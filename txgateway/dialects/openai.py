@@ -149,13 +149,13 @@ def upstream_chat_body(chat: ChatRequest, upstream_model: str) -> bytes:
     return orjson.dumps({**chat.parsed, **changes})
 
 
-def response_usage(body: bytes) -> Any:
-    """The ``usage`` object of a JSON answer, or None."""
+def loads_object(body: bytes) -> dict[str, Any] | None:
+    """A JSON answer that is an object, or None."""
     try:
         answer = orjson.loads(body)
     except orjson.JSONDecodeError:
         return None
-    return answer.get("usage") if isinstance(answer, dict) else None
+    return answer if isinstance(answer, dict) else None
 
 
 def is_error_body(body: bytes) -> bool:

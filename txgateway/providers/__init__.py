@@ -177,6 +177,19 @@ class IPassthroughProvider(IProvider):
     )
 
 
+#: The wire formats endpoints speak to callers, as providers name theirs (``dialect``).
+OPENAI_WIRE = "openai"
+ANTHROPIC_WIRE = "anthropic"
+
+
+def speaks(provider: IProvider, wire: str, model: str | None = None) -> bool:
+    """
+    Whether the provider answers (``model``, for `IModelDialects`) in the caller's ``wire``
+    format: then the caller's body and the answer pass as they are (the identity codec).
+    """
+    return dialect(provider, model) == wire
+
+
 def dialect(provider: IProvider, model: str | None = None) -> str:
     """
     The wire format of a provider's answers: "openai" unless it translates; per ``model``
@@ -184,7 +197,7 @@ def dialect(provider: IProvider, model: str | None = None) -> str:
     """
     if model is not None and IModelDialects.providedBy(provider):
         return provider.dialect_of(model)
-    return provider.dialect if ITranslatingProvider.providedBy(provider) else "openai"
+    return provider.dialect if ITranslatingProvider.providedBy(provider) else OPENAI_WIRE
 
 
 def prepare(provider: IProvider) -> Any:

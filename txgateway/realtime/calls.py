@@ -21,7 +21,12 @@ from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
-from txgateway.providers import RealtimeTarget, UpstreamRequest, realtime_target
+from txgateway.providers import (
+    IPassthroughProvider,
+    RealtimeTarget,
+    UpstreamRequest,
+    realtime_target,
+)
 from txgateway.realtime.budget import key_budget
 from txgateway.realtime.legs import ILeg
 from txgateway.realtime.session import Session
@@ -36,10 +41,9 @@ ACTIONS = ("accept", "reject", "refer", "hangup")
 
 def calls_url(provider: Any) -> str | None:
     """The provider's ``/realtime/calls`` URL; None when it serves no calls."""
-    base = getattr(provider, "passthrough_base", None)
-    if provider.kind != "openai" or base is None:
+    if provider.kind != "openai" or not IPassthroughProvider.providedBy(provider):
         return None
-    return base.rstrip("/") + "/realtime/calls"
+    return provider.passthrough_base.rstrip("/") + "/realtime/calls"
 
 
 def sideband_target(provider: Any, call_id: str) -> RealtimeTarget | None:

@@ -19,6 +19,8 @@ from twisted.internet.defer import Deferred
 from twisted.web.http import RESPONSES
 from zope.interface import implementer
 
+from txgateway.admission import Refusal, admit, said
+from txgateway.dialects.errors import OPENAI
 from txgateway.dialects.openai import error_body
 from txgateway.gateway import Gateway
 from txgateway.providers import prepare, realtime_target
@@ -37,13 +39,15 @@ from txgateway.web.openapi import Endpoint, Operation
 class Refused(Exception):
     """The upgrade is answered with an HTTP error instead."""
 
-    def __init__(self, status: int, message: str, code: str, param: str | None = None,
-                 model: str = "", provider: Any = None) -> None:
+    def __init__(self, status: int, message: str, code: str | None,
+                 param: str | None = None, model: str = "", provider: Any = None,
+                 key_id: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.body = error_body(status, message, code, param)
         self.model = model
         self.provider = provider
+        self.key_id = key_id
 
 
 @implementer(ILeg)
@@ -84,6 +88,7 @@ class RealtimeServerProtocol(WebSocketLeg, WebSocketServerProtocol):
         exchange.status = refused.status
         exchange.error = str(refused)
         exchange.model = refused.model
+        exchange.key_id = refused.key_id
         if refused.provider is not None:
             exchange.provider = refused.provider.name
             exchange.provider_kind = refused.provider.kind
@@ -99,30 +104,25 @@ class RealtimeServerProtocol(WebSocketLeg, WebSocketServerProtocol):
             raise Refused(error.status, str(error), error.code, error.param) from None
         if self.surface is not None:
             upgrade = attrs.evolve(upgrade, intent=self.surface)
-        if principal is None:
-            raise Refused(401, "Incorrect API key provided.", "invalid_api_key")
         name = upgrade.model
         if name is None and upgrade.intent == "transcription":
             name = settings.transcription_model
         if name is None and upgrade.intent == "live":
             name = settings.live_model
-        if name is None:
-            raise Refused(400, "Missing required parameter: 'model'.", "missing_model", "model")
-        if not principal.may_use(name):
-            raise Refused(403, f"This key may not use the model `{name}`.",
-                          "model_not_allowed", "model", name)
-        if principal.limits is not None:
-            admission = await gateway.limiter.admit(principal.key_id, principal.limits, 0)
-            if not admission.allowed:
-                raise Refused(429, admission.message, "rate_limit_exceeded", None, name)
+        if name is None and principal is not None:
+            raise Refused(400, "Missing required parameter: 'model'.", "missing_model", "model",
+                          key_id=principal.key_id)
+        try:
+            admitted = await admit(gateway, principal, upgrade.key is not None, name or "", 0,
+                                   OPENAI)
+        except Refusal as refusal:
+            raise Refused(refusal.status, str(refusal), refusal.code, refusal.param,
+                          said(gateway, name or ""), key_id=refusal.caller.key_id) from None
+        route, caller = admitted.plan[0], admitted.caller
         # The key's spend before the session, for its budget at each response.create.
         spent = None
-        if principal.limits is not None and principal.limits.budget_usd > 0:
-            spent = await gateway.limiter.spent(principal.key_id, principal.limits)
-        route = gateway.router.resolve(name)
-        if route is None:
-            raise Refused(404, f"The model `{name}` does not exist or you do not have access "
-                               "to it.", "model_not_found", "model", name)
+        if caller.limits is not None and caller.limits.budget_usd > 0:
+            spent = await gateway.limiter.spent(caller.key_id, caller.limits)
         upstream_model = None if upgrade.model is None else route.model
         waiting = prepare(route.provider)  # an OAuth token to mint first, say
         if waiting is not None:
@@ -140,8 +140,8 @@ class RealtimeServerProtocol(WebSocketLeg, WebSocketServerProtocol):
             provider_kind=route.provider.kind,
             # A Live session's model is the one its session.start is sent naming.
             upstream_model=route.model if upgrade.intent == "live" else upstream_model or "",
-            key_id=principal.key_id, intent=upgrade.intent, beta=upgrade.beta,
-            limits=principal.limits)
+            key_id=caller.key_id, intent=upgrade.intent, beta=upgrade.beta,
+            limits=caller.limits)
         try:
             self.session = session = gateway.realtime.admit(info)
         except TooManySessions as error:

@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from txgateway.dialects.anthropic import error_body, sse
+from txgateway.dialects.anthropic import sse
 from txgateway.dialects.anthropic import stream_error_event as anthropic_error_event
 from txgateway.translate import FromChatChunks, arguments_object
 from txgateway.usage import Usage
@@ -269,14 +269,3 @@ class ChatToMessagesStream(FromChatChunks):
                                                 "stop_sequence": None},
                                       "usage": messages_usage(self.usage or Usage())}),
                 sse("message_stop", {"type": "message_stop"})]
-
-
-def error_for(status: int, body: bytes) -> bytes:
-    """An Anthropic error body for an OpenAI-format error answer (or any other body)."""
-    try:
-        error = orjson.loads(body).get("error") or {}
-        text = str(error.get("message") or body[:200].decode("utf-8", "replace"))
-    except (orjson.JSONDecodeError, AttributeError):
-        text = f"the upstream answered {status}: {body[:200].decode('utf-8', 'replace')}"
-    return error_body(status, text)
-

@@ -22,7 +22,13 @@ from txgateway.web.forms import FormEndpoint
 from txgateway.web.openapi import Endpoint, Operation
 from txgateway.web.proxy import is_event_stream
 from txgateway.web.resource import JSONResource
-from txgateway.web.rest import BytesRelay, EventRelay, RestEndpoint, start_relayed, usage_reader
+from txgateway.web.rest import (
+    RestEndpoint,
+    bytes_relay,
+    event_relay,
+    start_relayed,
+    usage_reader,
+)
 
 _read_usage = usage_reader(usage_of)
 
@@ -55,16 +61,15 @@ class Speech(RestEndpoint):
         if response.code != 200:
             exchange.first_byte = self._gateway.reactor.seconds()
             body = await call.read(response)
-            self.answer(request, exchange, response, call, body, None)
+            self.answer_error(request, exchange, response, call, body)
             return
         start_relayed(request, response)
         exchange.status = 200
-        reactor, settings = self._gateway.reactor, self._gateway.config.upstream
         if is_event_stream(response):
-            relay: BytesRelay | EventRelay = EventRelay(
-                reactor, settings, request, exchange, call, _read_usage, len(speech.raw))
+            relay = event_relay(self._gateway, request, exchange, call, _read_usage,
+                                len(speech.raw))
         else:
-            relay = BytesRelay(reactor, settings, request, exchange, call, len(speech.raw))
+            relay = bytes_relay(self._gateway, request, exchange, call, len(speech.raw))
         call.deliver(response, relay)
         await relay.done
 

@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from txgateway.auth import Principal
 from txgateway.dialects.openai_rest import usage_of
 from txgateway.gateway import Gateway
-from txgateway.providers import IProvider, dialect
+from txgateway.providers import OPENAI_WIRE, IProvider, speaks
 from txgateway.routing import Target
 from txgateway.store import UsageRecord
 from txgateway.usage import Usage
@@ -43,7 +43,7 @@ _entering: set[str] = set()
 
 
 def serves_batches(provider: IProvider) -> bool:
-    return {"files", "batches"} <= provider.apis and dialect(provider) == "openai"
+    return {"files", "batches"} <= provider.apis and speaks(provider, OPENAI_WIRE)
 
 
 class BatchInput:

@@ -11,31 +11,23 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
 from txgateway.accounting import Exchange
-from txgateway.config import UpstreamSettings
 from txgateway.dialects.openai import (
     ChatRequest,
     error_body,
-    is_error_body,
+    loads_object,
     parse_chat,
-    response_usage,
     stream_error_event,
     upstream_chat_body,
 )
-from txgateway.providers import ApiCall, dialect
+from txgateway.providers import OPENAI_WIRE, ApiCall, speaks
 from txgateway.routing import Target
 from txgateway.streams import EventSplitter, data_of, events
 from txgateway.upstream import UpstreamCall, UpstreamError
-from txgateway.usage import Usage, estimate_tokens
+from txgateway.usage import Usage
 from txgateway.web.openapi import Endpoint, Operation
-from txgateway.web.proxy import ProxyEndpoint, finish, is_event_stream, pass_retry_after
-from txgateway.web.relay import (
-    StreamRelay,
-    TranslatedStreamRelay,
-    start_event_stream,
-)
+from txgateway.web.proxy import ProxyEndpoint, finish, is_event_stream
+from txgateway.web.relay import Relay, start_event_stream
 
 
 class ChatCompletions(ProxyEndpoint):
@@ -51,7 +43,7 @@ class ChatCompletions(ProxyEndpoint):
                     call: UpstreamCall) -> None:
         provider = target.provider
         # Providers that answer in another dialect translate the parsed request themselves.
-        translating = dialect(provider) != "openai"
+        translating = not speaks(provider, OPENAI_WIRE)
         upstream_request = provider.build_request(ApiCall(
             api=self.api,
             body=chat.raw if translating else upstream_chat_body(chat, target.model),
@@ -70,34 +62,25 @@ class ChatCompletions(ProxyEndpoint):
 
     def _answer(self, request: Any, exchange: Exchange, response: Any, call: UpstreamCall,
                 body: bytes) -> None:
-        status = response.code
-        if status == 200:
-            if exchange.usage is None:  # a translating provider has read it already
-                exchange.usage = Usage.from_openai(response_usage(body))
-        elif not is_error_body(body):
-            # Not an OpenAI error object (a proxy's HTML page, say): say what happened in one.
-            snippet = body[:200].decode("utf-8", "replace")
-            status = status if 400 <= status < 500 else 502
-            body = error_body(status, f"the upstream answered {response.code}: {snippet}",
-                              "upstream_error")
-        exchange.status = status
-        if status != 200:
-            exchange.error = f"upstream status {response.code}"
-            pass_retry_after(request, response)
-        finish(request, call, status, body)
+        if response.code != 200:
+            self.answer_error(request, exchange, response, call, body)
+            return
+        if exchange.usage is None:  # a translating provider has read it already
+            answer = loads_object(body)
+            if answer is None:
+                raise UpstreamError("the upstream's answer could not be read")
+            exchange.usage = Usage.from_openai(answer.get("usage"))
+        exchange.status = 200
+        finish(request, call, 200, body)
 
     async def _relay(self, request: Any, exchange: Exchange, chat: ChatRequest,
                      call: UpstreamCall, response: Any, translating: Any) -> None:
         start_event_stream(request)
         exchange.status = 200
-        reactor, settings = self._gateway.reactor, self._gateway.config.upstream
-        if translating is None:
-            relay: StreamRelay = ChatStreamRelay(reactor, settings, request, exchange, call,
-                                                 chat)
-        else:
-            relay = TranslatedStreamRelay(
-                reactor, settings, request, exchange, call, stream_error_event,
-                translating.stream_translator(chat.wants_usage), len(chat.raw))
+        transcoder = (ChatEvents(chat.wants_usage) if translating is None
+                      else translating.stream_translator(chat.wants_usage))
+        relay = Relay(self._gateway, request, exchange,
+                      call, stream_error_event, transcoder, len(chat.raw))
         call.deliver(response, relay)
         await relay.done
 
@@ -113,56 +96,54 @@ def _translated(provider: Any, exchange: Exchange, status: int, body: bytes) -> 
     return provider.translate_error(status, body) or body
 
 
-class ChatStreamRelay(StreamRelay):
+class ChatEvents:
     """
-    Relays an upstream chat completions SSE stream to the client as it arrives.
-
-    It looks into the events only where the bytes say usage is there (``"prompt_tokens"``),
-    to count it and to drop the usage-only chunk the gateway asked for on the caller's
-    behalf.  A stream that breaks or stalls ends with an error event the openai SDK raises.
+    The same-dialect transcoder (`txgateway.web.relay.ITranscoder`) of a chat completions
+    stream: whole events as they came.  It looks into them only where the bytes say usage is
+    there (``"prompt_tokens"``), to count it and to drop the usage-only chunk the gateway asked
+    for on the caller's behalf, or an error (``"error"`` as a key), to record it.
     """
 
-    def __init__(self, reactor: Any, settings: UpstreamSettings, request: Any,
-                 exchange: Exchange, call: UpstreamCall, chat: ChatRequest) -> None:
-        super().__init__(reactor, settings, request, exchange, call, stream_error_event)
-        self._chat = chat
+    def __init__(self, wants_usage: bool) -> None:
+        self._wants_usage = wants_usage
         self._splitter = EventSplitter()
-        self._data_events = 0
+        self.usage: Usage | None = None
+        self.error: tuple[int, str] | None = None
+        self.chunks = 0
 
-    def received(self, data: bytes) -> None:
-        if self._exchange.first_byte is None:
-            self._exchange.first_byte = self._reactor.seconds()
+    def feed(self, data: bytes) -> bytes:
         run = self._splitter.feed(data)
         if not run:
-            return
+            return run
         if b'"prompt_tokens"' in run:
             run = self._take_usage(run)
-        self._data_events += run.count(b"data:") - run.count(b"data: [DONE]")
-        self._request.write(run)
+        if b'"error"' in run and self.error is None:
+            self._take_error(run)
+        self.chunks += run.count(b"data:") - run.count(b"data: [DONE]")
+        return run
 
     def _take_usage(self, run: bytes) -> bytes:
         kept = []
         for event in events(run):
             payload = data_of(event)
             if b'"prompt_tokens"' in payload:
-                try:
-                    chunk = orjson.loads(payload)
-                except orjson.JSONDecodeError:
-                    chunk = None
-                if isinstance(chunk, dict):
+                chunk = loads_object(payload)
+                if chunk is not None:
                     usage = Usage.from_openai(chunk.get("usage"))
                     if usage is not None:
-                        self._exchange.usage = usage
-                        if not self._chat.wants_usage and not chunk.get("choices"):
+                        self.usage = usage
+                        if not self._wants_usage and not chunk.get("choices"):
                             continue
             kept.append(event + b"\n\n")
         return b"".join(kept)
 
-    def tail(self) -> bytes:
-        return self._splitter.pending
+    def _take_error(self, run: bytes) -> None:
+        for event in events(run):
+            chunk = loads_object(data_of(event))
+            error = None if chunk is None else chunk.get("error")
+            if isinstance(error, dict):
+                self.error = (502, str(error.get("message", "")))
+                return
 
-    def estimate(self) -> Usage:
-        # Cut short: count what was seen.  OpenAI streams one token per chunk after a first
-        # chunk that carries only the role.
-        return Usage(input_tokens=estimate_tokens(len(self._chat.raw)),
-                     output_tokens=max(self._data_events - 1, 0), estimated=True)
+    def finish(self) -> bytes:
+        return self._splitter.pending

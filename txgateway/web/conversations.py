@@ -17,6 +17,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults
 
+from txgateway.admission import key_refused
 from txgateway.auth import caller_key
 from txgateway.dialects.openai import BadRequest, error_body, parse_object
 from txgateway.gateway import Gateway
@@ -265,9 +266,10 @@ class Conversation(JSONResource):
 
 async def _owner(gateway: Gateway, request: Any) -> str | None:
     """The caller's key id; a 401 `Refusal` for a bad key."""
-    principal = await gateway.authenticator.authenticate(caller_key(request))
+    key = caller_key(request)
+    principal = await gateway.authenticator.authenticate(key)
     if principal is None:
-        raise Refusal(401, "Incorrect API key provided.", "invalid_api_key")
+        raise Refusal(401, key_refused(key is not None), "invalid_api_key")
     return principal.key_id
 
 

@@ -20,7 +20,7 @@ from txgateway.dialects.openai_rest import (
     parse_embeddings,
     usage_of,
 )
-from txgateway.providers import ApiCall, dialect
+from txgateway.providers import OPENAI_WIRE, ApiCall, speaks
 from txgateway.routing import Target
 from txgateway.upstream import UpstreamCall, UpstreamError
 from txgateway.usage import Usage, estimate_tokens
@@ -42,7 +42,7 @@ class Embeddings(RestEndpoint):
         if self.refused_api(request, exchange, call, target, translated=True):
             return
         provider = target.provider
-        translating = dialect(provider) != "openai"
+        translating = not speaks(provider, OPENAI_WIRE)
         upstream_request = provider.build_request(ApiCall(
             api="embeddings",
             body=embeddings.raw if translating else embeddings.upstream_body(target.model),

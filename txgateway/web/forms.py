@@ -30,7 +30,7 @@ from txgateway.upstream import UpstreamCall
 from txgateway.usage import estimate_tokens
 from txgateway.web.proxy import Refusal, is_event_stream
 from txgateway.web.relay import start_event_stream
-from txgateway.web.rest import EventRelay, RestEndpoint, UsageReader
+from txgateway.web.rest import RestEndpoint, UsageReader, event_relay
 from txgateway.web.upload import Splice, Upload
 
 
@@ -151,9 +151,8 @@ class FormEndpoint(RestEndpoint):
         if form.stream and response.code == 200 and is_event_stream(response):
             start_event_stream(request)
             exchange.status = 200
-            relay = EventRelay(self._gateway.reactor, self._gateway.config.upstream, request,
-                               exchange, call, self.read_usage,
-                               len(form.fields.get("prompt", "")))
+            relay = event_relay(self._gateway, request, exchange, call, self.read_usage,
+                                len(form.fields.get("prompt", "")))
             call.deliver(response, relay)
             await relay.done
             return

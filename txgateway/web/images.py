@@ -26,7 +26,7 @@ from txgateway.web.openapi import Endpoint, Operation
 from txgateway.web.proxy import is_event_stream
 from txgateway.web.relay import start_event_stream
 from txgateway.web.resource import JSONResource
-from txgateway.web.rest import EventRelay, RestEndpoint
+from txgateway.web.rest import RestEndpoint, event_relay
 
 _COMPLETED = ("image_generation.completed", "image_edit.completed")
 
@@ -66,8 +66,8 @@ class ImageGenerations(RestEndpoint):
         if images.stream and response.code == 200 and is_event_stream(response):
             start_event_stream(request)
             exchange.status = 200
-            relay = EventRelay(self._gateway.reactor, self._gateway.config.upstream, request,
-                               exchange, call, read_image_usage, len(images.raw))
+            relay = event_relay(self._gateway, request, exchange, call, read_image_usage,
+                                len(images.raw))
             call.deliver(response, relay)
             await relay.done
             return

@@ -16,22 +16,22 @@ import orjson
 
 from txgateway.accounting import Exchange
 from txgateway.dialects import anthropic
+from txgateway.dialects.errors import ANTHROPIC
 from txgateway.gateway import Gateway
-from txgateway.providers import ApiCall, dialect
+from txgateway.providers import ANTHROPIC_WIRE, OPENAI_WIRE, ApiCall, speaks
 from txgateway.routing import Target
 from txgateway.tokens import estimate_messages_tokens
 from txgateway.translate.chain import ChainedStream
 from txgateway.translate.messages_to_chat import (
     ChatToMessagesStream,
     chat_request,
-    error_for,
     message,
 )
 from txgateway.upstream import UpstreamCall, UpstreamError
 from txgateway.usage import Usage
 from txgateway.web.openapi import Endpoint, Operation
-from txgateway.web.proxy import ProxyEndpoint, finish, is_event_stream, pass_retry_after
-from txgateway.web.relay import TranslatedStreamRelay, start_event_stream
+from txgateway.web.proxy import ProxyEndpoint, finish, is_event_stream
+from txgateway.web.relay import Relay, start_event_stream
 
 #: Caller headers that choose the upstream's behaviour on the fast path: the wire version the
 #: caller's SDK speaks, and the beta features (prompt caching, longer output...) it turns on.
@@ -56,6 +56,9 @@ class _AnthropicEndpoint(ProxyEndpoint):
     """What the Messages and count_tokens endpoints share: the dialect, the native request."""
 
     count_only = False
+    errors = ANTHROPIC
+    #: The anthropic SDK's ``_request_id`` is Anthropic's ``request-id``.
+    request_id_headers = (b"x-request-id", b"request-id")
 
     def parse(self, raw: bytes) -> anthropic.MessagesRequest:
         return anthropic.parse_messages(raw, self.count_only)
@@ -63,9 +66,6 @@ class _AnthropicEndpoint(ProxyEndpoint):
     def error_body(self, status: int, message: str, code: str | None = None,
                    param: str | None = None) -> bytes:
         return anthropic.error_body(status, message)
-
-    def unknown_model(self, model: str) -> str:
-        return f"model: {model}"
 
     def _native(self, request: Any, api: str, parsed: anthropic.MessagesRequest,
                 target: Target) -> Any:
@@ -75,17 +75,12 @@ class _AnthropicEndpoint(ProxyEndpoint):
             headers=_caller_headers(request)))
 
     def _answer(self, request: Any, exchange: Exchange, response: Any, call: UpstreamCall,
-                body: bytes, native: bool) -> None:
-        """A whole answer: an error in Anthropic's shape whatever the upstream said."""
-        status = response.code
-        exchange.status = status
-        if status != 200:
-            exchange.error = f"upstream status {status}"
-            if not (native and anthropic.is_error_body(body)):
-                status = status if 400 <= status < 600 else 502
-                body = error_for(status, body)
-            pass_retry_after(request, response)
-        finish(request, call, status, body)
+                body: bytes) -> None:
+        if response.code != 200:
+            self.answer_error(request, exchange, response, call, body)
+            return
+        exchange.status = 200
+        finish(request, call, 200, body)
 
 
 class Messages(_AnthropicEndpoint):
@@ -97,10 +92,9 @@ class Messages(_AnthropicEndpoint):
     async def proxy(self, request: Any, exchange: Exchange, parsed: anthropic.MessagesRequest,
                      target: Target, call: UpstreamCall) -> None:
         provider = target.provider
-        kind = dialect(provider, target.model)
-        native = kind == "anthropic"
+        native = speaks(provider, ANTHROPIC_WIRE, target.model)
         # A provider of a third dialect (Gemini...) translates to OpenAI chat and back first.
-        translating = not native and kind != "openai"
+        translating = not native and not speaks(provider, OPENAI_WIRE, target.model)
         if native:
             upstream_request = self._native(request, "messages", parsed, target)
         else:
@@ -116,8 +110,7 @@ class Messages(_AnthropicEndpoint):
                           else ChatToMessagesStream(target.model))
             if translating:
                 translator = ChainedStream(provider.stream_translator(True), translator)
-            relay = TranslatedStreamRelay(
-                self._gateway.reactor, self._gateway.config.upstream, request, exchange, call,
+            relay = Relay(self._gateway, request, exchange, call,
                 _stream_error, translator, len(parsed.raw))
             call.deliver(response, relay)
             await relay.done
@@ -138,7 +131,7 @@ class Messages(_AnthropicEndpoint):
                     body = orjson.dumps(answer)
             except (ValueError, AttributeError, TypeError):
                 raise UpstreamError("the upstream's answer could not be read") from None
-        self._answer(request, exchange, response, call, body, native)
+        self._answer(request, exchange, response, call, body)
 
 
 class CountTokens(_AnthropicEndpoint):
@@ -152,7 +145,7 @@ class CountTokens(_AnthropicEndpoint):
     async def proxy(self, request: Any, exchange: Exchange, parsed: anthropic.MessagesRequest,
                      target: Target, call: UpstreamCall) -> None:
         provider = target.provider
-        if dialect(provider) != "anthropic":
+        if not speaks(provider, ANTHROPIC_WIRE):
             # A count uses no tokens: the exchange records none.
             exchange.status = 200
             finish(request, call, 200, orjson.dumps(
@@ -162,7 +155,7 @@ class CountTokens(_AnthropicEndpoint):
         response = await call.send(provider.agent, upstream_request)
         exchange.first_byte = self._gateway.reactor.seconds()
         body = await call.read(response)
-        self._answer(request, exchange, response, call, body, True)
+        self._answer(request, exchange, response, call, body)
 
 
 def messages_tree(gateway: Gateway) -> Messages:

@@ -17,17 +17,18 @@ import attrs
 import orjson
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET
 
 from txgateway.accounting import Exchange
+from txgateway.admission import key_refused
 from txgateway.auth import Principal, caller_key
-from txgateway.dialects.openai import error_body, is_error_body
+from txgateway.dialects.errors import OPENAI, upstream_error
 from txgateway.gateway import Gateway
 from txgateway.providers import ApiCall, IProvider, UpstreamRequest, prepare
 from txgateway.upstream import UpstreamCall
 from txgateway.web.proxy import Refusal, answered, finish
-from txgateway.web.rest import BytesRelay, start_relayed
+from txgateway.web.relay import Bytes, Peeking, Relay
+from txgateway.web.rest import start_relayed
 
 log = Logger()
 
@@ -88,13 +89,9 @@ class NativeCall:
         """A whole JSON answer; an error made an OpenAI error object."""
         self.exchange.first_byte = self.gateway.reactor.seconds()
         body = await self.call.read(response)
-        status = response.code
-        if status >= 300 and not is_error_body(body):
-            snippet = body[:200].decode("utf-8", "replace")
-            status = status if 400 <= status < 500 else 502
-            body = error_body(status, f"the upstream answered {response.code}: {snippet}",
-                              "upstream_error")
-        return status, body
+        if response.code >= 300:
+            return upstream_error(OPENAI, response.code, body, self.gateway.redactor)
+        return response.code, body
 
     async def relay(self, response: Any, reader: Reader | None = None) -> None:
         """A 200's body relayed to the caller as it arrives, any other answered whole."""
@@ -103,8 +100,10 @@ class NativeCall:
             return
         start_relayed(self.request, response)
         self.exchange.status = 200
-        relay = ReadingRelay(self.gateway.reactor, self.gateway.config.upstream, self.request,
-                             self.exchange, self.call, reader)
+        relay = Relay(self.gateway, self.request,
+                      self.exchange, self.call, None,
+                      Bytes() if reader is None else Peeking(reader), None,
+                      None if reader is None else reader.ended)
         self.call.deliver(response, relay)
         await relay.done
 
@@ -132,9 +131,10 @@ def run(gateway: Gateway, request: Any, route: str, work: Work) -> Any:
 
 async def _work(gateway: Gateway, request: Any, exchange: Exchange, call: UpstreamCall,
                 work: Work) -> None:
-    principal = await gateway.authenticator.authenticate(caller_key(request))
+    key = caller_key(request)
+    principal = await gateway.authenticator.authenticate(key)
     if principal is None:
-        raise Refusal(401, "Incorrect API key provided.", "invalid_api_key")
+        raise Refusal(401, key_refused(key is not None), "invalid_api_key")
     exchange.key_id = principal.key_id
     await work(NativeCall(gateway, request, exchange, principal, call))
 
@@ -190,29 +190,3 @@ class Reader(Protocol):
 
     def ended(self) -> Deferred[None]:
         """Work done before the end reaches the client (which may then ask again)."""
-
-
-class ReadingRelay(BytesRelay):
-    """A body relayed as it arrives (`BytesRelay`), read on the side by ``reader``."""
-
-    def __init__(self, reactor: Any, settings: Any, request: Any, exchange: Exchange,
-                 call: UpstreamCall, reader: Reader | None) -> None:
-        super().__init__(reactor, settings, request, exchange, call, 0)
-        self._reader = reader
-
-    def received(self, data: bytes) -> None:
-        super().received(data)
-        if self._reader is not None:
-            self._reader.feed(data)
-
-    def estimate(self) -> Any:
-        return None  # a file's bytes are no tokens
-
-    def ended(self, failure: Failure | None) -> None:
-        if self._reader is None or failure is not None or self._call.aborted:
-            super().ended(failure)
-            return
-        reading = self._reader.ended()
-        reading.addErrback(lambda reason: log.failure("reading {path} failed", reason,
-                                                      path=self._request.path))
-        reading.addBoth(lambda _: super(ReadingRelay, self).ended(failure))

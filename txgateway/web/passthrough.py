@@ -2,16 +2,17 @@
 ``/p/{provider}/{path}``: any method and path, forwarded to a configured provider's own API
 with the gateway's credentials for it, for the calls the gateway has no endpoint for.
 
-A provider offers this by having ``passthrough_base`` (its API's base URL, str or bytes: the
-URL ``/p/{provider}`` stands for) and ``passthrough_headers`` (its credentials and configured
-headers, a mapping).  The caller's credentials are never forwarded, only configured providers
-are reachable, paths that try to leave the base URL are refused, redirects are relayed and
-never followed (the gateway's agent follows none), hop-by-hop headers are dropped both ways.
-The answer is relayed as it arrives; its usage (and model, when the request named none) is read
-on the side, from a JSON answer in OpenAI's or Anthropic's shape or from an SSE answer: chat
-and completions chunks, Responses' final event, Anthropic's ``message_start`` and
-``message_delta``.  The caller's ``Accept-Encoding`` goes up as sent (the openai SDK asks for
-gzip): a gzip'd answer is relayed as it came and inflated on the side for its usage.
+A provider offers this by providing `IPassthroughProvider`: ``passthrough_base`` (its API's
+base URL, str or bytes: the URL ``/p/{provider}`` stands for) and ``passthrough_headers`` (its
+credentials and configured headers, a mapping).  The caller's credentials are never forwarded,
+only configured providers are reachable, paths that try to leave the base URL are refused,
+redirects are relayed and never followed (the gateway's agent follows none), hop-by-hop headers
+are dropped both ways.  The answer is relayed as it arrives (an error answer whole, scrubbed of
+secrets); its usage (and model, when the request named none) is read on the side, from a JSON
+answer in OpenAI's or Anthropic's shape or from an SSE answer: chat and completions chunks,
+Responses' final event, Anthropic's ``message_start`` and ``message_delta``.  The caller's
+``Accept-Encoding`` goes up as sent (the openai SDK asks for gzip): a gzip'd answer is relayed
+as it came and inflated on the side for its usage.
 """
 
 from __future__ import annotations
@@ -23,24 +24,22 @@ from urllib.parse import unquote
 import attrs
 import orjson
 from twisted.internet.defer import Deferred
-from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 from twisted.web.server import NOT_DONE_YET
 
 from txgateway.accounting import Exchange
-from txgateway.config import UpstreamSettings
 from txgateway.dialects.multipart import SegmentsProducer
 from txgateway.dialects.openai import error_body
 from txgateway.dialects.openai_rest import usage_of
 from txgateway.gateway import Gateway
-from txgateway.providers import UpstreamRequest
+from txgateway.providers import IPassthroughProvider, UpstreamRequest
 from txgateway.streams import EventSplitter, data_of, events
-from txgateway.upstream import TimedBody, UpstreamCall
+from txgateway.upstream import UpstreamCall
 from txgateway.usage import Usage, estimate_tokens
 from txgateway.web.openapi import Endpoint, Operation
-from txgateway.web.proxy import Refusal, answered, authenticate, within_limits
-from txgateway.web.relay import CLIENT_CLOSED
+from txgateway.web.proxy import Refusal, admit_request, answered
+from txgateway.web.relay import Bytes, Peeking, Relay
 from txgateway.web.resource import JSONResource, write_json
 
 #: Headers of one connection only (RFC 9110 section 7.6.1), never forwarded either way.
@@ -103,8 +102,7 @@ class Passthrough(JSONResource):
             raise Refusal(404, "name a provider: /p/{provider}/{path}", "unknown_url")
         name = unquote(request.postpath[0].decode("utf-8", "replace"))
         provider = self._gateway.providers.get(name)
-        base = getattr(provider, "passthrough_base", None)
-        if base is None:
+        if not IPassthroughProvider.providedBy(provider):
             raise Refusal(404, f"no configured provider `{name}` offers passthrough",
                            "unknown_provider")
         segments = request.postpath[1:]
@@ -116,6 +114,7 @@ class Passthrough(JSONResource):
                                "invalid_path")
         if b"" in segments[:-1]:
             raise Refusal(400, "the path must not contain empty segments", "invalid_path")
+        base = provider.passthrough_base
         if isinstance(base, str):
             base = base.encode()
         url = base.rstrip(b"/") + b"/" + b"/".join(segments)
@@ -125,20 +124,30 @@ class Passthrough(JSONResource):
     async def _relay(self, request: Any, exchange: Exchange, provider: Any, url: bytes,
                      raw: bytes, call: UpstreamCall) -> None:
         gateway = self._gateway
-        principal = await authenticate(gateway, request, exchange, exchange.model)
-        await within_limits(gateway, request, exchange, principal,
-                            estimate_tokens(len(raw)))
+        await admit_request(gateway, request, exchange, exchange.model,
+                            estimate_tokens(len(raw)), routed=False)
         response = await call.send(provider.agent, UpstreamRequest(
             request.method, url, _forwarded(request, provider),
             SegmentsProducer([memoryview(raw)]) if raw else None))
         _start(request, response)
         exchange.status = response.code
+        if response.code >= 400 and request.method != b"HEAD":
+            # An error may quote the credentials sent: read whole, scrubbed, then answered.
+            body = gateway.redactor.bytes(await call.read(response))
+            exchange.error = f"upstream status {response.code}"
+            request.setHeader(b"content-length", b"%d" % len(body))
+            if not call.aborted:
+                request.write(body)
+                request.finish()
+            return
         reader = _usage_reader(response)
         exchange.stream = reader is not None and reader.stream
-        relay = PassthroughRelay(gateway.reactor, gateway.config.upstream, request,
-                                 exchange, call, reader)
+        relay = Relay(gateway, request, exchange, call, None,
+                      Bytes() if reader is None else Peeking(reader), None)
         call.deliver(response, relay)
         await relay.done
+        if reader is not None:
+            _record(exchange, *reader.read(), whole=exchange.error is None)
 
 
 def _model_in(raw: bytes, request: Any) -> str:
@@ -160,7 +169,7 @@ def _forwarded(request: Any, provider: Any) -> Headers:
     for name, values in request.requestHeaders.getAllRawHeaders():
         if name.lower() not in dropped:
             headers.setRawHeaders(name, values)
-    for name, value in getattr(provider, "passthrough_headers", {}).items():
+    for name, value in provider.passthrough_headers.items():
         if value:
             headers.setRawHeaders(name.encode(), [value.encode()])
     return headers
@@ -209,57 +218,12 @@ def _usage_reader(response: Any) -> UsageReader | None:
     return Inflating(reader, limit) if coding in GZIP else None
 
 
-class PassthroughRelay(TimedBody):
-    """
-    Relays the upstream's body as it arrives, with backpressure, showing it to a usage
-    ``reader`` on the side.  A body that breaks drops the client's connection, so that it
-    cannot take a truncated answer for a whole one; the usage seen before is kept, estimated.
-    """
-
-    def __init__(self, reactor: Any, settings: UpstreamSettings, request: Any,
-                 exchange: Exchange, call: UpstreamCall, reader: UsageReader | None) -> None:
-        super().__init__(reactor, settings)
-        self._request = request
-        self._exchange = exchange
-        self._call = call
-        self._reader = reader
-        self.done: Deferred[None] = Deferred()
-
-    def connectionMade(self) -> None:
-        super().connectionMade()
-        if not self._call.aborted:
-            self._request.registerProducer(self, True)
-
-    def received(self, data: bytes) -> None:
-        if self._exchange.first_byte is None:
-            self._exchange.first_byte = self._reactor.seconds()
-        self._request.write(data)
-        if self._reader is not None:
-            self._reader.feed(data)
-
-    def ended(self, failure: Failure | None) -> None:
-        exchange = self._exchange
-        if self._reader is not None:
-            self._record(*self._reader.read(), whole=failure is None and not self._call.aborted)
-        if self._call.aborted:
-            exchange.status = CLIENT_CLOSED
-            exchange.error = "the client disconnected"
-        elif failure is not None:
-            exchange.status = getattr(failure.value, "status", 502)
-            exchange.error = str(failure.value)
-            self._request.unregisterProducer()
-            self._request.loseConnection()
-        else:
-            self._request.unregisterProducer()
-            self._request.finish()
-        self.done.callback(None)
-
-    def _record(self, usage: Usage | None, model: str, whole: bool) -> None:
-        exchange = self._exchange
-        if usage is not None:
-            exchange.usage = usage if whole else attrs.evolve(usage, estimated=True)
-        if not exchange.model:
-            exchange.model = model
+def _record(exchange: Exchange, usage: Usage | None, model: str, whole: bool) -> None:
+    """What the reader saw: the usage (estimated when the body was cut short), the model."""
+    if usage is not None:
+        exchange.usage = usage if whole else attrs.evolve(usage, estimated=True)
+    if not exchange.model:
+        exchange.model = model
 
 
 class AnswerUsage:

@@ -9,7 +9,6 @@ An endpoint subclasses `ProxyEndpoint` and says how its dialect parses a request
 
 from __future__ import annotations
 
-import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -19,11 +18,13 @@ from twisted.logger import Logger
 from twisted.web.server import NOT_DONE_YET
 
 from txgateway.accounting import Exchange
+from txgateway.admission import Admitted, Caller, Refusal, admit, limited, said
 from txgateway.auth import Principal, caller_key
+from txgateway.dialects.errors import OPENAI, ErrorDialect, upstream_error
 from txgateway.dialects.openai import BadRequest
 from txgateway.dialects.openai import error_body as openai_error_body
 from txgateway.gateway import Gateway
-from txgateway.providers import prepare
+from txgateway.providers import ITranslatingProvider, prepare
 from txgateway.routing import Target
 from txgateway.upstream import (
     RETRYABLE_ERRORS,
@@ -39,19 +40,14 @@ from txgateway.web.resource import JSONResource, write_json
 log = Logger()
 
 
-class Refusal(Exception):
-    """The gateway itself answers the caller with an error: no key, no route, over a limit."""
-
-    def __init__(self, status: int, message: str, code: str | None = None,
-                 param: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.code, self.param = status, code, param
-
-
 class ProxyEndpoint(JSONResource):
     isLeaf = True
     #: The route name in metrics and the access log.
     route = ""
+    #: How the caller's dialect writes the upstream's errors.
+    errors: ErrorDialect = OPENAI
+    #: The headers that carry the exchange's id (its SDK reads one of them).
+    request_id_headers: tuple[bytes, ...] = (b"x-request-id",)
 
     def __init__(self, gateway: Gateway) -> None:
         super().__init__()
@@ -66,8 +62,15 @@ class ProxyEndpoint(JSONResource):
         """An error in the caller's dialect."""
         raise NotImplementedError
 
-    def unknown_model(self, model: str) -> str:
-        return f"The model `{model}` does not exist or you do not have access to it."
+    def answer_error(self, request: Any, exchange: Exchange, response: Any,
+                     call: UpstreamCall, body: bytes) -> None:
+        """An upstream's answer that is no success, said in the caller's dialect."""
+        status, body = upstream_error(self.errors, response.code, body,
+                                      self._gateway.redactor)
+        exchange.status = status
+        exchange.error = f"upstream status {response.code}"
+        pass_retry_after(request, response)
+        finish(request, call, status, body)
 
     def admission_tokens(self, parsed: Any, size: int) -> int:
         """What a tokens-per-minute limit counts before the call: the prompt, estimated."""
@@ -85,7 +88,8 @@ class ProxyEndpoint(JSONResource):
     def render_POST(self, request: Any) -> Any:
         gateway = self._gateway
         exchange = gateway.accountant.start(self.route)
-        request.setHeader(b"x-request-id", exchange.request_id.encode())
+        for name in self.request_id_headers:
+            request.setHeader(name, exchange.request_id.encode())
         raw = request.content.getvalue()
         try:
             parsed = self.parse(raw)
@@ -115,14 +119,9 @@ class ProxyEndpoint(JSONResource):
         Who calls, whether they may, and the targets to try, in order; or a `Refusal`.
         Endpoints may extend it (the Responses API pins follow-ups to a provider).
         """
-        gateway = self._gateway
-        principal = await authenticate(gateway, request, exchange, parsed.model)
-        plan = gateway.router.plan(parsed.model)
-        if plan is None:
-            raise Refusal(404, self.unknown_model(parsed.model), "model_not_found", "model")
-        await within_limits(gateway, request, exchange, principal,
-                            self.admission_tokens(parsed, size))
-        return plan
+        admitted = await admit_request(self._gateway, request, exchange, parsed.model,
+                                       self.admission_tokens(parsed, size), self.errors)
+        return list(admitted.plan)
 
     async def _attempt(self, request: Any, exchange: Exchange, parsed: Any,
                        plan: list[Target], call: UpstreamCall) -> None:
@@ -207,42 +206,39 @@ async def answered(gateway: Gateway, request: Any, exchange: Exchange, call: Ups
         gateway.accountant.finish(exchange)
 
 
-async def authenticate(gateway: Gateway, request: Any, exchange: Exchange,
-                       model: str) -> Principal:
-    """The caller, if their key is good and lets them use ``model``; else a `Refusal`."""
-    principal = await gateway.authenticator.authenticate(caller_key(request))
-    if principal is None:
-        raise Refusal(401, "Incorrect API key provided.", "invalid_api_key")
-    exchange.key_id = principal.key_id
-    if not principal.may_use(model):
-        raise Refusal(403, f"This key may not use the model `{model}`.",
-                      "model_not_allowed", "model")
-    return principal
+async def admit_request(gateway: Gateway, request: Any, exchange: Exchange, model: str,
+                        tokens: int, dialect: ErrorDialect = OPENAI,
+                        routed: bool = True) -> Admitted:
+    """`txgateway.admission.admit` for an HTTP request: its key, and what it learns recorded."""
+    key = caller_key(request)
+    principal = await gateway.authenticator.authenticate(key)
+    try:
+        admitted = await admit(gateway, principal, key is not None, model, tokens, dialect,
+                               routed)
+    except Refusal as refusal:
+        _record(request, exchange, refusal.caller)
+        exchange.model = said(gateway, model)
+        raise
+    _record(request, exchange, admitted.caller)
+    return admitted
 
 
 async def within_limits(gateway: Gateway, request: Any, exchange: Exchange,
                         principal: Principal, tokens: int) -> None:
-    """
-    Admit the call under the caller's limits (counting one request and ``tokens``), with the
-    ``x-ratelimit-*`` headers set; or a 429 `Refusal`.  A full ledger buffer holds new calls
-    back here rather than lose their records.
-    """
-    await gateway.ledger.room()
-    if principal.limits is None:
-        return
-    admission = await gateway.limiter.admit(principal.key_id, principal.limits, tokens)
-    for name, value in admission.headers.items():
+    """The limits step alone (`txgateway.admission.limited`), for calls that name no model."""
+    try:
+        caller = await limited(gateway, principal, tokens)
+    except Refusal as refusal:
+        _record(request, exchange, refusal.caller)
+        raise
+    _record(request, exchange, caller)
+
+
+def _record(request: Any, exchange: Exchange, caller: Caller) -> None:
+    exchange.key_id = caller.key_id
+    exchange.limits, exchange.admitted_tokens = caller.limits, caller.tokens
+    for name, value in caller.headers.items():
         request.setHeader(name, value)
-    if not admission.allowed:
-        request.setHeader(b"retry-after", b"%d" % math.ceil(admission.retry_after))
-        raise Refusal(429, admission.message, _LIMIT_CODES.get(admission.reason))
-    exchange.limits = principal.limits
-    exchange.admitted_tokens = tokens
-
-
-#: Error codes of limiter refusals, by what was over its limit.
-_LIMIT_CODES = {"requests": "rate_limit_exceeded", "tokens": "rate_limit_exceeded",
-                "budget": "budget_exceeded"}
 
 
 def finish(request: Any, call: UpstreamCall, status: int, body: bytes) -> None:
@@ -265,6 +261,7 @@ def is_event_stream(response: Any, provider: Any = None) -> bool:
     Whether ``response`` is a stream to relay: SSE, or the content type a translating
     ``provider`` streams in when it says (``stream_content_type``, e.g. AWS event streams).
     """
-    expected = getattr(provider, "stream_content_type", b"text/event-stream")
+    expected = (provider.stream_content_type if ITranslatingProvider.providedBy(provider)
+                else b"text/event-stream")
     content_type = response.headers.getRawHeaders(b"content-type", [b""])[0]
     return content_type.startswith(expected)

@@ -11,6 +11,7 @@ from typing import Any
 
 from twisted.web.resource import Resource
 
+from txgateway.admission import key_refused
 from txgateway.auth import caller_key
 from txgateway.dialects.openai import BadRequest, error_body, parse_object
 from txgateway.gateway import Gateway
@@ -89,7 +90,7 @@ class ClientSecrets(JSONResource):
         key = caller_key(request)
         principal = await gateway.authenticator.authenticate(key)
         if principal is None:
-            raise SecretRefused(401, "Incorrect API key provided.", "invalid_api_key")
+            raise SecretRefused(401, key_refused(key is not None), "invalid_api_key")
         raw = request.content.read()
         try:
             body = parse_object(raw) if raw.strip() else {}

@@ -12,13 +12,17 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import Attribute, Interface
 
 from txgateway.accounting import Exchange
-from txgateway.config import UpstreamSettings
-from txgateway.upstream import TimedBody, UpstreamCall
+from txgateway.streams import EventTooLarge
+from txgateway.upstream import TimedBody, UpstreamCall, UpstreamError
 from txgateway.usage import Usage, estimate_tokens
+
+log = Logger()
 
 #: nginx's status for "the client closed the connection before the answer was complete".
 CLIENT_CLOSED = 499
@@ -34,16 +38,53 @@ def start_event_stream(request: Any) -> None:
     request.setHeader(b"x-accel-buffering", b"no")
 
 
-class StreamRelay(TimedBody):
-    """The relay's frame: subclasses say what to write (`received`) and how to end (`tail`)."""
+class NotStored(UpstreamError):
+    """What a stream ends with when what it made (a stored response) could not be stored."""
 
-    def __init__(self, reactor: Any, settings: UpstreamSettings, request: Any,
-                 exchange: Exchange, call: UpstreamCall, error_event: ErrorEvent) -> None:
-        super().__init__(reactor, settings)
+    status = 500
+    code = "store_failed"
+
+
+class ITranscoder(Interface):
+    """
+    What a relay writes of the upstream's stream: its bytes in, the caller's dialect out (the
+    same bytes, whole events, when the dialects match), with the usage seen on the way.
+    """
+
+    usage = Attribute("The `Usage` the stream reported so far, or None.")
+    error = Attribute("(status, message) of an error event the upstream sent, or None.")
+    chunks = Attribute("Chunks written: one token each after the first, when cut short.")
+
+    def feed(data: bytes) -> bytes:  # noqa: N805 (zope interface)
+        """What to write of ``data`` (may be nothing until an event is whole)."""
+
+    def finish() -> bytes:  # noqa: N805
+        """What to write once the upstream's stream ended cleanly."""
+
+
+class Relay(TimedBody):
+    """
+    Relays an upstream stream through a ``transcoder`` (`ITranscoder`), which is also its
+    meter: the usage it reports, or when the stream is cut short an estimate from what it
+    wrote (none without a ``request_size``: a file's bytes are no tokens).  ``save``, when
+    given, runs on a clean end before the end reaches the client (so that a follow-up the
+    client sends at once finds what it stored).  A stream that breaks ends with
+    ``error_event``; a binary body (no ``error_event``) drops the client's connection
+    instead, so that it cannot take a truncated file for a whole one.
+    """
+
+    def __init__(self, gateway: Any, request: Any, exchange: Exchange, call: UpstreamCall,
+                 error_event: ErrorEvent | None, transcoder: Any, request_size: int | None,
+                 save: Callable[[], Deferred[Any] | None] | None = None) -> None:
+        super().__init__(gateway.reactor, gateway.config.upstream)
+        self._redactor = gateway.redactor
         self._request = request
         self._exchange = exchange
         self._call = call
         self._error_event = error_event
+        self._transcoder = transcoder
+        self._request_size = request_size
+        self._save = save
         self.done: Deferred[None] = Deferred()
 
     def connectionMade(self) -> None:
@@ -51,82 +92,116 @@ class StreamRelay(TimedBody):
         if not self._call.aborted:
             self._request.registerProducer(self, True)
 
-    def tail(self) -> bytes:
-        """What to write when the upstream body ended cleanly."""
-        return b""
-
-    def estimate(self) -> Usage:
-        """The usage to record when the upstream reported none (a stream cut short)."""
-        raise NotImplementedError
-
-    def ended(self, failure: Failure | None) -> None:
-        exchange = self._exchange
-        if exchange.usage is None:
-            exchange.usage = self.estimate()
-        if self._call.aborted:
-            exchange.status = CLIENT_CLOSED
-            exchange.error = "the client disconnected"
-        else:
-            self._request.unregisterProducer()
-            if failure is None:
-                self._request.write(self.tail())
-            else:
-                error = failure.value
-                status = getattr(error, "status", 502)
-                exchange.status = status
-                exchange.error = str(error)
-                self._request.write(self._error_event(
-                    status, f"the upstream stream failed: {error}",
-                    getattr(error, "code", "upstream_error"),
-                ))
-            self._request.finish()
-        self.done.callback(None)
-
-
-class TranslatedStreamRelay(StreamRelay):
-    """
-    Relays a stream through a translator (``feed(bytes) -> bytes``, with ``usage``,
-    ``chunks`` and ``error``): the upstream's dialect in, the caller's out.
-    """
-
-    def __init__(self, reactor: Any, settings: UpstreamSettings, request: Any,
-                 exchange: Exchange, call: UpstreamCall, error_event: ErrorEvent,
-                 translator: Any, request_size: int) -> None:
-        super().__init__(reactor, settings, request, exchange, call, error_event)
-        self._translator = translator
-        self._request_size = request_size
+    def stopProducing(self) -> None:
+        # The client's connection is gone (it may say so before the request's notifyFinish
+        # does): the call is aborted, so that the end is counted as the client's, 499.
+        self._call.abort()
 
     def received(self, data: bytes) -> None:
         exchange = self._exchange
         if exchange.first_byte is None:
             exchange.first_byte = self._reactor.seconds()
-        translator = self._translator
-        out = translator.feed(data)
-        if translator.usage is not None:
-            exchange.usage = translator.usage
-        if translator.error is not None and exchange.error is None:
-            exchange.status = translator.error[0]
-            exchange.error = translator.error[1]
+        transcoder = self._transcoder
+        try:
+            out = transcoder.feed(data)
+        except EventTooLarge:
+            raise  # said as such by `TimedBody`
+        except (ValueError, TypeError, KeyError, AttributeError):
+            self.fail(UpstreamError("the upstream sent an event that could not be read"))
+            return
+        if transcoder.usage is not None:
+            exchange.usage = transcoder.usage
+        if transcoder.error is not None:
+            # An error event the upstream sent may quote its credentials: scrubbed from here.
+            if exchange.error is None:
+                exchange.status = transcoder.error[0]
+                exchange.error = self._redactor.text(transcoder.error[1])
+            out = self._redactor.bytes(out)
         if out:
             self._request.write(out)
 
-    def tail(self) -> bytes:
-        return self._translator.finish()
-
     def ended(self, failure: Failure | None) -> None:
-        if self._call.aborted or failure is not None or self._exchange.error is not None:
+        if failure is not None or self._call.aborted:
+            self._end(failure, b"")
+            return
+        tail = self._transcoder.finish()
+        if self._transcoder.usage is not None:
+            self._exchange.usage = self._transcoder.usage
+        if self._save is None:
+            self._end(None, tail)
+            return
+
+        def not_stored(reason: Failure) -> None:
+            # The client would otherwise ask for what is not there: its stream ends with an
+            # error event after what it was shown.
+            log.failure("storing what a stream made failed", reason)
+            self._request.write(tail)
+            self._end(Failure(NotStored("what the stream made could not be stored")), b"")
+
+        maybeDeferred(self._save).addCallbacks(lambda _: self._end(None, tail), not_stored)
+
+    def _end(self, failure: Failure | None, tail: bytes) -> None:
+        exchange = self._exchange
+        if self._request_size is not None and (
+                self._call.aborted or failure is not None or exchange.error is not None
+                or exchange.usage is None):
             # Cut short: a usage reported so far is partial (Anthropic's message_start gives
             # the input and one output token), so the output is estimated.
-            self._exchange.usage = self.estimate()
-        super().ended(failure)
+            exchange.usage = self.estimate(self._request_size)
+        if self._call.aborted:
+            exchange.status = CLIENT_CLOSED
+            exchange.error = "the client disconnected"
+            self.done.callback(None)
+            return
+        self._request.unregisterProducer()
+        if failure is None:
+            self._request.write(tail)
+            self._request.finish()
+            self.done.callback(None)
+            return
+        error = failure.value
+        status = error.status if isinstance(error, UpstreamError) else 502
+        exchange.status, exchange.error = status, str(error) or type(error).__name__
+        if self._error_event is None:
+            self._request.loseConnection()
+        else:
+            self._request.write(self._error_event(
+                status, f"the upstream stream failed: {error}",
+                error.code if isinstance(error, UpstreamError) else "upstream_error"))
+            self._request.finish()
+        self.done.callback(None)
 
-    def estimate(self) -> Usage:
-        # One token per content chunk, the first (the role alone) aside; the input as the
-        # upstream reported it, when it did.
-        output = max(self._translator.chunks - 1, 0)
-        reported = self._translator.usage
+    def estimate(self, request_size: int) -> Usage:
+        # One token per chunk, the first (the role alone) aside; the input as the upstream
+        # reported it, when it did.
+        output = max(self._transcoder.chunks - 1, 0)
+        reported = self._transcoder.usage
         if reported is None:
-            return Usage(input_tokens=estimate_tokens(self._request_size),
+            return Usage(input_tokens=estimate_tokens(request_size),
                          output_tokens=output, estimated=True)
         return attrs.evolve(reported, output_tokens=max(reported.output_tokens, output),
                             estimated=True)
+
+
+class Bytes:
+    """The transcoder (`ITranscoder`) of a binary body: its bytes as they came."""
+
+    usage = error = None
+    chunks = 0
+
+    def feed(self, data: bytes) -> bytes:
+        return data
+
+    def finish(self) -> bytes:
+        return b""
+
+
+class Peeking(Bytes):
+    """The transcoder of a body relayed as it came and shown to a ``reader`` on the side."""
+
+    def __init__(self, reader: Any) -> None:
+        self._reader = reader
+
+    def feed(self, data: bytes) -> bytes:
+        self._reader.feed(data)
+        return data

@@ -23,14 +23,14 @@ from txgateway.dialects.cohere import (
     error_body,
     parse_rerank,
     rerank_usage,
-    upstream_error,
     upstream_rerank_body,
 )
-from txgateway.providers import ApiCall, dialect
+from txgateway.dialects.errors import COHERE
+from txgateway.providers import OPENAI_WIRE, ApiCall, speaks
 from txgateway.routing import Target
 from txgateway.upstream import UpstreamCall, UpstreamError
 from txgateway.web.openapi import Endpoint, Operation
-from txgateway.web.proxy import ProxyEndpoint, Refusal, finish, pass_retry_after
+from txgateway.web.proxy import ProxyEndpoint, Refusal, finish
 
 
 class Rerank(ProxyEndpoint):
@@ -40,8 +40,7 @@ class Rerank(ProxyEndpoint):
     parse = staticmethod(parse_rerank)
     error_body = staticmethod(error_body)
 
-    def unknown_model(self, model: str) -> str:
-        return f"model '{model}' not found"
+    errors = COHERE
 
     async def proxy(self, request: Any, exchange: Exchange, rerank: RerankRequest,
                     target: Target, call: UpstreamCall) -> None:
@@ -56,24 +55,19 @@ class Rerank(ProxyEndpoint):
         response = await call.send(provider.agent, upstream_request)
         exchange.first_byte = self._gateway.reactor.seconds()
         body = await call.read(response)
-        status = response.code
-        if status == 200:
-            body = self._answer(provider, exchange, rerank, body)
-        else:
-            exchange.error = f"upstream status {status}"
-            if not 400 <= status < 600:
-                status = 502
-            body = upstream_error(status, body)
-            pass_retry_after(request, response)
-        exchange.status = status
-        finish(request, call, status, body)
+        if response.code != 200:
+            self.answer_error(request, exchange, response, call, body)
+            return
+        body = self._answer(provider, exchange, rerank, body)
+        exchange.status = 200
+        finish(request, call, 200, body)
 
     def _answer(self, provider: Any, exchange: Exchange, rerank: RerankRequest,
                 body: bytes) -> bytes:
         """The answer to send back, with its usage counted; unreadable ones are a 502."""
         usage = None
         try:
-            translated = dialect(provider) != "openai"
+            translated = not speaks(provider, OPENAI_WIRE)
             if translated:
                 body, usage = provider.translate_response(body, "rerank")
             answer = orjson.loads(body)

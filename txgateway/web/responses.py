@@ -29,22 +29,22 @@ from typing import Any
 
 import attrs
 import orjson
-from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from txgateway.accounting import Exchange
+from txgateway.admission import key_refused
 from txgateway.auth import caller_key
+from txgateway.dialects.errors import OPENAI, upstream_error
 from txgateway.dialects.openai import (
     BadRequest,
     error_body,
-    is_error_body,
     model_of,
     parse_object,
 )
 from txgateway.dialects.shapes import WrongShape
 from txgateway.gateway import Gateway
-from txgateway.providers import ApiCall, UpstreamRequest, dialect
+from txgateway.providers import OPENAI_WIRE, ApiCall, UpstreamRequest, speaks
 from txgateway.routing import Target
 from txgateway.streams import EventSplitter, data_of, events
 from txgateway.translate.chain import ChainedStream
@@ -63,7 +63,7 @@ from txgateway.translate.responses_to_chat import (
     stored_items,
 )
 from txgateway.upstream import UpstreamCall, UpstreamError
-from txgateway.usage import Usage, estimate_tokens
+from txgateway.usage import Usage
 from txgateway.web import conversations
 from txgateway.web.openapi import Endpoint, Operation
 from txgateway.web.proxy import (
@@ -71,9 +71,8 @@ from txgateway.web.proxy import (
     Refusal,
     finish,
     is_event_stream,
-    pass_retry_after,
 )
-from txgateway.web.relay import StreamRelay, TranslatedStreamRelay, start_event_stream
+from txgateway.web.relay import Relay, start_event_stream
 from txgateway.web.resource import JSONResource, answer_later, openai_error
 
 log = Logger()
@@ -141,7 +140,7 @@ def chain_items(held: dict[str, Any]) -> list[dict[str, Any]]:
 
 def native_responses(target: Target) -> bool:
     provider = target.provider
-    return "responses" in provider.apis and dialect(provider, target.model) == "openai"
+    return "responses" in provider.apis and speaks(provider, OPENAI_WIRE, target.model)
 
 
 class Responses(ProxyEndpoint):
@@ -227,10 +226,15 @@ class Responses(ProxyEndpoint):
         if parsed.stream and response.code == 200 and is_event_stream(response, provider):
             start_event_stream(request)
             exchange.status = 200
-            relay = NativeResponsesRelay(
-                self._gateway.reactor, self._gateway.config.upstream, request, exchange, call,
-                len(parsed.raw), lambda answer: self._keep(exchange, parsed, answer, provider),
-                conversation_reference(parsed.conversation))
+            events_out = ResponsesEvents(conversation_reference(parsed.conversation))
+
+            def keep() -> Deferred[Any] | None:
+                if events_out.response is None:
+                    return None
+                return self._keep(exchange, parsed, events_out.response, provider)
+
+            relay = Relay(self._gateway, request,
+                          exchange, call, _stream_error, events_out, len(parsed.raw), keep)
             call.deliver(response, relay)
             await relay.done
             return
@@ -238,12 +242,13 @@ class Responses(ProxyEndpoint):
         body = await call.read(response)
         if response.code == 200:
             answer = _loads(body)
-            if isinstance(answer, dict):
-                exchange.usage = Usage.from_responses(answer.get("usage"))
-                if parsed.conversation is not None:
-                    answer["conversation"] = conversation_reference(parsed.conversation)
-                    body = orjson.dumps(answer)
-                await self._keep(exchange, parsed, answer, provider)
+            if not isinstance(answer, dict):
+                raise UpstreamError("the upstream's answer could not be read")
+            exchange.usage = Usage.from_responses(answer.get("usage"))
+            if parsed.conversation is not None:
+                answer["conversation"] = conversation_reference(parsed.conversation)
+                body = orjson.dumps(answer)
+            await self._keep(exchange, parsed, answer, provider)
         self._answer(request, exchange, response, call, body)
 
     def _native_request(self, parsed: ResponsesRequest, target: Target,
@@ -265,7 +270,7 @@ class Responses(ProxyEndpoint):
                           target: Target, call: UpstreamCall) -> None:
         provider = target.provider
         chat = self._chat(parsed, target, chat_request)
-        translating = dialect(provider, target.model) != "openai"
+        translating = not speaks(provider, OPENAI_WIRE, target.model)
         response = await call.send(provider.agent, provider.build_request(ApiCall(
             api="chat", body=orjson.dumps(chat), parsed=chat, model=target.model,
             stream=parsed.stream)))
@@ -283,9 +288,9 @@ class Responses(ProxyEndpoint):
                     return None
                 return self._keep(exchange, parsed, events_out.response)
 
-            relay = StoringStreamRelay(
-                self._gateway.reactor, self._gateway.config.upstream, request, exchange, call,
-                events_out.error_event, translator, len(parsed.raw), save=save)
+            relay = Relay(self._gateway, request,
+                          exchange, call, events_out.error_event, translator, len(parsed.raw),
+                          save)
             call.deliver(response, relay)
             await relay.done
             return
@@ -319,7 +324,7 @@ class Responses(ProxyEndpoint):
                                call: UpstreamCall, target: Target) -> dict[str, Any] | None:
         """A whole chat answer in OpenAI's format; None when it was an error, answered."""
         provider = target.provider
-        translating = dialect(provider, target.model) != "openai"
+        translating = not speaks(provider, OPENAI_WIRE, target.model)
         exchange.first_byte = self._gateway.reactor.seconds()
         body = await call.read(response)
         if response.code != 200:
@@ -367,17 +372,11 @@ class Responses(ProxyEndpoint):
 
     def _answer(self, request: Any, exchange: Exchange, response: Any, call: UpstreamCall,
                 body: bytes) -> None:
-        status = response.code
-        if status != 200:
-            if not is_error_body(body):
-                snippet = body[:200].decode("utf-8", "replace")
-                status = status if 400 <= status < 500 else 502
-                body = error_body(status, f"the upstream answered {response.code}: {snippet}",
-                                  "upstream_error")
-            exchange.error = f"upstream status {response.code}"
-            pass_retry_after(request, response)
-        exchange.status = status
-        finish(request, call, status, body)
+        if response.code != 200:
+            self.answer_error(request, exchange, response, call, body)
+            return
+        exchange.status = 200
+        finish(request, call, 200, body)
 
 
 def response_items(document: dict[str, Any]) -> list[dict[str, Any]]:
@@ -435,110 +434,51 @@ def _with_data(event: bytes, data: bytes) -> bytes:
     return b"\n".join([*lines, b"data: " + data])
 
 
-class _SavesBeforeEnd:
+class ResponsesEvents:
     """
-    Mixed into a relay: on a clean end, what must be stored is stored before the stream's
-    end reaches the client, so that a follow-up the client sends at once finds it.
-    """
-
-    _call: UpstreamCall
-
-    def saving(self) -> Deferred[Any] | None:
-        raise NotImplementedError
-
-    def ended(self, failure: Failure | None) -> None:
-        if failure is not None or self._call.aborted:
-            super().ended(failure)  # type: ignore[misc]
-            return
-        end = super().ended  # type: ignore[misc]
-
-        def not_stored(reason: Failure) -> None:
-            # The client would otherwise ask for a response that is not there: its stream
-            # ends with an error event instead of the completed one.
-            log.failure("storing a response failed", reason)
-            end(Failure(NotStored("the response could not be stored")))
-
-        maybeDeferred(self.saving).addCallbacks(lambda _: end(None), not_stored)
-
-
-class NotStored(Exception):
-    """What a stream ends with when what it made could not be stored."""
-
-    status = 500
-    code = "store_failed"
-
-
-class StoringStreamRelay(_SavesBeforeEnd, TranslatedStreamRelay):
-    """A translated Responses stream, whose final response is stored before the end."""
-
-    def __init__(self, *args: Any, save: Callable[[], Deferred[Any] | None]) -> None:
-        super().__init__(*args)
-        self._save = save
-        self._tail: bytes | None = None
-
-    def saving(self) -> Deferred[Any] | None:
-        self._tail = self._translator.finish()  # completes the response, if it was not yet
-        return self._save()
-
-    def tail(self) -> bytes:
-        return super().tail() if self._tail is None else self._tail
-
-
-class NativeResponsesRelay(_SavesBeforeEnd, StreamRelay):
-    """
-    Relays an upstream Responses stream as it arrives, looking into events only where the
-    bytes say a response object is (its id, its usage in the final event); with a
-    ``conversation``, those are rewritten to show it, as the upstream never saw it.
+    The same-dialect transcoder (`txgateway.web.relay.ITranscoder`) of a Responses stream:
+    events as they came, looked into only where the bytes say a response object is (its id,
+    its usage in the final event); with a ``conversation``, those are rewritten to show it, as
+    the upstream never saw it.
     """
 
-    def __init__(self, reactor: Any, settings: Any, request: Any, exchange: Exchange,
-                 call: UpstreamCall, request_size: int,
-                 keep: Callable[[dict[str, Any]], Deferred[Any]],
-                 conversation: dict[str, Any] | None) -> None:
-        super().__init__(reactor, settings, request, exchange, call, _stream_error)
+    error = None
+
+    def __init__(self, conversation: dict[str, Any] | None) -> None:
         self._splitter = EventSplitter()
-        self._request_size = request_size
-        self._keep = keep
         self._conversation = conversation
         #: The response object as last shown: created, then completed (or failed...).
-        self._response: dict[str, Any] | None = None
-        self._deltas = 0
+        self.response: dict[str, Any] | None = None
+        self.usage: Usage | None = None
+        #: One per text delta, after a first that carries none (as chat chunks count).
+        self.chunks = 1
 
-    def received(self, data: bytes) -> None:
-        if self._exchange.first_byte is None:
-            self._exchange.first_byte = self._reactor.seconds()
+    def feed(self, data: bytes) -> bytes:
         run = self._splitter.feed(data)
         if not run:
-            return
-        self._deltas += run.count(b'"response.output_text.delta"')
+            return run
+        self.chunks += run.count(b'"response.output_text.delta"')
         if b'"response"' in run:
             run = self._look_into(run)
-        self._request.write(run)
+        return run
 
     def _look_into(self, run: bytes) -> bytes:
         out = []
         for event in events(run):
             payload = _loads(data_of(event))
             if isinstance(payload, dict) and isinstance(payload.get("response"), dict):
-                response = self._response = payload["response"]
+                response = self.response = payload["response"]
                 usage = Usage.from_responses(response.get("usage"))
                 if usage is not None:
-                    self._exchange.usage = usage
+                    self.usage = usage
                 if self._conversation is not None:
                     response["conversation"] = self._conversation
                     event = _with_data(event, orjson.dumps(payload))
             out.append(event + b"\n\n")
         return run if self._conversation is None else b"".join(out)
 
-    def saving(self) -> Deferred[Any] | None:
-        return None if self._response is None else self._keep(self._response)
-
-    def tail(self) -> bytes:
+    def finish(self) -> bytes:
         return self._splitter.pending
-
-    def estimate(self) -> Usage:
-        return Usage(input_tokens=estimate_tokens(self._request_size),
-                     output_tokens=self._deltas, estimated=True)
 
 
 class StoredResponse(JSONResource):
@@ -579,9 +519,10 @@ class StoredResponse(JSONResource):
 
     async def _find(self, request: Any) -> tuple[str, Any] | tuple[int, bytes]:
         """("held", document), ("route", provider), or an error answer (status, body)."""
-        principal = await self._gateway.authenticator.authenticate(caller_key(request))
+        key = caller_key(request)
+        principal = await self._gateway.authenticator.authenticate(key)
         if principal is None:
-            return 401, error_body(401, "Incorrect API key provided.", "invalid_api_key")
+            return 401, error_body(401, key_refused(key is not None), "invalid_api_key")
         store = self._gateway.store
         held = await store.get_object(RESPONSE, self._id)
         if held is not None and held["owner"] == principal.key_id:
@@ -667,10 +608,8 @@ class StoredResponse(JSONResource):
             body = await call.read(response)
         except UpstreamError as error:
             return error.status, error_body(error.status, str(error), error.code)
-        if response.code != 200 and not is_error_body(body):
-            status = response.code if 400 <= response.code < 500 else 502
-            return status, error_body(status, f"the upstream answered {response.code}",
-                                      "upstream_error")
+        if response.code != 200:
+            return upstream_error(OPENAI, response.code, body, self._gateway.redactor)
         return response.code, body
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from txgateway.accounting import Exchange
+from txgateway.dialects.openai import loads_object
 from txgateway.gateway import Gateway
 from txgateway.providers import ApiCall
 from txgateway.routing import Target
@@ -55,12 +56,10 @@ class _ResponsesInput(Responses):
         exchange.first_byte = self._gateway.reactor.seconds()
         body = await call.read(response)
         if response.code == 200:
-            try:
-                answer = orjson.loads(body)
-            except orjson.JSONDecodeError:
-                answer = None
-            if isinstance(answer, dict):
-                exchange.usage = Usage.from_responses(answer.get("usage"))
+            answer = loads_object(body)
+            if answer is None:
+                raise UpstreamError("the upstream's answer could not be read")
+            exchange.usage = Usage.from_responses(answer.get("usage"))
         self._answer(request, exchange, response, call, body)
 
 

@@ -10,18 +10,16 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from twisted.python.failure import Failure
 
 from txgateway.accounting import Exchange
-from txgateway.config import UpstreamSettings
-from txgateway.dialects.openai import error_body, is_error_body, stream_error_event
-from txgateway.providers import dialect
+from txgateway.dialects.openai import error_body, loads_object, stream_error_event
+from txgateway.providers import OPENAI_WIRE, speaks
 from txgateway.routing import Target
 from txgateway.streams import EventSplitter, data_of, events
-from txgateway.upstream import UpstreamCall
-from txgateway.usage import Usage, estimate_tokens
-from txgateway.web.proxy import ProxyEndpoint, finish, pass_retry_after
-from txgateway.web.relay import StreamRelay
+from txgateway.upstream import UpstreamCall, UpstreamError
+from txgateway.usage import Usage
+from txgateway.web.proxy import ProxyEndpoint, finish
+from txgateway.web.relay import Bytes, Relay
 
 UsageReader = Callable[[Any, "Usage | None"], "Usage | None"]
 """Reads usage from a parsed answer or event, given the usage seen so far."""
@@ -44,26 +42,23 @@ class RestEndpoint(ProxyEndpoint):
                body: bytes, read_usage: UsageReader | None) -> None:
         """
         A whole answer, passed on as the upstream wrote it (its content type kept); a 200's
-        usage read on the side when it is JSON, an error made an OpenAI error object.
+        usage read on the side when it is JSON (a JSON one that does not parse is a 502), an
+        error made an OpenAI error object.
         """
-        status = response.code
+        if response.code != 200:
+            self.answer_error(request, exchange, response, call, body)
+            return
         content_type = response.headers.getRawHeaders(b"content-type", [b"application/json"])[0]
-        if status == 200:
-            if read_usage is not None and exchange.usage is None and b"json" in content_type:
-                exchange.usage = read_usage(_loads(body), None)
-        else:
-            exchange.error = f"upstream status {status}"
-            pass_retry_after(request, response)
-            content_type = b"application/json"
-            if not is_error_body(body):
-                snippet = body[:200].decode("utf-8", "replace")
-                status = status if 400 <= status < 500 else 502
-                body = error_body(status, f"the upstream answered {response.code}: {snippet}",
-                                  "upstream_error")
-        exchange.status = status
+        if b"json" in content_type and exchange.usage is None:
+            answer = loads_object(body)
+            if answer is None:
+                raise UpstreamError("the upstream's answer could not be read")
+            if read_usage is not None:
+                exchange.usage = read_usage(answer, None)
+        exchange.status = 200
         if call.aborted:
             return
-        request.setResponseCode(status)
+        request.setResponseCode(200)
         request.setHeader(b"content-type", content_type)
         request.setHeader(b"content-length", b"%d" % len(body))
         request.write(body)
@@ -77,7 +72,7 @@ def refused_api(api: str, request: Any, exchange: Exchange, call: UpstreamCall,
     dialect where the endpoint cannot translate, ``translated`` false).
     """
     provider = target.provider
-    if api in provider.apis and (translated or dialect(provider) == "openai"):
+    if api in provider.apis and (translated or speaks(provider, OPENAI_WIRE)):
         return False
     message = (f"the model `{exchange.model}` is served by the provider "
                f"`{provider.name}`, which does not offer the {api} API")
@@ -105,80 +100,51 @@ def start_relayed(request: Any, response: Any) -> None:
     request.setHeader(b"x-accel-buffering", b"no")
 
 
-class BytesRelay(StreamRelay):
+def bytes_relay(gateway: Any, request: Any, exchange: Exchange, call: UpstreamCall,
+                request_size: int) -> Relay:
     """
-    Relays a binary body (speech audio) chunk by chunk as it arrives, with backpressure.  A
-    body that breaks is not finished cleanly: the client's connection is dropped, so that it
-    cannot take a truncated file for a whole one.
+    The relay of a binary body (speech audio), chunk by chunk as it arrives; one that breaks
+    drops the client's connection.
     """
-
-    def __init__(self, reactor: Any, settings: UpstreamSettings, request: Any,
-                 exchange: Exchange, call: UpstreamCall, request_size: int) -> None:
-        super().__init__(reactor, settings, request, exchange, call, stream_error_event)
-        self._request_size = request_size
-
-    def received(self, data: bytes) -> None:
-        if self._exchange.first_byte is None:
-            self._exchange.first_byte = self._reactor.seconds()
-        self._request.write(data)
-
-    def estimate(self) -> Usage:
-        return Usage(input_tokens=estimate_tokens(self._request_size), estimated=True)
-
-    def ended(self, failure: Failure | None) -> None:
-        exchange = self._exchange
-        if failure is None or self._call.aborted:
-            super().ended(failure)
-            return
-        exchange.usage = exchange.usage or self.estimate()
-        error = failure.value
-        exchange.status = getattr(error, "status", 502)
-        exchange.error = str(error)
-        self._request.unregisterProducer()
-        self._request.loseConnection()
-        self.done.callback(None)
+    return Relay(gateway, request, exchange, call, None,
+                 Bytes(), request_size)
 
 
-class EventRelay(StreamRelay):
+class UsageEvents:
     """
-    Relays an SSE stream in OpenAI's event format untouched, event run by event run, reading
-    the usage of the events that carry one (``read_usage`` given the parsed event).
+    The same-dialect transcoder (`txgateway.web.relay.ITranscoder`) of an SSE stream in
+    OpenAI's event format: whole events as they came, the usage of those that carry one read
+    (``read_usage`` given the parsed event and the usage so far).
     """
 
-    def __init__(self, reactor: Any, settings: UpstreamSettings, request: Any,
-                 exchange: Exchange, call: UpstreamCall, read_usage: UsageReader,
-                 request_size: int) -> None:
-        super().__init__(reactor, settings, request, exchange, call, stream_error_event)
+    error = None
+    chunks = 0
+
+    def __init__(self, read_usage: UsageReader) -> None:
         self._read_usage = read_usage
-        self._request_size = request_size
         self._splitter = EventSplitter()
+        self.usage: Usage | None = None
 
-    def received(self, data: bytes) -> None:
-        exchange = self._exchange
-        if exchange.first_byte is None:
-            exchange.first_byte = self._reactor.seconds()
+    def feed(self, data: bytes) -> bytes:
         run = self._splitter.feed(data)
-        if not run:
-            return
         if b'"usage"' in run:
             for event in events(run):
                 payload = data_of(event)
                 if b'"usage"' in payload:
-                    usage = self._read_usage(_loads(payload), exchange.usage)
+                    usage = self._read_usage(_loads(payload), self.usage)
                     if usage is not None:
-                        exchange.usage = usage
-        self._request.write(run)
+                        self.usage = usage
+        return run
 
-    def tail(self) -> bytes:
+    def finish(self) -> bytes:
         return self._splitter.pending
 
-    def estimate(self) -> Usage:
-        return Usage(input_tokens=estimate_tokens(self._request_size), estimated=True)
 
-    def ended(self, failure: Failure | None) -> None:
-        if failure is not None and not self._call.aborted and self._exchange.usage is None:
-            self._exchange.usage = self.estimate()
-        super().ended(failure)
+def event_relay(gateway: Any, request: Any, exchange: Exchange, call: UpstreamCall,
+                read_usage: UsageReader, request_size: int) -> Relay:
+    """The relay of an SSE stream in OpenAI's format, its usage read by ``read_usage``."""
+    return Relay(gateway, request, exchange, call,
+                 stream_error_event, UsageEvents(read_usage), request_size)
 
 
 def usage_reader(read: Callable[[Any], Usage | None]) -> UsageReader:
