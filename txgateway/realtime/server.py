@@ -23,7 +23,7 @@ from txgateway.gateway import Gateway
 from txgateway.providers import realtime_target
 from txgateway.realtime.client_secrets import SecretRefused, caller_of
 from txgateway.realtime.handshake import read_upgrade
-from txgateway.realtime.legs import ILeg, WebSocketLeg
+from txgateway.realtime.legs import IFrameLeg, WebSocketLeg
 from txgateway.realtime.session import Session, SessionInfo, TooManySessions
 from txgateway.realtime.upstream import UpstreamRefused, dial
 from txgateway.web.openapi import Endpoint, Operation
@@ -41,7 +41,7 @@ class Refused(Exception):
         self.provider = provider
 
 
-@implementer(ILeg)
+@implementer(IFrameLeg)
 class RealtimeServerProtocol(WebSocketLeg, WebSocketServerProtocol):
     """The caller's leg of one session."""
 

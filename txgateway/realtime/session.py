@@ -23,7 +23,7 @@ from txgateway.logs import AccessWriter
 from txgateway.metrics import GatewayMetrics
 from txgateway.realtime import closing
 from txgateway.realtime.events import error_event
-from txgateway.realtime.legs import ILeg, IUpstreamListener
+from txgateway.realtime.legs import IFrameLeg, ILeg, IUpstreamListener
 from txgateway.realtime.stall import StallGuard
 from txgateway.realtime.tally import NO_USAGE, RealtimeUsage, SessionTally
 
@@ -93,6 +93,11 @@ class Session:
         early, self._early = self._early, []
         for payload, is_binary in early:
             client.send(payload, is_binary)
+        upstream = self._upstream
+        if IFrameLeg.providedBy(client) and IFrameLeg.providedBy(upstream):
+            limit = self._settings.max_message_bytes
+            client.relay_to(upstream, True, limit, self._client_message)
+            upstream.relay_to(client, False, limit, self._upstream_message)
         self._timers.append(self._clock.callLater(self._settings.max_duration, self._guard,
                                                   "session_max_duration",
                                                   "The session reached the gateway's maximum "
@@ -114,6 +119,22 @@ class Session:
             self._early.append((payload, is_binary))
         elif self.client_close is None:
             self._client.send(payload, is_binary)
+        self._counted(usage)
+
+    # Frames relayed as bytes (`txgateway.realtime.frames`) are only metered here.
+
+    def _client_message(self, frame: bytes, start: int, end: int, is_binary: bool,
+                        mask: bytes | None) -> None:
+        self._last_frame = self._clock.seconds()
+        self.tally.client_message(frame, start, end, is_binary, mask)
+
+    def _upstream_message(self, frame: bytes, start: int, end: int, is_binary: bool,
+                          mask: bytes | None) -> None:
+        self._last_frame = self._clock.seconds()
+        self._counted(self.tally.server_message(frame, start, end, is_binary))
+
+    def _counted(self, usage: RealtimeUsage) -> None:
+        """Usage an upstream message reported goes to the live metrics and the budget."""
         if usage is not NO_USAGE:
             self._book.counted(self, usage)
             budget = self._settings.token_budget
