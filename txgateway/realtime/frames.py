@@ -19,7 +19,7 @@ from typing import Any
 from autobahn.websocket.protocol import WebSocketProtocol
 
 OPEN = WebSocketProtocol.STATE_OPEN
-TOO_BIG = WebSocketProtocol.CLOSE_STATUS_CODE_MESSAGE_TOO_BIG
+PING_PONG = (9, 10)
 
 #: ``meter(buffer, start, end, is_binary, mask)``: one whole message, its payload at
 #: ``buffer[start:end]``, still masked with ``mask`` (None when it is not).
@@ -108,18 +108,25 @@ class Relay:
     # Autobahn's writes to the sink -------------------------------------------------------------
 
     def holds(self, data: bytes) -> bool:
-        """Whether the sink's own frame ``data`` must wait (it is then held, in order)."""
-        if (self._held or self._feeding or self._left
-                or (self._fragmented and data and data[0] & 0x0F < 8)):
+        """
+        Whether the sink's own frame ``data`` must wait (it is then held).  Pings and pongs
+        wait only for the relayed frame to end; data and close frames, for its message too,
+        and stay in the order they were written.
+        """
+        if self._feeding or self._left or (
+                (self._fragmented or self._held) and data[0] & 0x0F not in PING_PONG):
             self._held.append(data)
             return True
         return False
 
     def _release(self) -> None:
         write = self._sink.transport.write
-        held = self._held
-        while held and not (self._fragmented and held[0][0] & 0x0F < 8):
-            write(held.pop(0))
+        held, self._held = self._held, []
+        for frame in held:
+            if self._fragmented and frame[0] & 0x0F not in PING_PONG:
+                self._held.append(frame)
+            else:
+                write(frame)
 
     def lost(self) -> None:
         """The source is gone; a frame it left unfinished leaves the sink unusable."""

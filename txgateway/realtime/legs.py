@@ -130,8 +130,12 @@ class WebSocketLeg:
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         """
         Write an open connection's frame straight to the transport: Autobahn's own path formats
-        a debug line's arguments for every frame even when debug logging is off.
+        a debug line's arguments for every frame even when debug logging is off.  A frame
+        relayed into this leg and not yet whole (or its message) is waited for.
         """
+        inbound = self._inbound
+        if inbound is not None and inbound.holds(data):
+            return
         if (sync or chopsize or self.send_queue  # type: ignore[attr-defined]
                 or self.state != WebSocketProtocol.STATE_OPEN):  # type: ignore[attr-defined]
             super().sendData(data, sync, chopsize)  # type: ignore[misc]
