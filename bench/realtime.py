@@ -92,7 +92,8 @@ async def session(url: str, seconds: float, warmup: float, rtts: list[float],
 
             async def receive() -> None:
                 async for message in socket:
-                    start = message.find('"event_id":"') + 12
+                    # LiteLLM re-encodes each event with ", " and ": " separators.
+                    start = message.find('"', message.find('"event_id"') + 11) + 1
                     sent = int(message[start:message.find('"', start)])
                     if sent >= measuring_from:
                         rtts.append((time.perf_counter_ns() - sent) / 1e6)
@@ -225,6 +226,9 @@ def memory(args, name: str, relay: Service) -> dict:
     time.sleep(1)
     held = memory_mib(relay.proc.pid)["rss_mib"]
     holder.communicate("")
+    # Warmed up first (allocator arenas, the admin API's list of recent sessions filled).
+    subprocess.run(["taskset", "-c", CLIENT_CPUS, *client, "1000", "--churn-client"],
+                   check=True)
     time.sleep(2)
     start = memory_mib(relay.proc.pid)["rss_mib"]
     subprocess.run(["taskset", "-c", CLIENT_CPUS, *client, str(args.churn), "--churn-client"],

@@ -38,6 +38,33 @@ def unmask(data: bytes, start: int, end: int, mask: bytes | None, phase: int = 0
             ^ int.from_bytes(key, "little")).to_bytes(size, "little")
 
 
+def writer(transport: Any) -> Callable[[bytes], None]:
+    """
+    A function writing to ``transport``, straight to its socket when nothing is queued:
+    Twisted's TCP transport would register for writability and send on the next reactor turn
+    (two epoll_ctl calls and a poll per frame); what the socket does not take is queued.
+    Other transports (TLS) are written to as usual.
+    """
+    sock = getattr(transport, "socket", None)
+    if sock is None or not hasattr(transport, "_tempDataBuffer"):
+        return transport.write  # type: ignore[no-any-return]
+    write = transport.write
+
+    def write_now(data: bytes) -> None:
+        if not transport.dataBuffer and not transport._tempDataBuffer and (
+                transport.connected and not transport.disconnecting):
+            try:
+                sent = sock.send(data)
+            except OSError:  # would block, or broken: the transport finds out
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
+        write(data)
+
+    return write_now
+
+
 def header(data: bytes, pos: int) -> tuple[int, int, int, bytes | None] | None:
     """
     The frame header at ``data[pos:]``: (first byte, header size, payload length, mask key);
@@ -78,7 +105,7 @@ class Relay:
 
     __slots__ = ("_source", "_sink", "_masked", "_limit", "_meter", "_pending", "_left",
                  "_forward", "_mask", "_phase", "_fin", "_pieces", "_message", "_binary",
-                 "_fragmented", "_held", "_feeding")
+                 "_fragmented", "_held", "_feeding", "_write")
 
     def __init__(self, source: Any, sink: Any, masked: bool, limit: int, meter: Meter) -> None:
         self._source = source
@@ -104,6 +131,7 @@ class Relay:
         #: Frames Autobahn wrote to the sink while it was inside a relayed frame or message.
         self._held: list[bytes] = []
         self._feeding = False
+        self._write = writer(sink.transport)
 
     # Autobahn's writes to the sink -------------------------------------------------------------
 
@@ -120,7 +148,7 @@ class Relay:
         return False
 
     def _release(self) -> None:
-        write = self._sink.transport.write
+        write = self._write
         held, self._held = self._held, []
         for frame in held:
             if self._fragmented and frame[0] & 0x0F not in PING_PONG:
@@ -152,7 +180,7 @@ class Relay:
         """Relay what ``data`` holds, frame by frame; bytes not relayed are cut out."""
         end_of_data = len(data)
         pos = out = 0  # data[out:pos] is relayed but not yet written
-        write = self._sink.transport.write
+        write = self._write
         while pos < end_of_data:
             left = self._left
             if left:
