@@ -161,7 +161,13 @@ def run_client(url: str, sessions: int, seconds: float, warmup: float, key: str 
     cmd = ["taskset", "-c", CLIENT_CPUS, sys.executable, __file__, "--url", url,
            "--sessions", str(sessions), "--seconds", str(seconds), "--warmup", str(warmup),
            "--key", key]
-    return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+    try:
+        done = subprocess.run(cmd, check=True, capture_output=True, text=True,
+                              timeout=3 * seconds + 60)
+    except subprocess.TimeoutExpired:  # a relay that cannot keep up at all
+        return {"frames": 0, "frames_sent": 0, "timed_out": True, "p50_ms": None,
+                "p99_ms": None}
+    return json.loads(done.stdout)
 
 
 # ---------------------------------------------------------------------------- the harness
@@ -218,6 +224,10 @@ def memory(args, name: str, relay: Service) -> dict:
     url = f"ws://127.0.0.1:{relay.port}/v1/realtime?model={MODEL}"
     client = [sys.executable, __file__, "--url", url, "--key",
               relay.env and LITELLM_KEY or "", "--sessions"]
+    # Warmed up first: lazily built state and allocator arenas are not per-session costs.
+    subprocess.run(["taskset", "-c", CLIENT_CPUS, *client, "1000", "--churn-client"],
+                   check=True)
+    time.sleep(2)
     before = memory_mib(relay.proc.pid)["rss_mib"]
     holder = subprocess.Popen(["taskset", "-c", CLIENT_CPUS, *client, str(args.idle),
                                "--hold"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -226,9 +236,6 @@ def memory(args, name: str, relay: Service) -> dict:
     time.sleep(1)
     held = memory_mib(relay.proc.pid)["rss_mib"]
     holder.communicate("")
-    # Warmed up first (allocator arenas, the admin API's list of recent sessions filled).
-    subprocess.run(["taskset", "-c", CLIENT_CPUS, *client, "1000", "--churn-client"],
-                   check=True)
     time.sleep(2)
     start = memory_mib(relay.proc.pid)["rss_mib"]
     subprocess.run(["taskset", "-c", CLIENT_CPUS, *client, str(args.churn), "--churn-client"],
@@ -308,11 +315,12 @@ def main() -> int:
             relay.start(GATEWAY_CPUS)
             try:
                 relay.wait_ready(120)
+                # Memory first, on a relay that has not yet carried the load.
+                results.append(memory(args, name, relay))
+                print(json.dumps(results[-1]), flush=True)
                 for n in args.sessions:
                     results.append(measure(args, name, relay, upstream, n, directs[n]))
                     print(json.dumps(results[-1]), flush=True)
-                results.append(memory(args, name, relay))
-                print(json.dumps(results[-1]), flush=True)
             finally:
                 relay.stop()
     finally:
