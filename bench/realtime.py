@@ -149,12 +149,19 @@ async def hold(url: str, sessions: int) -> None:
 
 async def churn(url: str, sessions: int, concurrency: int = 100) -> None:
     """Open and close ``sessions`` sessions, ``concurrency`` at a time."""
+    failed = 0
+
     async def one() -> None:
-        async with dial(url) as socket:
-            await socket.recv()
+        nonlocal failed
+        try:
+            async with dial(url) as socket:
+                await socket.recv()
+        except Exception:  # counted: a relay that refuses or times out under churn
+            failed += 1
 
     for _ in range(sessions // concurrency):
         await asyncio.gather(*(one() for _ in range(concurrency)))
+    print(json.dumps({"failed": failed}))
 
 
 def run_client(url: str, sessions: int, seconds: float, warmup: float, key: str = "") -> dict:
@@ -238,14 +245,15 @@ def memory(args, name: str, relay: Service) -> dict:
     holder.communicate("")
     time.sleep(2)
     start = memory_mib(relay.proc.pid)["rss_mib"]
-    subprocess.run(["taskset", "-c", CLIENT_CPUS, *client, str(args.churn), "--churn-client"],
-                   check=True)
+    churned = subprocess.run(["taskset", "-c", CLIENT_CPUS, *client, str(args.churn),
+                              "--churn-client"], check=True, capture_output=True, text=True)
     time.sleep(2)
     end = memory_mib(relay.proc.pid)["rss_mib"]
     return {"relay": name, "idle_sessions": args.idle,
             "rss_per_idle_session_kib": round((held - before) * 1024 / args.idle, 1),
             "churned_sessions": args.churn, "rss_before_churn_mib": round(start, 1),
-            "rss_after_churn_mib": round(end, 1), "churn_left_mib": round(end - start, 2)}
+            "rss_after_churn_mib": round(end, 1), "churn_left_mib": round(end - start, 2),
+            "churn_failed": json.loads(churned.stdout)["failed"]}
 
 
 def litellm_service(workdir: Path, upstream_port: int) -> Service:
