@@ -25,6 +25,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -209,8 +210,17 @@ def measure(args, name: str, relay: Service, upstream: Service, sessions: int,
         f"import time,sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
         f"from run import memory_mib; time.sleep({args.seconds / 2}); "
         f"print(memory_mib({relay.proc.pid})['rss_mib'])")], stdout=subprocess.PIPE, text=True)
+    # CPU is also read over the steady part of the run alone (handshakes done, before the end).
+    steady: list[float] = []
+    window = (args.warmup + 1, args.seconds - 0.5)
+    timers = [threading.Timer(at, lambda: steady.append(cpu_seconds(relay.proc.pid)))
+              for at in window]
+    for timer in timers:
+        timer.start()
     relayed = run_client(f"ws://127.0.0.1:{relay.port}/v1/realtime?model={MODEL}",
                          sessions, args.seconds, args.warmup, relay.env and LITELLM_KEY or "")
+    for timer in timers:
+        timer.join()
     cpu_used = cpu_seconds(relay.proc.pid) - cpu_before
     cpu = cpu_used / (time.monotonic() - wall_before)
     rss_loaded = float(sampler.communicate()[0])
@@ -221,6 +231,9 @@ def measure(args, name: str, relay: Service, upstream: Service, sessions: int,
             "added_p99_ms": _diff(relayed["p99_ms"], direct["p99_ms"]),
             "cpu_percent": round(cpu * 100, 1),
             "cpu_us_per_frame": round(cpu_used * 1e6 / frames, 1) if frames else None,
+            # At real-time pace, 2 frames per session every 20 ms in that window.
+            "steady_cpu_us_per_frame": round((steady[1] - steady[0]) * 1e6 / (
+                2 * sessions * (window[1] - window[0]) / FRAME_SECONDS), 1),
             "rss_idle_mib": round(rss_idle, 1),
             "rss_loaded_mib": round(rss_loaded, 1),
             "rss_per_loaded_session_kib": round((rss_loaded - rss_idle) * 1024 / sessions, 1)}
