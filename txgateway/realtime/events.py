@@ -10,6 +10,8 @@ from typing import Any
 
 import orjson
 
+from txgateway.realtime.frames import unmask
+
 #: Server events whose whole body the tally reads (GA and beta names).
 ACCOUNTED = frozenset({
     "session.created", "session.updated", "transcription_session.created",
@@ -36,19 +38,23 @@ AUDIO_DELTA_STARTS = (
     b'{"type":"session.output_audio.delta"', b'{"type": "session.output_audio.delta"',
 )
 
+#: The characters of base64 (as ``bytes.translate`` deletes them).
+BASE64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
 _TYPE = re.compile(rb'"type"\s*:\s*"([A-Za-z0-9_.]{1,100})"')
 #: How far into a frame the top-level ``type`` is looked for before parsing the whole frame.
 _PREFIX = 256
 
 
-def sniff_type(payload: bytes) -> str | None:
+def sniff_type(payload: bytes, start: int = 0, end: int | None = None) -> str | None:
     """
     The event's ``type`` when it is visible as a top-level key near the start (OpenAI puts it
     first); None when that cannot be told without parsing.  A ``{`` before the match means it
-    may belong to a nested object, so that is not trusted either.
+    may belong to a nested object, so that is not trusted either.  ``start`` and ``end`` bound
+    the event inside a larger buffer (a read of the relay), which is never copied.
     """
-    match = _TYPE.search(payload, 0, _PREFIX)
-    if match is None or payload.find(b"{", 1, match.start()) != -1:
+    end = len(payload) if end is None else end
+    match = _TYPE.search(payload, start, min(end, start + _PREFIX))
+    if match is None or payload.find(b"{", start + 1, match.start()) != -1:
         return None
     return match.group(1).decode("ascii")
 
@@ -62,31 +68,68 @@ def parse_event(payload: bytes) -> dict[str, Any] | None:
     return event if isinstance(event, dict) else None
 
 
-def event_type(payload: bytes) -> tuple[str | None, dict[str, Any] | None]:
+def event_type(payload: bytes, start: int = 0, end: int | None = None
+               ) -> tuple[str | None, dict[str, Any] | None]:
     """
     The frame's type, with the parsed event when the frame was parsed: accounted events
     always are (to confirm the type and read them), and frames whose type cannot be sniffed.
     """
-    kind = sniff_type(payload)
+    end = len(payload) if end is None else end
+    kind = sniff_type(payload, start, end)
     if kind is not None and kind not in ACCOUNTED:
         return kind, None
-    event = parse_event(payload)
+    event = parse_event(payload if start == 0 and end == len(payload) else payload[start:end])
     if event is None:
         return None, None
     kind = event.get("type")
     return (kind if isinstance(kind, str) else None), event
 
 
-def base64_length(payload: bytes, key: bytes) -> int:
+def base64_length(payload: bytes, key: bytes, start: int = 0, end: int | None = None) -> int:
     """The length of the string value of ``key`` (base64 audio), found without parsing."""
-    start = payload.find(key)
+    end = len(payload) if end is None else end
+    start = payload.find(key, start, end)
     if start == -1:
         return 0
-    start = payload.find(b'"', start + len(key))
+    start = payload.find(b'"', start + len(key), end)
     if start == -1:
         return 0
-    end = payload.find(b'"', start + 1)
-    return 0 if end == -1 else end - start - 1
+    stop = payload.find(b'"', start + 1, end)
+    return 0 if stop == -1 else stop - start - 1
+
+
+def append_audio_chars(payload: bytes) -> int:
+    """The base64 characters of audio a client event carries: an append's, else 0."""
+    if payload.startswith(APPEND_STARTS) or (
+            payload.find(b"input_audio_buffer.append", 0, _PREFIX) != -1
+            and event_type(payload)[0] in APPENDS):
+        return base64_length(payload, b'"audio"')
+    return 0
+
+
+def masked_audio_chars(frame: bytes, start: int, end: int, mask: bytes | None) -> int:
+    """
+    `append_audio_chars` of a caller's frame at ``frame[start:end]``, still masked.  An append
+    as the SDKs write it (``type``, then ``audio``, last) is measured from its first 256 and
+    last 16 bytes, unmasked alone; any other event is unmasked whole only when it may be one.
+    """
+    if mask is None:
+        return append_audio_chars(frame[start:end])
+    head = unmask(frame, start, min(end, start + _PREFIX), mask)
+    if end - start <= _PREFIX:
+        return append_audio_chars(head)
+    if not head.startswith(APPEND_STARTS):
+        if head.find(b"input_audio_buffer.append") == -1:
+            return 0
+        return append_audio_chars(unmask(frame, start, end, mask))
+    key = head.find(b'"audio"')
+    opening = -1 if key == -1 else head.find(b'"', key + 7)
+    tail_at = end - 16
+    tail = unmask(frame, tail_at, end, mask, (tail_at - start) & 3)
+    if (opening == -1 or head.find(b'"', opening + 1) != -1 or not tail.endswith(b'"}')
+            or tail[:-2].translate(None, BASE64)):
+        return append_audio_chars(unmask(frame, start, end, mask))
+    return end - start - 2 - opening - 1
 
 
 def decoded_size(base64_chars: int) -> int:

@@ -12,6 +12,7 @@ from twisted.internet.interfaces import IPushProducer
 from zope.interface import Attribute, Interface, implementer
 
 from txgateway.realtime import closing
+from txgateway.realtime.frames import Meter, Relay
 
 
 class ILeg(Interface):
@@ -33,6 +34,16 @@ class ILeg(Interface):
 
     def pause_source(producer: IPushProducer) -> None:  # noqa: N805
         """Let ``producer`` (the other leg's input) be paused while this leg's output is full."""
+
+
+class IFrameLeg(ILeg):
+    """A leg over a WebSocket of the network, whose frames may be relayed as bytes."""
+
+    def relay_to(sink: IFrameLeg, masked: bool, limit: int, meter: Meter) -> None:  # noqa: N805
+        """
+        Relay this leg's data frames to ``sink`` as bytes from the next frame boundary on,
+        each message told to ``meter``; ``masked`` when this leg is the caller's.
+        """
 
 
 class IUpstreamListener(Interface):
@@ -76,6 +87,38 @@ class WebSocketLeg:
     """
 
     transport: Any
+    #: The relay reading this leg once it relays as bytes; one waiting for a frame boundary.
+    _relay: Relay | None = None
+    _waiting: Relay | None = None
+    #: The relay writing into this leg, which Autobahn's own frames wait for.
+    _inbound: Relay | None = None
+
+    def relay_to(self, sink: Any, masked: bool, limit: int, meter: Meter) -> None:
+        relay = Relay(self, sink, masked, limit, meter)
+        sink._inbound = self._waiting = relay
+        self._take_over()
+
+    def _take_over(self) -> None:
+        """Autobahn hands the reading over between frames, with nothing of one buffered."""
+        if not self.data and getattr(self, "current_frame", None) is None and not getattr(
+                self, "inside_message", False):
+            self._relay, self._waiting = self._waiting, None
+
+    def dataReceived(self, data: bytes) -> None:
+        relay = self._relay
+        if relay is not None:
+            relay.feed(data)
+            return
+        super().dataReceived(data)  # type: ignore[misc]
+        if self._waiting is not None:
+            self._take_over()
+
+    def connectionLost(self, reason: Any) -> None:
+        relay = self._relay
+        self._relay = self._waiting = self._inbound = None
+        if relay is not None:
+            relay.lost()
+        super().connectionLost(reason)  # type: ignore[misc]
 
     def onMessageEnd(self) -> None:
         """Deliver the message without Autobahn's ``message`` observer event (a Deferred each)."""
@@ -87,8 +130,12 @@ class WebSocketLeg:
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         """
         Write an open connection's frame straight to the transport: Autobahn's own path formats
-        a debug line's arguments for every frame even when debug logging is off.
+        a debug line's arguments for every frame even when debug logging is off.  A frame
+        relayed into this leg and not yet whole (or its message) is waited for.
         """
+        inbound = self._inbound
+        if inbound is not None and inbound.holds(data):
+            return
         if (sync or chopsize or self.send_queue  # type: ignore[attr-defined]
                 or self.state != WebSocketProtocol.STATE_OPEN):  # type: ignore[attr-defined]
             super().sendData(data, sync, chopsize)  # type: ignore[misc]

@@ -27,7 +27,7 @@ from txgateway.providers import prepare, realtime_target
 from txgateway.realtime.budget import key_budget
 from txgateway.realtime.client_secrets import SecretRefused, caller_of
 from txgateway.realtime.handshake import read_upgrade
-from txgateway.realtime.legs import ILeg, WebSocketLeg
+from txgateway.realtime.legs import IFrameLeg, WebSocketLeg
 from txgateway.realtime.live import started_with
 from txgateway.realtime.session import Session, SessionInfo, TooManySessions
 from txgateway.realtime.translated import dial_session
@@ -50,7 +50,7 @@ class Refused(Exception):
         self.key_id = key_id
 
 
-@implementer(ILeg)
+@implementer(IFrameLeg)
 class RealtimeServerProtocol(WebSocketLeg, WebSocketServerProtocol):
     """The caller's leg of one session."""
 
@@ -187,6 +187,10 @@ class RealtimeServerProtocol(WebSocketLeg, WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         self.session.client_opened(self)
+
+    def _take_over(self) -> None:
+        if self._live_model is None:  # a Live session's session.start is rewritten first
+            super()._take_over()
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if self._live_model is not None and not isBinary:

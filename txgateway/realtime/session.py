@@ -23,7 +23,8 @@ from txgateway.logs import AccessWriter
 from txgateway.metrics import GatewayMetrics
 from txgateway.realtime import closing
 from txgateway.realtime.events import APPEND_STARTS, error_event, event_type
-from txgateway.realtime.legs import ILeg, IUpstreamListener
+from txgateway.realtime.frames import unmask
+from txgateway.realtime.legs import IFrameLeg, ILeg, IUpstreamListener
 from txgateway.realtime.stall import StallGuard
 from txgateway.realtime.tally import NO_USAGE, RealtimeUsage, SessionTally
 
@@ -76,7 +77,7 @@ class Session:
         self._guarded = 0
         #: Why no further response may be created (the key's budget is spent), or None;
         #: asked at every ``response.create``.  Set by the caller's leg once admitted.
-        self.response_guard: Callable[[Session], str | None] = lambda session: None
+        self.response_guard: Callable[[Session], str | None] = _unguarded
         #: The close the upstream is given once the responses the departed caller left run end.
         self._draining: tuple[int, str] | None = None
 
@@ -98,6 +99,11 @@ class Session:
         early, self._early = self._early, []
         for payload, is_binary in early:
             client.send(payload, is_binary)
+        upstream = self._upstream
+        if IFrameLeg.providedBy(client) and IFrameLeg.providedBy(upstream):
+            limit = self._settings.max_message_bytes
+            client.relay_to(upstream, True, limit, self._client_message)
+            upstream.relay_to(client, False, limit, self._upstream_message)
         self._timers.append(self._clock.callLater(self._settings.max_duration, self._guard,
                                                   "session_max_duration",
                                                   "The session reached the gateway's maximum "
@@ -139,6 +145,35 @@ class Session:
             self._early.append((payload, is_binary))
         elif self.client_close is None:
             self._client.send(payload, is_binary)
+        self._counted(usage)
+
+    # Frames relayed as bytes (`txgateway.realtime.frames`) are only metered here.
+
+    def _client_message(self, frame: bytes, start: int, end: int, is_binary: bool,
+                        mask: bytes | None) -> bool:
+        """Metered; True (dropped) for a ``response.create`` once a budget is reached."""
+        self._last_frame = self._clock.seconds()
+        self.tally.client_message(frame, start, end, is_binary, mask)
+        if is_binary or not self._budgeted:
+            return False
+        head = unmask(frame, start, min(end, start + 256), mask)
+        return (not head.startswith(APPEND_STARTS) and head.find(b'"response.create"') != -1
+                and event_type(unmask(frame, start, end, mask))[0] == "response.create"
+                and self._spent())
+
+    def _upstream_message(self, frame: bytes, start: int, end: int, is_binary: bool,
+                          mask: bytes | None) -> bool:
+        self._last_frame = self._clock.seconds()
+        self._counted(self.tally.server_message(frame, start, end, is_binary))
+        return False
+
+    @property
+    def _budgeted(self) -> bool:
+        """Whether a budget is checked at each ``response.create``."""
+        return bool(self._settings.token_budget) or self.response_guard is not _unguarded
+
+    def _counted(self, usage: RealtimeUsage) -> None:
+        """Usage an upstream message reported goes to the live metrics and the budget."""
         if self._draining is not None and not self.tally.open_responses:
             self._drained()
         if usage is not NO_USAGE:
@@ -382,3 +417,8 @@ class SessionBook:
     def find(self, session_id: str) -> Session | None:
         return self._active.get(session_id) or next(
             (s for s in self._recent if s.info.id == session_id), None)
+
+
+def _unguarded(session: Session) -> str | None:
+    """The response guard of a session no key budget watches."""
+    return None

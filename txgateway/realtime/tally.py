@@ -16,13 +16,12 @@ from typing import Any
 import attrs
 
 from txgateway.realtime.events import (
-    APPEND_STARTS,
-    APPENDS,
     AUDIO_DELTA_STARTS,
     AUDIO_DELTAS,
     base64_length,
     decoded_size,
     event_type,
+    masked_audio_chars,
 )
 
 #: Bytes per second of each audio format (GA format types and beta names); pcm is 24 kHz.
@@ -195,25 +194,33 @@ class SessionTally:
         return bool(self._open)
 
     def client_frame(self, payload: bytes, is_binary: bool) -> None:
-        self.bytes_in += len(payload)
+        self.client_message(payload, 0, len(payload), is_binary, None)
+
+    def client_message(self, frame: bytes, start: int, end: int, is_binary: bool,
+                       mask: bytes | None) -> None:
+        """A caller's message at ``frame[start:end]``, masked with ``mask`` when not None."""
+        self.bytes_in += end - start
         self.frames_in += 1
-        # Most client frames are appends that start as such; a substring test skips the rest.
-        if not is_binary and (payload.startswith(APPEND_STARTS) or (
-                payload.find(b"input_audio_buffer.append", 0, 256) != -1
-                and event_type(payload)[0] in APPENDS)):
-            size = decoded_size(base64_length(payload, b'"audio"'))
-            self.audio_seconds_in += size / self._rate_in
+        if not is_binary:
+            size = decoded_size(masked_audio_chars(frame, start, end, mask))
+            if size:
+                self.audio_seconds_in += size / self._rate_in
 
     def server_frame(self, payload: bytes, is_binary: bool) -> RealtimeUsage:
-        self.bytes_out += len(payload)
+        return self.server_message(payload, 0, len(payload), is_binary)
+
+    def server_message(self, frame: bytes, start: int, end: int,
+                       is_binary: bool) -> RealtimeUsage:
+        """An upstream message at ``frame[start:end]``; the usage it reported."""
+        self.bytes_out += end - start
         self.frames_out += 1
         if is_binary:
             return NO_USAGE
-        if not payload.startswith(AUDIO_DELTA_STARTS):
-            kind, event = event_type(payload)
+        if not frame.startswith(AUDIO_DELTA_STARTS, start, end):
+            kind, event = event_type(frame, start, end)
             if kind not in AUDIO_DELTAS:
                 return NO_USAGE if event is None else self._accounted(kind, event)
-        size = decoded_size(base64_length(payload, b'"delta"'))
+        size = decoded_size(base64_length(frame, b'"delta"', start, end))
         self.audio_seconds_out += size / self._rate_out
         return NO_USAGE
 

@@ -16,7 +16,7 @@ from zope.interface import implementer
 
 from txgateway.config import RealtimeSettings
 from txgateway.providers import RealtimeTarget
-from txgateway.realtime.legs import ILeg, IUpstreamListener, WebSocketLeg
+from txgateway.realtime.legs import IFrameLeg, ILeg, IUpstreamListener, WebSocketLeg
 
 
 class UpstreamRefused(Exception):
@@ -38,7 +38,7 @@ def caller_status(upstream_status: int | None) -> int:
     return 502
 
 
-@implementer(ILeg)
+@implementer(IFrameLeg)
 class UpstreamProtocol(WebSocketLeg, WebSocketClientProtocol):
     """The upstream leg over the network."""
 
