@@ -204,7 +204,7 @@ class KeepaliveTests(RealtimeTestCase):
 
 class LeakTests(RealtimeTestCase):
     realtime = "{max_sessions: 100000}"
-    timeout = 90
+    timeout = 240
 
     async def sessions(self, count: int, at_once: int = 25) -> None:
         """Open and close ``count`` sessions through the fake upstream, ``at_once`` at a time."""
