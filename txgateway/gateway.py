@@ -24,7 +24,7 @@ from txgateway.upstream import pooled_agent
 
 #: Settings a reload cannot change: the process must restart for them.
 FIXED_AT_START = ("listen", "store", "limiter", "access_log", "upstream", "plugin_dirs",
-                  "tracing")
+                  "tracing", "max_in_flight")
 
 
 @attrs.define

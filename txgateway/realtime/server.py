@@ -27,15 +27,17 @@ from txgateway.realtime.legs import ILeg, WebSocketLeg
 from txgateway.realtime.session import Session, SessionInfo, TooManySessions
 from txgateway.realtime.upstream import UpstreamRefused, dial
 from txgateway.web.openapi import Endpoint, Operation
+from txgateway.web.overload import RETRY_AFTER
 
 
 class Refused(Exception):
     """The upgrade is answered with an HTTP error instead."""
 
     def __init__(self, status: int, message: str, code: str, param: str | None = None,
-                 model: str = "", provider: Any = None) -> None:
+                 model: str = "", provider: Any = None, retry_after: bytes = b"") -> None:
         super().__init__(message)
         self.status = status
+        self.retry_after = retry_after
         self.body = error_body(status, message, code, param)
         self.model = model
         self.provider = provider
@@ -47,7 +49,7 @@ class RealtimeServerProtocol(WebSocketLeg, WebSocketServerProtocol):
 
     gateway: Gateway
     session: Session | None = None
-    _refusal: bytes | None = None
+    _refusal: Refused | None = None
     _channel: Any = None
 
     def pause_source(self, producer: Any) -> None:
@@ -63,7 +65,7 @@ class RealtimeServerProtocol(WebSocketLeg, WebSocketServerProtocol):
         try:
             return await self._admit(request)
         except Refused as refused:
-            self._refusal = refused.body
+            self._refusal = refused
             self._log_refusal(started, refused)
             raise ConnectionDeny(refused.status, RESPONSES.get(refused.status, b"Error").decode())
 
@@ -119,8 +121,11 @@ class RealtimeServerProtocol(WebSocketLeg, WebSocketServerProtocol):
         try:
             self.session = session = gateway.realtime.admit(info)
         except TooManySessions as error:
-            raise Refused(429, str(error), "too_many_sessions", None, name,
-                          route.provider) from None
+            # The gateway's own cap is an overload (retry soon, maybe elsewhere); a key's
+            # is that caller's rate limit.
+            raise Refused(503 if error.overloaded else 429, str(error), "too_many_sessions",
+                          None, name, route.provider,
+                          RETRY_AFTER if error.overloaded else b"") from None
         try:
             upstream = await dial(gateway.reactor, target, session, settings,
                                   gateway.config.upstream.connect_timeout)
@@ -135,12 +140,13 @@ class RealtimeServerProtocol(WebSocketLeg, WebSocketServerProtocol):
 
     def sendHttpErrorResponse(self, code: int, reason: str, responseHeaders: Any = None) -> None:
         """A refusal carries an OpenAI error body, not just a status line."""
-        body, self._refusal = self._refusal, None
-        if body is None:
+        refused, self._refusal = self._refusal, None
+        if refused is None:
             return super().sendHttpErrorResponse(code, reason, responseHeaders)
-        self.sendData(b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+        retry = refused.retry_after and b"Retry-After: %s\r\n" % refused.retry_after
+        self.sendData(b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n%s"
                       b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
-                      % (code, reason.encode(), len(body), body))
+                      % (code, reason.encode(), retry, len(refused.body), refused.body))
 
     def connectionMade(self) -> None:
         super().connectionMade()

@@ -12,6 +12,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from txgateway.dialects.openai import error_body
+from txgateway.web.overload import message, overloaded
 
 log = Logger()
 
@@ -107,14 +108,25 @@ class Root(JSONResource):
     resource sees them (a body over ``max_body_bytes``), so that they count like any other.
     """
 
-    def __init__(self, accountant: Any) -> None:
+    def __init__(self, accountant: Any, max_in_flight: int = 0) -> None:
         super().__init__()
         self._accountant = accountant
+        self._max_in_flight = max_in_flight
+
+    def getChildWithDefault(self, path: bytes, request: Any) -> Resource:
+        refusal = overloaded(self._accountant, self._max_in_flight, path)
+        if refusal is None:
+            return super().getChildWithDefault(path, request)
+        self._account(request.path, 503, message(self._max_in_flight))
+        return refusal
 
     def refused(self, request: Any, status: int, message: str) -> None:
         # The request line is parsed but not yet handed to the request: the channel holds it.
-        path = getattr(request.channel, "_path", b"")
-        exchange = self._accountant.start(route_of(self, path.partition(b"?")[0]))
+        self._account(getattr(request.channel, "_path", b"").partition(b"?")[0], status,
+                      message)
+
+    def _account(self, path: bytes, status: int, message: str) -> None:
+        exchange = self._accountant.start(route_of(self, path))
         exchange.status, exchange.error = status, message
         self._accountant.finish(exchange)
 

@@ -1,0 +1,55 @@
+"""
+Overload (issue 16, item 6): past ``max_in_flight`` calls under way, a new call is refused at
+once with 503 and Retry-After instead of queueing; the gateway stays observable and recovers.
+"""
+
+from __future__ import annotations
+
+import orjson
+import treq
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.task import deferLater
+
+from tests.gateway_harness import CONFIG, GatewayTestCase
+
+LIMIT = 4
+
+
+class OverloadTests(GatewayTestCase):
+    config = CONFIG.replace("max_body_bytes:", f"max_in_flight: {LIMIT}\nmax_body_bytes:")
+
+    async def chat(self, model: str) -> tuple[int, bytes, bytes | None, float]:
+        started = reactor.seconds()
+        response = await self.post("/v1/chat/completions", orjson.dumps(
+            {"model": model, "messages": [{"role": "user", "content": "hi"}]}))
+        body = await response.content()
+        return (response.code, body, response.headers.getRawHeaders(b"retry-after", [None])[0],
+                reactor.seconds() - started)
+
+    async def test_burst_is_refused_at_once(self) -> None:
+        """A 10x burst over the limit: 503 + Retry-After in well under the calls' own time."""
+        accountant = self.service.gateway.accountant
+        held = [Deferred.fromCoroutine(self.chat("slow-headers")) for _ in range(LIMIT)]
+        for _ in range(100):
+            if accountant.in_flight == LIMIT:
+                break
+            await deferLater(reactor, 0.01)
+        self.assertEqual(accountant.in_flight, LIMIT)
+        burst = await gatherResults([Deferred.fromCoroutine(self.chat("demo"))
+                                     for _ in range(10 * LIMIT)])
+        self.assertLessEqual(accountant.in_flight, LIMIT)
+        for status, body, retry_after, took in burst:
+            self.assertEqual((status, retry_after), (503, b"1"))
+            self.assertEqual(orjson.loads(body)["error"]["code"], "overloaded")
+            self.assertLess(took, 0.5)  # the held calls take a second (first-byte timeout)
+        health = await treq.get(self.base_url + "/health", pool=self.pool)
+        self.assertEqual(health.code, 200)
+        await health.content()
+        for status, *_ in await gatherResults(held):
+            self.assertEqual(status, 504)
+        status, body, retry_after, _ = await self.chat("demo")
+        self.assertEqual((status, retry_after), (200, None))
+        refused = [record for record in self.access_records() if record["status"] == 503]
+        self.assertEqual(len(refused), 10 * LIMIT)
+        self.assertEqual({record["route"] for record in refused}, {"chat"})
