@@ -126,6 +126,11 @@ class Passthrough(JSONResource):
                      raw: bytes, call: UpstreamCall) -> None:
         gateway = self._gateway
         principal = await authenticate(gateway, request, exchange, exchange.model)
+        if principal.models and not _routed_to(gateway, exchange.model, provider):
+            # A key limited to some models reaches a provider's own API only for a model
+            # its routes send there as it is named: else any allowed name would do.
+            raise Refusal(403, f"This key may not use the model `{exchange.model}` through "
+                          f"`{provider.name}`.", "model_not_allowed")
         await within_limits(gateway, request, exchange, principal,
                             estimate_tokens(len(raw)))
         response = await call.send(provider.agent, UpstreamRequest(
@@ -139,6 +144,12 @@ class Passthrough(JSONResource):
                                  exchange, call, reader)
         call.deliver(response, relay)
         await relay.done
+
+
+def _routed_to(gateway: Gateway, model: str, provider: Any) -> bool:
+    """Whether a route sends ``model`` to ``provider`` under that same name."""
+    return any(target.provider.name == provider.name and target.model == model
+               for target in gateway.router.plan(model) or ())
 
 
 def _model_in(raw: bytes, request: Any) -> str:
