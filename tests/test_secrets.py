@@ -20,6 +20,7 @@ from twisted.web.server import Site
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as sync_connect
 
+from tests.fuzz_wire import cancel_batched_timers
 from tests.gateway_harness import GatewayTestCase, OnPostgreSQL
 from tests.raw_http import RawAnswer, send_raw
 from tests.test_keys import ADMIN, DEMO_ONLY_KEY, KEYS_CONFIG, TEAM_KEY
@@ -68,6 +69,7 @@ class SecretsTests(GatewayTestCase):
                 self.logged.append(failure.getTraceback())
             self.logged.append(repr(event))
 
+        self.addCleanup(cancel_batched_timers, reactor)
         globalLogPublisher.addObserver(observe)
         self.addCleanup(globalLogPublisher.removeObserver, observe)
         await super()._start()

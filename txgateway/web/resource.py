@@ -136,11 +136,16 @@ def route_of(root: Resource, path: bytes) -> str:
     The route name of the endpoint ``path`` leads to, following the tree's fixed children
     only (no ``getChild``: nothing runs); "unknown" when it leads to none.
     """
+    return getattr(endpoint_at(root, path), "route", "") or "unknown"
+
+
+def endpoint_at(root: Resource, path: bytes) -> Resource | None:
+    """The resource ``path`` leads to by the tree's fixed children; None when none."""
     resource = root
     for segment in path.split(b"/")[1:]:
         if resource.isLeaf:
             break
         resource = resource.children.get(segment)
         if resource is None:
-            return "unknown"
-    return getattr(resource, "route", "") or "unknown"
+            return None
+    return resource

@@ -11,6 +11,7 @@ from twisted.web.http import parse_qs
 from twisted.web.server import Request, Site
 
 from txgateway.dialects.openai import error_body
+from txgateway.web.resource import endpoint_at
 from txgateway.web.upload import Upload, streamed_paths
 
 
@@ -105,9 +106,13 @@ class GatewayRequest(Request):
     def _refuse_oversized(self) -> None:
         self._oversized = True
         self.content = BytesIO()
-        limit = self.channel.site.max_body_bytes
-        body = error_body(413, f"the request body exceeds the limit of {limit} bytes",
-                          "request_too_large")
+        site = self.channel.site
+        limit = site.max_body_bytes
+        # In the dialect of the endpoint the request is for (Anthropic's for /v1/messages).
+        endpoint = endpoint_at(site.resource, getattr(self.channel, "_path", b"")
+                               .partition(b"?")[0])
+        body = getattr(endpoint, "error_body", error_body)(
+            413, f"the request body exceeds the limit of {limit} bytes", "request_too_large")
         self.channel.transport.write(
             b"HTTP/1.1 413 Request Entity Too Large\r\n"
             b"Content-Type: application/json\r\n"
