@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -89,10 +90,27 @@ def atheris_child(port: int, runs: int) -> None:
     atheris.Fuzz()
 
 
+STRATEGIES: dict[str, Any] = {"headers": header_requests, "paths": path_requests,
+                              "multipart": multipart_requests, "realtime": ws_sessions}
+
+
+def run_slice(port: int, name: str, cases: int) -> list[tuple[str, str]]:
+    """``cases`` cases of one strategy, in a process of its own: (problem, case) found."""
+    if name == "realtime":
+        def probe(case: Any) -> str | None:
+            return run_ws(port, *case)
+    else:
+        def probe(case: Any) -> str | None:
+            return hunt_http(port, *case)
+    return [(problem, repr(case)[:200] + " ... " + repr(case)[-300:])
+            for case, problem in hunt(STRATEGIES[name](), probe, cases)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", type=int, default=100_000, help="over the four strategies")
     parser.add_argument("--atheris", type=int, default=0)
+    parser.add_argument("--processes", type=int, default=3, help="per strategy")
     parser.add_argument("--atheris-child", type=int, help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.atheris_child:
@@ -104,22 +122,22 @@ def main() -> None:
     gateway = TwistdGateway(config, directory)
     port = gateway.port
 
-    def http(case: tuple[bytes, bool]) -> str | None:
-        return hunt_http(port, *case)
-
-    strategies: list[tuple[str, Any, Any]] = [
-        ("headers", header_requests(), http), ("paths", path_requests(), http),
-        ("multipart", multipart_requests(), http),
-        ("realtime", ws_sessions(), lambda case: run_ws(port, *case))]
+    names = list(STRATEGIES)
+    share = options.cases // (len(names) * options.processes)
     problems = 0
     try:
-        for name, strategy, probe in strategies:
-            began = time.monotonic()
-            found = hunt(strategy, probe, options.cases // len(strategies))
-            problems += len(found)
-            kinds = {problem: repr(case)[:200] for case, problem in found}
-            print(f"{name}: {options.cases // len(strategies)} cases in "
-                  f"{time.monotonic() - began:.0f} s, {len(found)} wrong {kinds}", flush=True)
+        began = time.monotonic()
+        with ProcessPoolExecutor(len(names) * options.processes) as pool:
+            slices = [(name, pool.submit(run_slice, port, name, share))
+                      for name in names for _ in range(options.processes)]
+            for name in names:
+                found = [problem for slice_name, future in slices if slice_name == name
+                         for problem in future.result()]
+                problems += len(found)
+                print(f"{name}: {share * options.processes} cases, {len(found)} wrong "
+                      f"{dict(found)}", flush=True)
+        print(f"{share * options.processes * len(names)} cases in "
+              f"{time.monotonic() - began:.0f} s", flush=True)
         if options.atheris:
             began = time.monotonic()
             child = subprocess.run(

@@ -372,5 +372,6 @@ def run_ws(port: int, request: bytes, frames: list[bytes], timeout: float = 5.0)
 
 
 def hunt_http(port: int, request: bytes, complete: bool) -> str | None:
+    # An incomplete request may be waited on: a short wait tells that from an answer.
     return check_http(request, complete, send_raw(port, request, timeout=3.0 if complete
-                                                  else 1.0))
+                                                  else 0.3))
