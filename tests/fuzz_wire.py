@@ -10,7 +10,6 @@ must be answered.
 
 from __future__ import annotations
 
-import os
 import socket
 import struct
 from typing import Any
@@ -271,9 +270,9 @@ def ws_frames(draw: Any) -> list[bytes]:
                 ws_frame(9, b"ping", fin=False), ws_frame(9, b"p" * 126),
                 ws_frame(8, b"\x03\xe8" + b"\xff\xfe"), ws_frame(8, b"\x00\x00"),
                 ws_frame(8, b"\x0b\xb8"), ws_frame(8, b"x"), ws_frame(10, b"pong")])))
-        else:  # a binary frame, or garbage bytes
+        else:  # a binary frame, or bytes that are no frame (reserved bits, bad opcodes)
             frames.append(draw(st.sampled_from([ws_frame(2, payload), payload,
-                                                os.urandom(8)])))
+                                                b"GET / HTTP/1.1\r\n\r\n"])))
     return frames
 
 
