@@ -43,6 +43,12 @@ class OverloadTests(GatewayTestCase):
             self.assertEqual((status, retry_after), (503, b"1"))
             self.assertEqual(orjson.loads(body)["error"]["code"], "overloaded")
             self.assertLess(took, 0.5)  # the held calls take a second (first-byte timeout)
+        # In the caller's dialect.
+        response = await self.post("/v1/messages", orjson.dumps(
+            {"model": "demo", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}))
+        refusal = orjson.loads(await response.content())
+        self.assertEqual((response.code, refusal["type"], refusal["error"]["type"]),
+                         (503, "error", "api_error"))
         health = await treq.get(self.base_url + "/health", pool=self.pool)
         self.assertEqual(health.code, 200)
         await health.content()
@@ -51,5 +57,5 @@ class OverloadTests(GatewayTestCase):
         status, body, retry_after, _ = await self.chat("demo")
         self.assertEqual((status, retry_after), (200, None))
         refused = [record for record in self.access_records() if record["status"] == 503]
-        self.assertEqual(len(refused), 10 * LIMIT)
-        self.assertEqual({record["route"] for record in refused}, {"chat"})
+        self.assertEqual(len(refused), 10 * LIMIT + 1)
+        self.assertEqual({record["route"] for record in refused}, {"chat", "messages"})

@@ -1,16 +1,15 @@
 """
 Overload admission: past ``max_in_flight`` calls under way, a new call is answered 503 with
-``Retry-After`` at once, before its body is read or any work is queued, so that a burst
-costs the gateway a status line per refused call instead of unbounded memory.
+``Retry-After`` at once, before any endpoint works on it or holds it, so that a burst costs
+the gateway one short answer per refused call instead of unbounded memory and queueing.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.web.resource import Resource
-
-from txgateway.dialects.openai import error_body
 
 #: The paths never refused: operators and load balancers must still see the gateway.
 EXEMPT = frozenset((b"health", b"metrics", b"admin"))
@@ -22,12 +21,13 @@ class Overloaded(Resource):
 
     isLeaf = True
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, error_body: Callable[..., bytes]) -> None:
         super().__init__()
         self._limit = limit
+        self._error_body = error_body  # the dialect of the endpoint called
 
     def render(self, request: Any) -> bytes:
-        body = error_body(503, message(self._limit), "overloaded")
+        body = self._error_body(503, message(self._limit), "overloaded")
         request.setResponseCode(503)
         request.setHeader(b"retry-after", RETRY_AFTER)
         request.setHeader(b"content-type", b"application/json")
@@ -39,8 +39,6 @@ def message(limit: int) -> str:
     return f"The gateway is serving its limit of {limit} calls at once; retry shortly."
 
 
-def overloaded(accountant: Any, limit: int, segment: bytes) -> Resource | None:
-    """The refusal when ``limit`` calls are under way (0: no limit), else None."""
-    if limit and accountant.in_flight >= limit and segment not in EXEMPT:
-        return Overloaded(limit)
-    return None
+def is_overloaded(accountant: Any, limit: int, segment: bytes) -> bool:
+    """Whether ``limit`` calls are under way (0: no limit) for a call below ``segment``."""
+    return bool(limit) and accountant.in_flight >= limit and segment not in EXEMPT

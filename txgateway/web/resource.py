@@ -12,7 +12,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from txgateway.dialects.openai import error_body
-from txgateway.web.overload import message, overloaded
+from txgateway.web import overload
 
 log = Logger()
 
@@ -114,11 +114,12 @@ class Root(JSONResource):
         self._max_in_flight = max_in_flight
 
     def getChildWithDefault(self, path: bytes, request: Any) -> Resource:
-        refusal = overloaded(self._accountant, self._max_in_flight, path)
-        if refusal is None:
+        limit = self._max_in_flight
+        if not overload.is_overloaded(self._accountant, limit, path):
             return super().getChildWithDefault(path, request)
-        self._account(request.path, 503, message(self._max_in_flight))
-        return refusal
+        self._account(request.path, 503, overload.message(limit))
+        endpoint = endpoint_at(self, request.path)
+        return overload.Overloaded(limit, getattr(endpoint, "error_body", error_body))
 
     def refused(self, request: Any, status: int, message: str) -> None:
         # The request line is parsed but not yet handed to the request: the channel holds it.
