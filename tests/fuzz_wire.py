@@ -10,6 +10,7 @@ must be answered.
 
 from __future__ import annotations
 
+import re
 import socket
 import struct
 from typing import Any
@@ -181,6 +182,10 @@ def multipart_requests(draw: Any) -> tuple[bytes, bool]:
                                     (b"Connection", b"close")], body), True
 
 
+#: The endpoints that answer in Anthropic's dialect (any other path's 404 is OpenAI's).
+ANTHROPIC_PATH = re.compile(rb"^(/anthropic)?/v1/messages(/count_tokens)?$")
+
+
 def check_http(request: bytes, complete: bool, answer: RawAnswer) -> str | None:
     """What is wrong with ``answer``, or None."""
     if answer.timed_out and complete and answer.status == 0:
@@ -206,7 +211,7 @@ def check_http(request: bytes, complete: bool, answer: RawAnswer) -> str | None:
         return None
     if not isinstance(error, dict) or not isinstance(error.get("error"), dict | str):
         return f"a {answer.status} with no error object"
-    if b"/messages" in path and error.get("type") != "error":
+    if ANTHROPIC_PATH.match(path) and error.get("type") != "error":
         return f"a {answer.status} not in the Anthropic dialect"
     return None
 
