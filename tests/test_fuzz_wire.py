@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import treq
 from hypothesis import HealthCheck, Phase, given, settings
 from twisted.internet import reactor
@@ -19,12 +20,14 @@ from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
 from tests.fuzz_wire import (
+    GOOD_KEY,
     cancel_batched_timers,
     header_requests,
     hunt_http,
     multipart_requests,
     path_requests,
     run_ws,
+    ws_frame,
     ws_sessions,
 )
 from tests.gateway_harness import GatewayTestCase
@@ -48,6 +51,13 @@ def hunt(strategy: Any, probe: Callable[[Any], str | None], cases: int) -> list[
 
     run()
     return found
+
+
+#: Found by bench/fuzz_soak.py: frames declaring a length just over the limit, sent back to back.
+OVER_THE_LIMIT = [ws_frame(2, b"x" * 10, length=65537)] * 2 + [ws_frame(1, b"\xed\xa0\x80")]
+UPGRADE = (b"GET /v1/realtime?model=demo HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\n"
+           b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+           b"Sec-WebSocket-Version: 13\r\nAuthorization: Bearer " + GOOD_KEY + b"\r\n\r\n")
 
 
 class WireFuzz(GatewayTestCase):
@@ -79,6 +89,13 @@ class WireFuzz(GatewayTestCase):
 
     async def test_multipart_bodies(self) -> None:
         await self.check(multipart_requests(), self.http)
+
+    @pytest.mark.xfail(strict=True, reason="oversized frames back to back: the session is not "
+                       "ended after the caller's close (found by the soak, not yet fixed)")
+    async def test_frames_over_the_limit_end_the_session(self) -> None:
+        self.addCleanup(cancel_batched_timers, reactor)
+        problem = await deferToThread(run_ws, self.port, UPGRADE, OVER_THE_LIMIT, 3.0)
+        self.assertIsNone(problem)
 
     async def test_realtime_handshakes_and_frames(self) -> None:
         self.addCleanup(cancel_batched_timers, reactor)
