@@ -23,7 +23,7 @@ ADMIN = "admin-secret"
 #: Resource classes that are bases or plumbing, not endpoints served at a path of their own.
 NOT_ENDPOINTS = {"Root", "TracedRoot", "JSONResource", "NotFound", "ProxyEndpoint",
                  "RestEndpoint", "FormEndpoint", "_AnthropicEndpoint", "_ResponsesInput",
-                 "StaticFiles", "_Refusal", "_Traced"}
+                 "StaticFiles", "_Refusal", "_Traced", "Overloaded"}
 
 
 def _subclasses(cls: type) -> set[type]:

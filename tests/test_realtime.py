@@ -30,6 +30,16 @@ def refused(url: str, **kwargs: object) -> tuple[int, dict]:
     raise AssertionError("the upgrade was accepted")
 
 
+def refused_with_retry(url: str) -> tuple[int, dict, str | None]:
+    """`refused`, with the answer's Retry-After."""
+    try:
+        sync_connect(url, open_timeout=5).close()
+    except InvalidStatus as error:
+        return (error.response.status_code, orjson.loads(error.response.body),
+                error.response.headers.get("retry-after"))
+    raise AssertionError("the upgrade was accepted")
+
+
 def token_samples(text: str) -> dict[tuple, float]:
     found = {}
     for family in text_string_to_metric_families(text):
@@ -244,11 +254,15 @@ class BudgetTests(RealtimeTestCase):
         self.assertEqual(ended["ended_by"], "session_token_budget_exceeded")
 
     async def test_max_sessions(self) -> None:
-        """Sessions over the limit are refused with 429 before the upgrade."""
+        """
+        Sessions over the gateway's limit are refused before the upgrade with 503 and
+        Retry-After (an overload, issue 16 item 6), not left to queue.
+        """
         await self.connect()
-        status, body = await deferToThread(
-            refused, f"ws://127.0.0.1:{self.port}/v1/realtime?model=voice")
-        self.assertEqual((status, body["error"]["code"]), (429, "too_many_sessions"))
+        status, body, retry_after = await deferToThread(
+            refused_with_retry, f"ws://127.0.0.1:{self.port}/v1/realtime?model=voice")
+        self.assertEqual((status, body["error"]["code"], retry_after),
+                         (503, "too_many_sessions", "1"))
 
     fake_closed = RelayTests.fake_closed
 

@@ -87,6 +87,11 @@ class Accountant:
         self._drain_waiters: list[Deferred[None]] = []
         self._model_labels: set[str] = set()
 
+    @property
+    def in_flight(self) -> int:
+        """Exchanges started and not yet finished."""
+        return self._in_flight
+
     def start(self, route: str) -> Exchange:
         self._in_flight += 1
         return Exchange(route=route, started=self._clock.seconds())

@@ -72,6 +72,10 @@ async def admit(gateway: Any, principal: Principal | None, key_sent: bool, model
         raise Refusal(403, f"This key may not use the model `{said(gateway, model)}`.",
                       "model_not_allowed", "model", caller)
     plan = gateway.router.plan(model) if routed else []
+    if plan and said(gateway, model) != model:
+        # Not sent on even where a `*` route would take it: the answer and the ledger would
+        # say the key back.
+        plan = None
     if plan is None:
         raise Refusal(404, dialect.unknown_model(said(gateway, model)), "model_not_found",
                       "model", caller)

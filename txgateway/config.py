@@ -195,6 +195,8 @@ class GatewayConfig:
     listen: str = "tcp:4000:interface=127.0.0.1"
     #: Largest request body accepted (413 beyond it).
     max_body_bytes: int = 10 * 1024 * 1024
+    #: Calls under way at once; past it a new one gets 503 with Retry-After (0: no limit).
+    max_in_flight: int = 10000
     #: Where the one-JSON-line-per-request access log goes: "-" for stdout, a path, or "off".
     access_log: str = "-"
     #: Extra directories searched for provider plugins.

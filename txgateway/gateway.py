@@ -27,7 +27,7 @@ from txgateway.upstream import pooled_agent
 
 #: Settings a reload cannot change: the process must restart for them.
 FIXED_AT_START = ("listen", "workers", "store", "limiter", "access_log", "upstream",
-                  "plugin_dirs", "tracing")
+                  "plugin_dirs", "tracing", "max_in_flight")
 
 
 @attrs.define

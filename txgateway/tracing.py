@@ -226,8 +226,8 @@ class TracedRoot(Root):
     that endpoint wrapped, so the request's `RequestTrace` is current while it renders.
     """
 
-    def __init__(self, accountant: Any, tracing: Tracing) -> None:
-        super().__init__(accountant)
+    def __init__(self, accountant: Any, tracing: Tracing, max_in_flight: int = 0) -> None:
+        super().__init__(accountant, max_in_flight)
         self._tracing = tracing
 
     def getChildWithDefault(self, path: bytes, request: Any) -> Resource:

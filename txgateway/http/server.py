@@ -25,6 +25,7 @@ gateway; this protocol does what the gateway needs of them and no more:
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from io import BytesIO
 from typing import Any
 
@@ -41,6 +42,7 @@ from twisted.web.server import NOT_DONE_YET
 from txgateway.dialects.openai import error_body
 from txgateway.http import socket_of
 from txgateway.http.request import Request
+from txgateway.web.resource import endpoint_at
 from txgateway.web.site import GatewaySite
 from txgateway.web.upload import Upload, paths_of, streamed_paths
 
@@ -50,17 +52,16 @@ _VERSIONS = {"1.1": b"HTTP/1.1", "1.0": b"HTTP/1.0"}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
-def _closing_answer(status: int, phrase: bytes, message: str, code: str) -> bytes:
-    body = error_body(status, message, code)
+def _closing_answer(status: int, phrase: bytes, message: str, code: str,
+                    body_of: Callable[..., bytes] = error_body) -> bytes:
+    body = body_of(status, message, code)
     return (b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nConnection: close\r\n"
             b"Content-Length: %d\r\n\r\n%s" % (status, phrase, len(body), body))
 
 
-_BAD_REQUEST = _closing_answer(400, b"Bad Request", "The request is not valid HTTP/1.1.",
-                               "bad_request")
-_HEAD_TOO_LARGE = _closing_answer(431, b"Request Header Fields Too Large",
-                                  "The request's headers are too large.",
-                                  "request_header_fields_too_large")
+_BAD_REQUEST = (400, b"Bad Request", "The request is not valid HTTP/1.1.", "bad_request")
+_HEAD_TOO_LARGE = (431, b"Request Header Fields Too Large",
+                   "The request's headers are too large.", "request_header_fields_too_large")
 
 
 class _HeadTooLarge(Exception):
@@ -239,7 +240,7 @@ class HTTPServerProtocol(Protocol):
             self._render(request)
 
     def _refuse(self, request: Request) -> None:
-        """A body over the limit: a 413 (an OpenAI error, as before), the rest dropped."""
+        """A body over the limit: a 413 in the endpoint's dialect, the rest dropped."""
         request.oversized = True
         request.persistent = False
         self._queue(request)
@@ -250,7 +251,9 @@ class HTTPServerProtocol(Protocol):
         if request.oversized:
             limit = factory.max_body_bytes
             message = f"the request body exceeds the limit of {limit} bytes"
-            body = error_body(413, message, "request_too_large")
+            # In the dialect of the endpoint the request is for (Anthropic's for /v1/messages).
+            endpoint = endpoint_at(root, request.path)
+            body = getattr(endpoint, "error_body", error_body)(413, message, "request_too_large")
             refused = getattr(root, "refused", None)  # `resource.Root`'s, which accounts
             if refused is not None:
                 refused(request, 413, message)
@@ -320,8 +323,14 @@ class HTTPServerProtocol(Protocol):
                 and reading.clientproto == b"HTTP/1.1" and not reading.oversized:
             self.transport.write(_CONTINUE)
 
-    def _stop(self, answer: bytes) -> None:
-        """A request that cannot be read: answered (after those owed) and the end."""
+    def _stop(self, refusal: tuple[int, bytes, str, str]) -> None:
+        """
+        A request that cannot be read: answered (after those owed), in the dialect of the
+        endpoint its path names where it got that far, and the end.
+        """
+        endpoint = endpoint_at(self.factory.resource, self._url.partition(b"?")[0]) \
+            if self._url.startswith(b"/") else None
+        answer = _closing_answer(*refusal, getattr(endpoint, "error_body", error_body))
         self._closing = True
         self._timeout = None
         reading, self._reading = self._reading, None

@@ -34,6 +34,7 @@ from txgateway.realtime.translated import dial_session
 from txgateway.realtime.upstream import UpstreamRefused
 from txgateway.upstream import UpstreamError
 from txgateway.web.openapi import Endpoint, Operation
+from txgateway.web.overload import RETRY_AFTER
 
 
 class Refused(Exception):
@@ -41,9 +42,10 @@ class Refused(Exception):
 
     def __init__(self, status: int, message: str, code: str | None,
                  param: str | None = None, model: str = "", provider: Any = None,
-                 key_id: str | None = None) -> None:
+                 key_id: str | None = None, retry_after: bytes = b"") -> None:
         super().__init__(message)
         self.status = status
+        self.retry_after = retry_after
         self.body = error_body(status, message, code, param)
         self.model = model
         self.provider = provider
@@ -58,7 +60,7 @@ class RealtimeServerProtocol(WebSocketLeg, WebSocketServerProtocol):
     #: The intent of a surface served at a path of its own (translations, Live sessions).
     surface: str | None = None
     session: Session | None = None
-    _refusal: bytes | None = None
+    _refusal: Refused | None = None
     #: A Live session's routed model, until its ``session.start`` is sent naming it.
     _live_model: str | None = None
     _channel: Any = None
@@ -76,7 +78,7 @@ class RealtimeServerProtocol(WebSocketLeg, WebSocketServerProtocol):
         try:
             return await self._admit(request)
         except Refused as refused:
-            self._refusal = refused.body
+            self._refusal = refused
             self._log_refusal(started, refused)
             raise ConnectionDeny(refused.status, RESPONSES.get(refused.status, b"Error").decode())
 
@@ -145,8 +147,11 @@ class RealtimeServerProtocol(WebSocketLeg, WebSocketServerProtocol):
         try:
             self.session = session = gateway.realtime.admit(info)
         except TooManySessions as error:
-            raise Refused(429, str(error), "too_many_sessions", None, name,
-                          route.provider) from None
+            # The gateway's own cap is an overload (retry soon, maybe elsewhere); a key's
+            # is that caller's rate limit.
+            raise Refused(503 if error.overloaded else 429, str(error), "too_many_sessions",
+                          None, name, route.provider, caller.key_id,
+                          RETRY_AFTER if error.overloaded else b"") from None
         try:
             upstream = await dial_session(gateway.reactor, route.provider, route.model,
                                           upgrade.intent, target, session, settings,
@@ -166,12 +171,13 @@ class RealtimeServerProtocol(WebSocketLeg, WebSocketServerProtocol):
 
     def sendHttpErrorResponse(self, code: int, reason: str, responseHeaders: Any = None) -> None:
         """A refusal carries an OpenAI error body, not just a status line."""
-        body, self._refusal = self._refusal, None
-        if body is None:
+        refused, self._refusal = self._refusal, None
+        if refused is None:
             return super().sendHttpErrorResponse(code, reason, responseHeaders)
-        self.sendData(b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+        retry = refused.retry_after and b"Retry-After: %s\r\n" % refused.retry_after
+        self.sendData(b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n%s"
                       b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
-                      % (code, reason.encode(), len(body), body))
+                      % (code, reason.encode(), retry, len(refused.body), refused.body))
 
     def connectionMade(self) -> None:
         super().connectionMade()

@@ -30,7 +30,11 @@ from txgateway.realtime.tally import NO_USAGE, RealtimeUsage, SessionTally
 
 
 class TooManySessions(Exception):
-    """A concurrency limit is reached."""
+    """A concurrency limit is reached: the gateway's own (``overloaded``) or a key's."""
+
+    def __init__(self, message: str, overloaded: bool) -> None:
+        super().__init__(message)
+        self.overloaded = overloaded
 
 
 @attrs.frozen
@@ -352,11 +356,12 @@ class SessionBook:
         settings = self.settings
         if settings.max_sessions and len(self._active) >= settings.max_sessions:
             raise TooManySessions(f"The gateway has reached its limit of "
-                                  f"{settings.max_sessions} realtime sessions.")
+                                  f"{settings.max_sessions} realtime sessions.", True)
         held = self._per_key.get(info.key_id, 0)
         if settings.max_sessions_per_key and held >= settings.max_sessions_per_key:
             raise TooManySessions(f"This key has reached its limit of "
-                                  f"{settings.max_sessions_per_key} realtime sessions.")
+                                  f"{settings.max_sessions_per_key} realtime sessions.",
+                                  False)
         session = Session(info, self._clock, settings, self)
         self._active[info.id] = session
         self._per_key[info.key_id] = held + 1

@@ -32,6 +32,7 @@ from txgateway.accounting import Exchange
 from txgateway.dialects.multipart import SegmentsProducer
 from txgateway.dialects.openai import error_body
 from txgateway.dialects.openai_rest import usage_of
+from txgateway.dialects.redact import Redactor
 from txgateway.gateway import Gateway
 from txgateway.providers import IPassthroughProvider, UpstreamRequest
 from txgateway.streams import EventSplitter, data_of, events
@@ -124,12 +125,17 @@ class Passthrough(JSONResource):
     async def _relay(self, request: Any, exchange: Exchange, provider: Any, url: bytes,
                      raw: bytes, call: UpstreamCall) -> None:
         gateway = self._gateway
-        await admit_request(gateway, request, exchange, exchange.model,
-                            estimate_tokens(len(raw)), routed=False)
+        admitted = await admit_request(gateway, request, exchange, exchange.model,
+                                       estimate_tokens(len(raw)), routed=False)
+        if admitted.principal.models and not _routed_to(gateway, exchange.model, provider):
+            # A key limited to some models reaches a provider's own API only for a model
+            # its routes send there as it is named: else any allowed name would do.
+            raise Refusal(403, f"This key may not use the model `{exchange.model}` through "
+                          f"`{provider.name}`.", "model_not_allowed")
         response = await call.send(provider.agent, UpstreamRequest(
             request.method, url, _forwarded(request, provider),
             SegmentsProducer([memoryview(raw)]) if raw else None))
-        _start(request, response)
+        _start(request, response, gateway.redactor)
         exchange.status = response.code
         if response.code >= 400 and request.method != b"HEAD":
             # An error may quote the credentials sent: read whole, scrubbed, then answered.
@@ -148,6 +154,12 @@ class Passthrough(JSONResource):
         await relay.done
         if reader is not None:
             _record(exchange, *reader.read(), whole=exchange.error is None)
+
+
+def _routed_to(gateway: Gateway, model: str, provider: Any) -> bool:
+    """Whether a route sends ``model`` to ``provider`` under that same name."""
+    return any(target.provider.name == provider.name and target.model == model
+               for target in gateway.router.plan(model) or ())
 
 
 def _model_in(raw: bytes, request: Any) -> str:
@@ -181,16 +193,16 @@ def _connection_tokens(headers: Headers) -> frozenset[bytes]:
     return frozenset(token.strip().lower() for token in listed.split(b",") if token.strip())
 
 
-def _start(request: Any, response: Any) -> None:
+def _start(request: Any, response: Any, redactor: Redactor) -> None:
     """
-    The upstream's status and headers.  Twisted's client has already taken the connection
-    headers (Connection, Content-Length, Transfer-Encoding ...) out of ``response.headers``;
-    the length is given back when it is known.
+    The upstream's status and headers, scrubbed of secrets (a header may echo the key sent).
+    Twisted's client has already taken the connection headers (Connection, Content-Length,
+    Transfer-Encoding ...) out of ``response.headers``; the length is given back when known.
     """
     request.setResponseCode(response.code, response.phrase)
     for name, values in response.headers.getAllRawHeaders():
         if name.lower() not in NOT_RELAYED:
-            request.responseHeaders.setRawHeaders(name, values)
+            request.responseHeaders.setRawHeaders(name, [redactor.bytes(v) for v in values])
     if response.length is not UNKNOWN_LENGTH and request.method != b"HEAD":
         request.setHeader(b"content-length", b"%d" % response.length)
 

@@ -12,6 +12,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from txgateway.dialects.openai import error_body
+from txgateway.web import overload
 
 log = Logger()
 
@@ -107,12 +108,24 @@ class Root(JSONResource):
     resource sees them (a body over ``max_body_bytes``), so that they count like any other.
     """
 
-    def __init__(self, accountant: Any) -> None:
+    def __init__(self, accountant: Any, max_in_flight: int = 0) -> None:
         super().__init__()
         self._accountant = accountant
+        self._max_in_flight = max_in_flight
+
+    def getChildWithDefault(self, path: bytes, request: Any) -> Resource:
+        limit = self._max_in_flight
+        if not overload.is_overloaded(self._accountant, limit, path):
+            return super().getChildWithDefault(path, request)
+        self._account(request.path, 503, overload.message(limit))
+        endpoint = endpoint_at(self, request.path)
+        return overload.Overloaded(limit, getattr(endpoint, "error_body", error_body))
 
     def refused(self, request: Any, status: int, message: str) -> None:
-        exchange = self._accountant.start(route_of(self, request.path))
+        self._account(request.path, status, message)
+
+    def _account(self, path: bytes, status: int, message: str) -> None:
+        exchange = self._accountant.start(route_of(self, path))
         exchange.status, exchange.error = status, message
         self._accountant.finish(exchange)
 
@@ -122,11 +135,16 @@ def route_of(root: Resource, path: bytes) -> str:
     The route name of the endpoint ``path`` leads to, following the tree's fixed children
     only (no ``getChild``: nothing runs); "unknown" when it leads to none.
     """
+    return getattr(endpoint_at(root, path), "route", "") or "unknown"
+
+
+def endpoint_at(root: Resource, path: bytes) -> Resource | None:
+    """The resource ``path`` leads to by the tree's fixed children; None when none."""
     resource = root
     for segment in path.split(b"/")[1:]:
         if resource.isLeaf:
             break
         resource = resource.children.get(segment)
         if resource is None:
-            return "unknown"
-    return getattr(resource, "route", "") or "unknown"
+            return None
+    return resource

@@ -28,8 +28,9 @@ from txgateway.web.responses_input import responses_tree
 
 
 def build_root(gateway: Gateway) -> Resource:
-    root = (Root(gateway.accountant) if gateway.tracing is None
-            else TracedRoot(gateway.accountant, gateway.tracing))
+    limit = gateway.config.max_in_flight
+    root = (Root(gateway.accountant, limit) if gateway.tracing is None
+            else TracedRoot(gateway.accountant, gateway.tracing, limit))
     v1 = JSONResource()
     chat = JSONResource()
     root.putChild(b"v1", v1)
