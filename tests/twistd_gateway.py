@@ -9,7 +9,8 @@ import subprocess
 import sys
 import time
 
-SERVING = re.compile(rb"txgateway serving on [\d.]+:(\d+)")
+#: A single process says ``serving on 127.0.0.1:PORT``; a parent of workers names the address.
+SERVING = re.compile(rb"serving on \(?'?[\d.]+'?(?::|, )(\d+)")
 
 
 class TwistdGateway:
