@@ -205,7 +205,7 @@ def prepare(provider: IProvider) -> Any:
     return provider.prepare() if IPreparingProvider.providedBy(provider) else None
 
 
-def realtime_target(provider: IProvider, model: str, intent: str,
+def realtime_target(provider: IProvider, model: str | None, intent: str,
                     beta: bool) -> RealtimeTarget | None:
     """
     The provider's realtime target, or None when it serves no realtime sessions (it is no
