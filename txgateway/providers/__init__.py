@@ -19,7 +19,7 @@ import attrs
 from twisted.internet.interfaces import IReactorTime
 from twisted.plugin import IPlugin
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent
+from twisted.web.iweb import IAgent, IBodyProducer
 from zope.interface import Attribute, Interface, implementer
 
 
@@ -60,7 +60,8 @@ class UpstreamRequest:
     method: bytes
     url: bytes
     headers: Headers
-    body: bytes
+    #: Bytes, an upload streamed as it arrives, or None for no body.
+    body: bytes | IBodyProducer | None
 
 
 @attrs.frozen

@@ -224,7 +224,7 @@ def _account(gateway: Gateway, batch_id: str, held: dict[str, Any], principal: P
             output_audio_tokens=usage.output_audio_tokens,
             output_text_tokens=usage.output_tokens - usage.output_audio_tokens,
             cost_usd=cost))
-    if principal.limits is not None and spent:
+    if principal.key_id is not None and principal.limits is not None and spent:
         # The budget only: a day's batch is no burst in this minute's token rate.
         gateway.limiter.commit(principal.key_id, principal.limits, 0, 0, spent).addErrback(
             lambda failure: log.failure("limiter commit failed", failure))
