@@ -39,7 +39,7 @@ from twisted.web.resource import getChildForRequest
 from twisted.web.server import NOT_DONE_YET
 
 from txgateway.dialects.openai import error_body
-from txgateway.http import socket_of
+from txgateway.http import StreamTransport, socket_of
 from txgateway.http.request import Request
 from txgateway.web.site import GatewaySite
 from txgateway.web.upload import Upload, paths_of, streamed_paths
@@ -69,6 +69,9 @@ class _HeadTooLarge(Exception):
 
 class HTTPServerProtocol(Protocol):
     """One client connection (see the module's docstring)."""
+
+    # Twisted declares an ``ITransport | None``: it is set before connectionMade, and more.
+    transport: StreamTransport  # type: ignore[assignment]
 
     def __init__(self, factory: HTTPServer) -> None:
         self.factory = factory
