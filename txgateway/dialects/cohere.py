@@ -13,7 +13,7 @@ from typing import Any
 import attrs
 import orjson
 
-from txgateway.dialects.openai import BadRequest, model_of, parse_object
+from txgateway.dialects.openai import BadRequest, loads_object, model_of, parse_object
 from txgateway.usage import Usage, estimate_tokens
 
 
@@ -99,11 +99,8 @@ def error_body(status: int, message: str, code: str | None = None,
 
 def is_error_body(body: bytes) -> bool:
     """Whether an upstream's error answer is already in Cohere's shape (a ``message``)."""
-    try:
-        answer = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return False
-    return isinstance(answer, dict) and isinstance(answer.get("message"), str)
+    answer = loads_object(body)
+    return answer is not None and isinstance(answer.get("message"), str)
 
 
 def rerank_usage(answer: Any, rerank: RerankRequest) -> Usage:

@@ -149,8 +149,8 @@ def upstream_chat_body(chat: ChatRequest, upstream_model: str) -> bytes:
     return orjson.dumps({**chat.parsed, **changes})
 
 
-def loads_object(body: bytes) -> dict[str, Any] | None:
-    """A JSON answer that is an object, or None."""
+def loads_object(body: bytes | str) -> dict[str, Any] | None:
+    """A JSON document that is an object, or None (malformed JSON, another value)."""
     try:
         answer = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -160,8 +160,5 @@ def loads_object(body: bytes) -> dict[str, Any] | None:
 
 def is_error_body(body: bytes) -> bool:
     """Whether an upstream's error answer is already an OpenAI error object."""
-    try:
-        answer = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return False
-    return isinstance(answer, dict) and isinstance(answer.get("error"), dict)
+    answer = loads_object(body)
+    return answer is not None and isinstance(answer.get("error"), dict)

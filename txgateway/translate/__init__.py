@@ -4,6 +4,7 @@ from typing import Any
 
 import orjson
 
+from txgateway.dialects.openai import loads_object
 from txgateway.streams import EventSplitter, data_of, events
 from txgateway.upstream import UpstreamError
 from txgateway.usage import Usage
@@ -53,13 +54,7 @@ def arguments_object(arguments: Any) -> dict[str, Any]:
     A tool call's JSON arguments as an object, which the other dialects require; ``{}`` for
     none, malformed JSON or a non-object.
     """
-    if not arguments:
-        return {}
-    try:
-        value = orjson.loads(arguments)
-    except orjson.JSONDecodeError:
-        return {}
-    return value if isinstance(value, dict) else {}
+    return (loads_object(arguments) if arguments else None) or {}
 
 
 def tool_call(call_id: Any, name: Any, arguments: Any) -> dict[str, Any]:
