@@ -84,10 +84,16 @@ def parse_completion(raw: bytes) -> ChatRequest:
 
 
 def model_of(parsed: dict[str, Any]) -> str:
-    model = parsed.get("model")
-    if not isinstance(model, str) or not model:
-        raise BadRequest("you must provide a model parameter", "model")
-    return model
+    return required_text(parsed, "model", "you must provide a model parameter", "model")
+
+
+def required_text(parsed: dict[str, Any], name: str, message: str,
+                  param: str | None) -> str:
+    """``parsed[name]`` when it is a non-empty string; else a 400 saying ``message``."""
+    value = parsed.get(name)
+    if not isinstance(value, str) or not value:
+        raise BadRequest(message, param)
+    return value
 
 
 def _is_list_of(value: Any, kind: type) -> TypeGuard[list[Any]]:
