@@ -18,7 +18,7 @@ import attrs
 import orjson
 from zope.interface import implementer
 
-from txgateway.dialects.openai import error_body
+from txgateway.dialects.openai import error_body, loads_object
 from txgateway.plugins import demo_apis
 from txgateway.plugins.demo_realtime import DemoRealtime
 from txgateway.providers import (
@@ -111,11 +111,8 @@ class DemoProvider:
 
     def _answer_api(self, url: bytes, body: bytes) -> LocalAnswer:
         """Legacy completions and embeddings (`txgateway.plugins.demo_apis`)."""
-        try:
-            request = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            request = None
-        if not isinstance(request, dict):
+        request = loads_object(body)
+        if request is None:
             return demo_apis.refusal("a JSON object")
         if url == b"demo:///completions":
             return demo_apis.completion(request, body, int(self._clock.seconds()), tokens,

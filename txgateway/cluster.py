@@ -73,7 +73,6 @@ class Admit(amp.Command):
 class Commit(amp.Command):
     arguments = [*_LIMITS, (b"estimated_tokens", amp.Integer()),
                  (b"actual_tokens", amp.Integer()), (b"cost_usd", amp.Float())]
-    response: list = []
 
 
 class Spent(amp.Command):

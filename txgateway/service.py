@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import signal
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 from twisted.application.internet import TimerService
@@ -24,14 +24,18 @@ from txgateway.web.root import build_root
 log = Logger()
 
 
+#: What a part's start or stop returns: what `ensureDeferred` waits on.
+Starting = Coroutine[Any, Any, Any] | Deferred[Any]
+
+
 class Part(Service):
     """
     One part of the gateway as a service: ``start`` and ``stop`` may take time (opening a
     store, draining); `GatewayService` waits for each before the next.
     """
 
-    def __init__(self, name: str, start: Callable[[], Awaitable[Any]] | None = None,
-                 stop: Callable[[], Awaitable[Any]] | None = None) -> None:
+    def __init__(self, name: str, start: Callable[[], Starting] | None = None,
+                 stop: Callable[[], Starting] | None = None) -> None:
         self.setName(name)
         self._start, self._stop = start, stop
         #: Fires once the part has started (at once when there is nothing to do).

@@ -21,9 +21,11 @@ from typing import Any
 
 import orjson
 from twisted.internet.defer import succeed
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import IReactorSocket
+from twisted.internet.protocol import ServerFactory, connectionDone
 from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
 from twisted.protocols import amp
+from twisted.python.failure import Failure
 
 from txgateway import cluster
 from txgateway.cluster import ParentLimiter, ParentView
@@ -67,7 +69,7 @@ class ToParent(amp.AMP):
         assert self.service is not None
         return self.service.gateway
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
         if self.service is not None and self.service.running:  # not stopping already
             log.info("the parent is gone: stopping")
@@ -80,14 +82,16 @@ def main(argv: list[str]) -> None:
 
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)])
     parent = ToParent(reactor)
-    reactor.adoptStreamConnection(PARENT_FD, socket.AF_UNIX, Factory.forProtocol(lambda: parent))
+    # Twisted types forProtocol as returning a Factory, though it builds a ``cls``.
+    link = ServerFactory.forProtocol(lambda: parent)
+    IReactorSocket(reactor).adoptStreamConnection(PARENT_FD, socket.AF_UNIX, link)  # type: ignore[arg-type]
     os.close(PARENT_FD)  # adopting duplicated it
     config = gateway_config(path, listen or None)
     limiter = ParentLimiter(parent) if config.limiter == "memory" else None
     family_number = getattr(socket, family)
 
     def adopt(site: Any) -> Any:
-        port = reactor.adoptStreamPort(LISTENING_FD, family_number, site)
+        port = IReactorSocket(reactor).adoptStreamPort(LISTENING_FD, family_number, site)
         os.close(LISTENING_FD)
         return succeed(port)
 

@@ -32,6 +32,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.interfaces import IProcessTransport
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.logger import Logger
 from twisted.protocols import amp
@@ -97,6 +98,7 @@ class ToWorker(amp.AMP):
 
 
 class _Worker(ProcessProtocol):
+    transport: IProcessTransport  # spawned with the protocol, never without one
     def __init__(self, pool: WorkerPool, index: int, link: ToWorker) -> None:
         self.pool, self.index, self.link = pool, index, link
         self.started = pool.reactor.seconds()

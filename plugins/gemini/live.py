@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 from zope.interface import implementer
 
+from txgateway.dialects.openai import loads_object
 from txgateway.realtime.translated import IRealtimeTranslation
 
 #: pcm16 rates: OpenAI's sessions, what Gemini Live takes, and what it answers unless it says.
@@ -242,13 +243,10 @@ class GeminiLive:
 
     def from_upstream(self, payload: bytes, is_binary: bool
                       ) -> tuple[list[bytes], list[bytes]]:
-        try:
-            message = orjson.loads(payload)
-        except orjson.JSONDecodeError:
+        message = loads_object(payload)
+        if message is None:
             return [], []
         events: list[bytes] = []
-        if not isinstance(message, dict):
-            return [], events
         if "setupComplete" in message and self._updated is not None:
             events.append(self._event("session.updated", session=self._session(self._updated)))
         # Usage first: a message may carry it beside the turn's end.

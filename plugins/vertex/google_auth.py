@@ -21,6 +21,7 @@ from twisted.internet.protocol import Protocol
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 
+from txgateway.dialects.openai import loads_object
 from txgateway.providers import json_request_headers
 from txgateway.upstream import BytesProducer, UpstreamError
 
@@ -142,13 +143,10 @@ class ServiceAccountTokens:
         finally:
             if timer.active():
                 timer.cancel()
-        try:
-            answer = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            answer = {}
+        answer = loads_object(body) or {}
         if response.code != 200 or not isinstance(answer.get("access_token"), str):
             reason = (f"{answer.get('error', '')}: {answer.get('error_description', '')}"
-                      if isinstance(answer, dict) and answer.get("error")
+                      if answer.get("error")
                       else body[:200].decode("utf-8", "replace"))
             raise TokenError(f"the token endpoint refused the service account "
                              f"({response.code}): {reason}")

@@ -7,7 +7,7 @@ from typing import Any
 import attrs
 import orjson
 
-from txgateway.dialects.openai import BadRequest, parse_object
+from txgateway.dialects.openai import BadRequest, loads_object, parse_object, required_text
 from txgateway.dialects.shapes import (
     WrongShape,
     boolean,
@@ -61,11 +61,8 @@ def stream_error_event(status: int, message: str) -> bytes:
 
 def is_error_body(body: bytes) -> bool:
     """Whether an upstream's error answer is already an Anthropic error object."""
-    try:
-        answer = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return False
-    return (isinstance(answer, dict) and answer.get("type") == "error"
+    answer = loads_object(body)
+    return (answer is not None and answer.get("type") == "error"
             and isinstance(answer.get("error"), dict))
 
 
@@ -124,9 +121,7 @@ def parse_messages(raw: bytes, count_only: bool = False) -> MessagesRequest:
     words for a wrong one); the rest is the upstream's to judge.
     """
     parsed = parse_object(raw)
-    model = parsed.get("model")
-    if not isinstance(model, str) or not model:
-        raise BadRequest("model: Field required")
+    model = required_text(parsed, "model", "model: Field required", None)
     if not isinstance(parsed.get("messages"), list):
         raise BadRequest("messages: Field required")
     max_tokens = parsed.get("max_tokens")

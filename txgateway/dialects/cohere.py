@@ -13,7 +13,13 @@ from typing import Any
 import attrs
 import orjson
 
-from txgateway.dialects.openai import BadRequest, model_of, parse_object
+from txgateway.dialects.openai import (
+    BadRequest,
+    loads_object,
+    model_of,
+    parse_object,
+    required_text,
+)
 from txgateway.usage import Usage, estimate_tokens
 
 
@@ -36,9 +42,7 @@ def parse_rerank(raw: bytes) -> RerankRequest:
     """Check what the gateway routes and bills on; other fields are the upstream's to judge."""
     parsed = parse_object(raw)
     model = model_of(parsed)
-    query = parsed.get("query")
-    if not isinstance(query, str) or not query:
-        raise BadRequest("'query' is required and must be a non-empty string", "query")
+    required_text(parsed, "query", "'query' is required and must be a non-empty string", "query")
     documents = parsed.get("documents")
     if not isinstance(documents, list) or not documents:
         raise BadRequest("'documents' is required and must be a non-empty array", "documents")
@@ -99,11 +103,8 @@ def error_body(status: int, message: str, code: str | None = None,
 
 def is_error_body(body: bytes) -> bool:
     """Whether an upstream's error answer is already in Cohere's shape (a ``message``)."""
-    try:
-        answer = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return False
-    return isinstance(answer, dict) and isinstance(answer.get("message"), str)
+    answer = loads_object(body)
+    return answer is not None and isinstance(answer.get("message"), str)
 
 
 def rerank_usage(answer: Any, rerank: RerankRequest) -> Usage:

@@ -84,10 +84,16 @@ def parse_completion(raw: bytes) -> ChatRequest:
 
 
 def model_of(parsed: dict[str, Any]) -> str:
-    model = parsed.get("model")
-    if not isinstance(model, str) or not model:
-        raise BadRequest("you must provide a model parameter", "model")
-    return model
+    return required_text(parsed, "model", "you must provide a model parameter", "model")
+
+
+def required_text(parsed: dict[str, Any], name: str, message: str,
+                  param: str | None) -> str:
+    """``parsed[name]`` when it is a non-empty string; else a 400 saying ``message``."""
+    value = parsed.get(name)
+    if not isinstance(value, str) or not value:
+        raise BadRequest(message, param)
+    return value
 
 
 def _is_list_of(value: Any, kind: type) -> TypeGuard[list[Any]]:
@@ -149,8 +155,8 @@ def upstream_chat_body(chat: ChatRequest, upstream_model: str) -> bytes:
     return orjson.dumps({**chat.parsed, **changes})
 
 
-def loads_object(body: bytes) -> dict[str, Any] | None:
-    """A JSON answer that is an object, or None."""
+def loads_object(body: bytes | str) -> dict[str, Any] | None:
+    """A JSON document that is an object, or None (malformed JSON, another value)."""
     try:
         answer = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -160,8 +166,5 @@ def loads_object(body: bytes) -> dict[str, Any] | None:
 
 def is_error_body(body: bytes) -> bool:
     """Whether an upstream's error answer is already an OpenAI error object."""
-    try:
-        answer = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return False
-    return isinstance(answer, dict) and isinstance(answer.get("error"), dict)
+    answer = loads_object(body)
+    return answer is not None and isinstance(answer.get("error"), dict)

@@ -13,7 +13,7 @@ from typing import Any
 import attrs
 import orjson
 
-from txgateway.dialects.openai import BadRequest, model_of, parse_object
+from txgateway.dialects.openai import BadRequest, model_of, parse_object, required_text
 from txgateway.usage import Usage
 
 #: Each API family's path under an OpenAI-style ``/v1`` (OpenAI's, Azure's, compatible
@@ -64,9 +64,7 @@ def parse_image_generation(raw: bytes) -> RestRequest:
     parsed = parse_object(raw)
     # dall-e-2 is OpenAI's default when no model is named; the gateway routes on a name.
     model = model_of(parsed)
-    prompt = parsed.get("prompt")
-    if not isinstance(prompt, str) or not prompt:
-        raise BadRequest("'prompt' is a required string", "prompt")
+    required_text(parsed, "prompt", "'prompt' is a required string", "prompt")
     n = parsed.get("n")
     if n is not None and not _positive_int(n):
         raise BadRequest("'n' must be a positive integer", "n")

@@ -6,10 +6,27 @@ Endpoints never depend on which HTTP layer carries them: they see a request thro
 serving, such as WebSocket upgrades) and the lean server's request provide.
 """
 
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet import tcp
+from twisted.internet.interfaces import IAddress
 from zope.interface import Attribute, Interface
+
+
+class StreamTransport(Protocol):
+    """
+    What the server uses of a connection's transport (TCP, UNIX or TLS): an ``ITransport``
+    that is its own push producer and can abort.  ``setTcpNoDelay`` is TCP's own: the others
+    raise AttributeError.
+    """
+
+    def write(self, data: bytes) -> None: ...
+    def loseConnection(self) -> None: ...
+    def abortConnection(self) -> None: ...
+    def pauseProducing(self) -> None: ...
+    def resumeProducing(self) -> None: ...
+    def getPeer(self) -> IAddress: ...
+    def setTcpNoDelay(self, enabled: bool) -> None: ...
 
 
 def socket_of(transport: Any) -> Any:

@@ -610,7 +610,7 @@ class _Response:
             protocol.connectionLost(self._end)
 
     def setPreviousResponse(self, response: IResponse) -> None:
-        self.previousResponse = response  # type: ignore[misc]
+        self.previousResponse = response
 
     def _received(self, data: bytes) -> None:
         if self.stopped:

@@ -40,7 +40,7 @@ from twisted.web.resource import getChildForRequest
 from twisted.web.server import NOT_DONE_YET
 
 from txgateway.dialects.openai import error_body
-from txgateway.http import socket_of
+from txgateway.http import StreamTransport, socket_of
 from txgateway.http.request import Request
 from txgateway.web.resource import endpoint_at
 from txgateway.web.site import GatewaySite
@@ -70,6 +70,9 @@ class _HeadTooLarge(Exception):
 
 class HTTPServerProtocol(Protocol):
     """One client connection (see the module's docstring)."""
+
+    # Twisted declares an ``ITransport | None``: it is set before connectionMade, and more.
+    transport: StreamTransport  # type: ignore[assignment]
 
     def __init__(self, factory: HTTPServer) -> None:
         self.factory = factory

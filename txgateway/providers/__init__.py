@@ -19,7 +19,7 @@ import attrs
 from twisted.internet.interfaces import IReactorTime
 from twisted.plugin import IPlugin
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent
+from twisted.web.iweb import IAgent, IBodyProducer
 from zope.interface import Attribute, Interface, implementer
 
 
@@ -60,7 +60,8 @@ class UpstreamRequest:
     method: bytes
     url: bytes
     headers: Headers
-    body: bytes
+    #: Bytes, an upload streamed as it arrives, or None for no body.
+    body: bytes | IBodyProducer | None
 
 
 @attrs.frozen
@@ -205,7 +206,7 @@ def prepare(provider: IProvider) -> Any:
     return provider.prepare() if IPreparingProvider.providedBy(provider) else None
 
 
-def realtime_target(provider: IProvider, model: str, intent: str,
+def realtime_target(provider: IProvider, model: str | None, intent: str,
                     beta: bool) -> RealtimeTarget | None:
     """
     The provider's realtime target, or None when it serves no realtime sessions (it is no

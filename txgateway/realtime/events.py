@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 
+from txgateway.dialects.openai import loads_object
 from txgateway.realtime.frames import unmask
 
 #: Server events whose whole body the tally reads (GA and beta names).
@@ -59,15 +60,6 @@ def sniff_type(payload: bytes, start: int = 0, end: int | None = None) -> str | 
     return match.group(1).decode("ascii")
 
 
-def parse_event(payload: bytes) -> dict[str, Any] | None:
-    """The event as a dict, or None when the frame is not a JSON object."""
-    try:
-        event = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        return None
-    return event if isinstance(event, dict) else None
-
-
 def event_type(payload: bytes, start: int = 0, end: int | None = None
                ) -> tuple[str | None, dict[str, Any] | None]:
     """
@@ -78,7 +70,7 @@ def event_type(payload: bytes, start: int = 0, end: int | None = None
     kind = sniff_type(payload, start, end)
     if kind is not None and kind not in ACCOUNTED:
         return kind, None
-    event = parse_event(payload if start == 0 and end == len(payload) else payload[start:end])
+    event = loads_object(payload if start == 0 and end == len(payload) else payload[start:end])
     if event is None:
         return None, None
     kind = event.get("type")

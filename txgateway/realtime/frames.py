@@ -49,7 +49,7 @@ def writer(transport: Any) -> Callable[[bytes], None]:
     """
     sock = getattr(transport, "socket", None)
     if sock is None or not hasattr(transport, "_tempDataBuffer"):
-        return transport.write  # type: ignore[no-any-return]
+        return transport.write
     write = transport.write
 
     def write_now(data: bytes) -> None:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import orjson
 
-from txgateway.realtime.events import parse_event
+from txgateway.dialects.openai import loads_object
 
 
 def started_with(payload: bytes, model: str) -> bytes | None:
     """The frame as a ``session.start`` naming ``model``; None when it is no ``session.start``."""
-    event = parse_event(payload)
+    event = loads_object(payload)
     if event is None or event.get("type") != "session.start":
         return None
     session = event.get("session")

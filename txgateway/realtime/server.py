@@ -16,6 +16,8 @@ from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.defer import Deferred
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
 from twisted.web.http import RESPONSES
 from zope.interface import implementer
 
@@ -52,8 +54,9 @@ class Refused(Exception):
         self.key_id = key_id
 
 
+# Autobahn's own bases disagree on the types of ``peer`` and ``_transport_details``.
 @implementer(IFrameLeg)
-class RealtimeServerProtocol(WebSocketLeg, WebSocketServerProtocol):
+class RealtimeServerProtocol(WebSocketLeg, WebSocketServerProtocol):  # type: ignore[misc]
     """The caller's leg of one session."""
 
     gateway: Gateway
@@ -70,7 +73,8 @@ class RealtimeServerProtocol(WebSocketLeg, WebSocketServerProtocol):
         self.transport.unregisterProducer()
         self.transport.registerProducer(producer, True)
 
-    def onConnect(self, request: Any) -> Deferred[str | None]:
+    # Autobahn waits on a Deferred returned here, though its annotation does not say so.
+    def onConnect(self, request: Any) -> Deferred[str | None]:  # type: ignore[override]
         return Deferred.fromCoroutine(self._handshake(request))
 
     async def _handshake(self, request: Any) -> str | None:
@@ -114,16 +118,18 @@ class RealtimeServerProtocol(WebSocketLeg, WebSocketServerProtocol):
         if name is None and principal is not None:
             raise Refused(400, "Missing required parameter: 'model'.", "missing_model", "model",
                           key_id=principal.key_id)
+        name = name or ""
         try:
-            admitted = await admit(gateway, principal, upgrade.key is not None, name or "", 0,
+            admitted = await admit(gateway, principal, upgrade.key is not None, name, 0,
                                    OPENAI)
         except Refusal as refusal:
             raise Refused(refusal.status, str(refusal), refusal.code, refusal.param,
-                          said(gateway, name or ""), key_id=refusal.caller.key_id) from None
+                          said(gateway, name), key_id=refusal.caller.key_id) from None
         route, caller = admitted.plan[0], admitted.caller
         # The key's spend before the session, for its budget at each response.create.
         spent = None
-        if caller.limits is not None and caller.limits.budget_usd > 0:
+        if (caller.key_id is not None and caller.limits is not None
+                and caller.limits.budget_usd > 0):
             spent = await gateway.limiter.spent(caller.key_id, caller.limits)
         upstream_model = None if upgrade.model is None else route.model
         waiting = prepare(route.provider)  # an OAuth token to mint first, say
@@ -183,7 +189,7 @@ class RealtimeServerProtocol(WebSocketLeg, WebSocketServerProtocol):
         super().connectionMade()
         self._channel = self.factory.upgrading
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
         # The HTTP channel the upgrade came on never sees its transport close otherwise, and
         # the site (which closes every connection at stop) waits for that.
@@ -192,6 +198,7 @@ class RealtimeServerProtocol(WebSocketLeg, WebSocketServerProtocol):
             channel.connectionLost(reason)
 
     def onOpen(self) -> None:
+        assert self.session is not None, "a session opens only once admitted"
         self.session.client_opened(self)
 
     def _take_over(self) -> None:
@@ -203,6 +210,7 @@ class RealtimeServerProtocol(WebSocketLeg, WebSocketServerProtocol):
             # The first event of a Live session is its session.start.
             payload = started_with(payload, self._live_model) or payload
             self._live_model = None
+        assert self.session is not None, "a session opens only once admitted"
         self.session.from_client(payload, isBinary)
 
     def onAutoPingTimeout(self) -> None:
@@ -238,8 +246,12 @@ def realtime_resource(gateway: Gateway, surface: str | None = None) -> WebSocket
     """
     settings = gateway.config.realtime
     factory = WebSocketServerFactory(server="txgateway")
-    factory.protocol = type("RealtimeProtocol", (RealtimeServerProtocol,),
-                            {"gateway": gateway, "surface": surface})
+
+    class RealtimeProtocol(RealtimeServerProtocol):
+        """The caller's leg of a session at this resource."""
+
+    RealtimeProtocol.gateway, RealtimeProtocol.surface = gateway, surface
+    factory.protocol = RealtimeProtocol
     factory.setProtocolOptions(
         maxMessagePayloadSize=settings.max_message_bytes,
         maxFramePayloadSize=settings.max_message_bytes,

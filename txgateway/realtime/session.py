@@ -377,7 +377,7 @@ class SessionBook:
         """Close every session (1001) and wait up to ``timeout`` seconds for them to end."""
         if not self._active:
             return
-        self._all_ended = ended = Deferred()
+        self._all_ended = ended = Deferred[None]()
         for session in list(self._active.values()):
             session.shut_down()
         try:

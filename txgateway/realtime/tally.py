@@ -141,8 +141,9 @@ def transcription_usage(usage: Any) -> RealtimeUsage:
         return NO_USAGE
     if usage.get("type") == "duration":
         seconds = usage.get("seconds")
-        valid = isinstance(seconds, int | float) and not isinstance(seconds, bool) and seconds > 0
-        return RealtimeUsage(transcription_seconds=float(seconds) if valid else 0.0)
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds <= 0:
+            seconds = 0.0
+        return RealtimeUsage(transcription_seconds=float(seconds))
     return RealtimeUsage(transcription_input_tokens=_int(usage.get("input_tokens")),
                          transcription_output_tokens=_int(usage.get("output_tokens")))
 
@@ -307,8 +308,8 @@ class SessionTally:
 
 def _rate(ga_format: Any, beta_format: Any, current: int) -> int:
     """The byte rate of a session's audio format, from whichever form the server used."""
-    if isinstance(ga_format, dict):
-        return AUDIO_RATES.get(ga_format.get("type"), current)
+    if isinstance(ga_format, dict) and isinstance(ga_format.get("type"), str):
+        return AUDIO_RATES.get(ga_format["type"], current)
     if isinstance(beta_format, str):
         return AUDIO_RATES.get(beta_format, current)
     return current

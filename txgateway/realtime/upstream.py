@@ -38,10 +38,12 @@ def caller_status(upstream_status: int | None) -> int:
     return 502
 
 
+# Autobahn's own bases disagree on the types of ``peer`` and ``_transport_details``.
 @implementer(IFrameLeg)
-class UpstreamProtocol(WebSocketLeg, WebSocketClientProtocol):
+class UpstreamProtocol(WebSocketLeg, WebSocketClientProtocol):  # type: ignore[misc]
     """The upstream leg over the network."""
 
+    factory: _DialFactory
     listener: Any = None
     _status: int | None = None
 
@@ -57,6 +59,7 @@ class UpstreamProtocol(WebSocketLeg, WebSocketClientProtocol):
 
     def onOpen(self) -> None:
         opened, self.factory.opened = self.factory.opened, None
+        assert opened is not None, "a leg opens once"
         opened.callback(self)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
@@ -77,6 +80,12 @@ class UpstreamProtocol(WebSocketLeg, WebSocketClientProtocol):
             self.listener.upstream_closed(wasClean, code, reason)
 
 
+class _DialFactory(WebSocketClientFactory):
+    """Dials one upstream leg, and fires ``opened`` with it once its handshake is through."""
+
+    opened: Deferred[ILeg] | None = None
+
+
 def dial(reactor: Any, target: RealtimeTarget, listener: IUpstreamListener,
          settings: RealtimeSettings, connect_timeout: float) -> Deferred[ILeg]:
     """Open the upstream leg; fails with `UpstreamRefused`."""
@@ -86,9 +95,8 @@ def dial(reactor: Any, target: RealtimeTarget, listener: IUpstreamListener,
     secure = url.scheme == "wss"
     host = url.hostname or ""
     port = url.port or (443 if secure else 80)
-    factory = WebSocketClientFactory(target.url, headers=dict(target.headers),
-                                     protocols=list(target.protocols) or None,
-                                     useragent="txgateway")
+    factory = _DialFactory(target.url, headers=dict(target.headers),
+                           protocols=list(target.protocols) or None, useragent="txgateway")
     factory.protocol = UpstreamProtocol
     factory.setProtocolOptions(
         maxMessagePayloadSize=settings.max_message_bytes,
@@ -101,7 +109,7 @@ def dial(reactor: Any, target: RealtimeTarget, listener: IUpstreamListener,
         # sizeable share of the relay's CPU.  The caller's frames are still validated.
         utf8validateIncoming=False,
     )
-    factory.opened = opened = Deferred()
+    factory.opened = opened = Deferred[ILeg]()
     endpoint: Any = HostnameEndpoint(reactor, host, port, timeout=connect_timeout)
     if secure:
         endpoint = wrapClientTLS(optionsForClientTLS(host), endpoint)

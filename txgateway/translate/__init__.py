@@ -4,6 +4,7 @@ from typing import Any
 
 import orjson
 
+from txgateway.dialects.openai import loads_object
 from txgateway.streams import EventSplitter, data_of, events
 from txgateway.upstream import UpstreamError
 from txgateway.usage import Usage
@@ -53,13 +54,7 @@ def arguments_object(arguments: Any) -> dict[str, Any]:
     A tool call's JSON arguments as an object, which the other dialects require; ``{}`` for
     none, malformed JSON or a non-object.
     """
-    if not arguments:
-        return {}
-    try:
-        value = orjson.loads(arguments)
-    except orjson.JSONDecodeError:
-        return {}
-    return value if isinstance(value, dict) else {}
+    return (loads_object(arguments) if arguments else None) or {}
 
 
 def tool_call(call_id: Any, name: Any, arguments: Any) -> dict[str, Any]:
@@ -162,9 +157,10 @@ class ToChatChunks:
 class FromChatChunks:
     """
     The base of stream translators that read an OpenAI chat chunk stream and write another
-    dialect's events: it splits the SSE and hands each chunk to `_chunk`, an error object to
-    `_error`, and ``[DONE]`` (or `finish`, for a stream cut short) to `_end`; each returns
-    the events to write.  ``usage``, ``error`` and ``chunks`` are read as it goes.
+    dialect's events: it splits the SSE, keeps each chunk's usage, and hands each chunk to
+    `_begin` then its first choice to `_choice`, an error object to `_error`, and ``[DONE]``
+    (or `finish`, for a stream cut short) to `_end`; each returns the events to write.
+    ``usage``, ``error`` and ``chunks`` are read as it goes.
     """
 
     def __init__(self) -> None:
@@ -195,6 +191,20 @@ class FromChatChunks:
         return b"".join(self._end())
 
     def _chunk(self, chunk: dict[str, Any]) -> list[bytes]:
+        out = self._begin(chunk)
+        usage = Usage.from_openai(chunk.get("usage"))
+        if usage is not None:
+            self.usage = usage
+        for choice in chunk.get("choices") or []:
+            if choice.get("index", 0) == 0:
+                out += self._choice(choice.get("delta") or {}, choice.get("finish_reason"))
+        return out
+
+    def _begin(self, chunk: dict[str, Any]) -> list[bytes]:
+        """The events the first chunk opens the stream with; none after it."""
+        raise NotImplementedError
+
+    def _choice(self, delta: dict[str, Any], finish_reason: str | None) -> list[bytes]:
         raise NotImplementedError
 
     def _error(self, error: dict[str, Any]) -> list[bytes]:

@@ -192,34 +192,30 @@ class ChatToMessagesStream(FromChatChunks):
         self._ended = True
         return [anthropic_error_event(status, self.error[1])]
 
-    def _chunk(self, chunk: dict[str, Any]) -> list[bytes]:
+    def _begin(self, chunk: dict[str, Any]) -> list[bytes]:
+        if self._started:
+            return []
+        self._started = True
+        return [sse("message_start", {"type": "message_start", "message": {
+            "id": _message_id(chunk.get("id")), "type": "message", "role": "assistant",
+            "model": chunk.get("model") or self._model, "content": [],
+            "stop_reason": None, "stop_sequence": None,
+            "usage": {"input_tokens": 0, "output_tokens": 0}}})]
+
+    def _choice(self, delta: dict[str, Any], finish_reason: str | None) -> list[bytes]:
         out = []
-        if not self._started:
-            self._started = True
-            out.append(sse("message_start", {"type": "message_start", "message": {
-                "id": _message_id(chunk.get("id")), "type": "message", "role": "assistant",
-                "model": chunk.get("model") or self._model, "content": [],
-                "stop_reason": None, "stop_sequence": None,
-                "usage": {"input_tokens": 0, "output_tokens": 0}}}))
-        usage = Usage.from_openai(chunk.get("usage"))
-        if usage is not None:
-            self.usage = usage
-        for choice in chunk.get("choices") or []:
-            if choice.get("index", 0) != 0:
-                continue
-            delta = choice.get("delta") or {}
-            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-            if reasoning:
-                out += self._to_block("thinking", {"type": "thinking", "thinking": "",
-                                                   "signature": ""})
-                out.append(self._delta({"type": "thinking_delta", "thinking": reasoning}))
-            if delta.get("content"):
-                out += self._to_block("text", {"type": "text", "text": ""})
-                out.append(self._delta({"type": "text_delta", "text": delta["content"]}))
-            for call in delta.get("tool_calls") or []:
-                out += self._tool_call(call)
-            if choice.get("finish_reason"):
-                self._stop = STOP_REASONS.get(choice["finish_reason"], "end_turn")
+        reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+        if reasoning:
+            out += self._to_block("thinking", {"type": "thinking", "thinking": "",
+                                               "signature": ""})
+            out.append(self._delta({"type": "thinking_delta", "thinking": reasoning}))
+        if delta.get("content"):
+            out += self._to_block("text", {"type": "text", "text": ""})
+            out.append(self._delta({"type": "text_delta", "text": delta["content"]}))
+        for call in delta.get("tool_calls") or []:
+            out += self._tool_call(call)
+        if finish_reason:
+            self._stop = STOP_REASONS.get(finish_reason, "end_turn")
         return out
 
     def _tool_call(self, call: dict[str, Any]) -> list[bytes]:

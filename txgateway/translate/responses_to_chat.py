@@ -437,21 +437,17 @@ class ChatToResponsesStream(FromChatChunks):
         return [self._event("error", code=error.get("code"), message=self.error[1],
                             param=error.get("param"))]
 
-    def _chunk(self, chunk: dict[str, Any]) -> list[bytes]:
-        out = [] if self._started else self._start()
-        usage = Usage.from_openai(chunk.get("usage"))
-        if usage is not None:
-            self.usage = usage
-        for choice in chunk.get("choices") or []:
-            if choice.get("index", 0) != 0:
-                continue
-            delta = choice.get("delta") or {}
-            if delta.get("content"):
-                out += self._text_delta(delta["content"])
-            for call in delta.get("tool_calls") or []:
-                out += self._tool_delta(call)
-            if choice.get("finish_reason"):
-                self._finish = choice["finish_reason"]
+    def _begin(self, chunk: dict[str, Any]) -> list[bytes]:
+        return [] if self._started else self._start()
+
+    def _choice(self, delta: dict[str, Any], finish_reason: str | None) -> list[bytes]:
+        out = []
+        if delta.get("content"):
+            out += self._text_delta(delta["content"])
+        for call in delta.get("tool_calls") or []:
+            out += self._tool_delta(call)
+        if finish_reason:
+            self._finish = finish_reason
         return out
 
     def _text_delta(self, text: str) -> list[bytes]:

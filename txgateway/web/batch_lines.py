@@ -22,6 +22,7 @@ import orjson
 from twisted.logger import Logger
 
 from txgateway.auth import Principal
+from txgateway.dialects.openai import loads_object
 from txgateway.dialects.openai_rest import usage_of
 from txgateway.gateway import Gateway
 from txgateway.providers import OPENAI_WIRE, IProvider, speaks
@@ -159,11 +160,8 @@ class BatchOutput:
     def _line(self, raw: bytes) -> None:
         if not raw.strip():
             return
-        try:
-            line = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            return
-        response = line.get("response") if isinstance(line, dict) else None
+        line = loads_object(raw) or {}
+        response = line.get("response")
         if not isinstance(response, dict) or not isinstance(line.get("custom_id"), str):
             return  # a request that never ran: nothing to count
         body = response.get("body")
@@ -224,7 +222,7 @@ def _account(gateway: Gateway, batch_id: str, held: dict[str, Any], principal: P
             output_audio_tokens=usage.output_audio_tokens,
             output_text_tokens=usage.output_tokens - usage.output_audio_tokens,
             cost_usd=cost))
-    if principal.limits is not None and spent:
+    if principal.key_id is not None and principal.limits is not None and spent:
         # The budget only: a day's batch is no burst in this minute's token rate.
         gateway.limiter.commit(principal.key_id, principal.limits, 0, 0, spent).addErrback(
             lambda failure: log.failure("limiter commit failed", failure))

@@ -129,12 +129,13 @@ class Conversations(JSONResource):
         metadata = check_metadata(body.get("metadata"))
         items = check_items(body.get("items") or [])
         now = self._gateway.reactor.seconds()
-        conversation = {"id": new_id("conv"), "object": "conversation",
+        conversation_id = new_id("conv")
+        conversation = {"id": conversation_id, "object": "conversation",
                         "created_at": int(now), "metadata": metadata}
         store = self._gateway.store
-        await store.put_object(CONVERSATION, conversation["id"], owner,
+        await store.put_object(CONVERSATION, conversation_id, owner,
                                {"conversation": conversation, "owner": owner}, now)
-        await append(store, conversation["id"], owner, items, now)
+        await append(store, conversation_id, owner, items, now)
         return 200, conversation
 
 

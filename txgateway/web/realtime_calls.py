@@ -191,7 +191,7 @@ class RealtimeCalls(JSONResource):
         if calls_url(provider) is None or sideband_target(provider, "") is None:
             raise refusal(400, f"The model `{name}` is not served for WebRTC calls.",
                           "model_not_realtime", "model")
-        if principal.limits is not None:
+        if principal.key_id is not None and principal.limits is not None:
             admission = await gateway.limiter.admit(principal.key_id, principal.limits, 0)
             if not admission.allowed:
                 raise refusal(429, admission.message, "rate_limit_exceeded")
