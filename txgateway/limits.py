@@ -38,7 +38,6 @@ from typing import Any, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import attrs
-import txredisapi
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -386,6 +385,8 @@ class RedisLimiter:
             raise ValueError(f"unknown limiter URL options: {', '.join(sorted(unknown))}")
         path = parts.path.strip("/")
         timeout = float(query.get("timeout", "0.5"))
+        import txredisapi  # here: ~1 MiB in every process, and most configs use no Redis
+
         redis = txredisapi.lazyConnectionPool(
             host=parts.hostname or "127.0.0.1", port=parts.port or 6379,
             dbid=int(path) if path else None, poolsize=int(query.get("pool", "2")),
@@ -426,7 +427,9 @@ class RedisLimiter:
         source, sha = script
 
         def unknown_script(failure: Any) -> Any:
-            failure.trap(txredisapi.ScriptDoesNotExist)
+            from txredisapi import ScriptDoesNotExist
+
+            failure.trap(ScriptDoesNotExist)
             return self._redis.execute_command("EVAL", source, len(keys), *keys, *args)
 
         call = self._redis.evalsha(sha, keys, args).addErrback(unknown_script)

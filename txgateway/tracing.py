@@ -20,11 +20,6 @@ import time
 from contextvars import ContextVar
 from typing import Any
 
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-from opentelemetry.sdk.resources import Resource as OTelResource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import SpanKind, Status, StatusCode, set_span_in_context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from twisted.web.http_headers import Headers
@@ -44,6 +39,14 @@ class Tracing:
     """The tracer provider and its exporter, and the spans of calls and sessions."""
 
     def __init__(self, settings: TracingSettings) -> None:
+        # Imported here: the SDK and the OTLP exporter (protobuf) weigh ~6 MiB in every
+        # process, and most configs trace nothing.
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.resources import Resource as OTelResource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+        from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
         # The provider flushes what it buffered when the process exits.
         self.provider = TracerProvider(
             sampler=ParentBased(TraceIdRatioBased(settings.sample_ratio)),
