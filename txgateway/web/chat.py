@@ -27,7 +27,7 @@ from txgateway.streams import EventSplitter, data_of, events
 from txgateway.usage import Usage
 from txgateway.web.openapi import Endpoint, Operation
 from txgateway.web.relay import ITranscoder
-from txgateway.web.runner import CallEndpoint, ICodec
+from txgateway.web.runner import CallEndpoint, ICodec, stream_type
 
 
 class ChatCompletions(CallEndpoint):
@@ -44,7 +44,7 @@ class ChatCompletions(CallEndpoint):
         super().__init__(gateway)
         self._same = SameChat(self.api)
 
-    def codec(self, parsed: ChatRequest, target: Target) -> ICodec:
+    def codec(self, request: Any, parsed: ChatRequest, target: Target) -> ICodec:
         # Providers that answer in another dialect translate the parsed request themselves.
         if speaks(target.provider, OPENAI_WIRE):
             return self._same
@@ -89,7 +89,7 @@ class TranslatedChat:
     def __init__(self, api: str, provider: Any) -> None:
         self._api = api
         self._provider = provider
-        self.stream_type = provider.stream_content_type
+        self.stream_type = stream_type(provider)
 
     def request(self, chat: ChatRequest, target: Target) -> UpstreamRequest:
         return self._provider.build_request(ApiCall(

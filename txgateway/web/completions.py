@@ -7,6 +7,8 @@ dropped when the caller did not ask for it.
 
 from __future__ import annotations
 
+from typing import Any
+
 from txgateway.dialects.openai import ChatRequest, parse_completion
 from txgateway.providers import OPENAI_WIRE, speaks
 from txgateway.routing import Target
@@ -22,7 +24,7 @@ class Completions(ChatCompletions):
     api = "completions"
     parse = staticmethod(parse_completion)
 
-    def codec(self, parsed: ChatRequest, target: Target) -> ICodec:
+    def codec(self, request: Any, parsed: ChatRequest, target: Target) -> ICodec:
         # No translating provider speaks the legacy API: OpenAI-compatible servers only.
         if self.api in target.provider.apis and speaks(target.provider, OPENAI_WIRE):
             return self._same

@@ -25,7 +25,7 @@ from txgateway.admission import Refusal
 from txgateway.config import RoutingSettings
 from txgateway.dialects.errors import upstream_error
 from txgateway.dialects.openai import BadRequest
-from txgateway.providers import UpstreamRequest, prepare
+from txgateway.providers import ITranslatingProvider, UpstreamRequest, prepare
 from txgateway.routing import Target
 from txgateway.upstream import (
     RETRYABLE_ERRORS,
@@ -49,8 +49,11 @@ class ICodec(Interface):
 
     stream_type = Attribute("The content type (a prefix) of the upstream's streams.")
 
-    def request(parsed: Any, target: Target) -> UpstreamRequest:  # noqa: N805 (zope)
-        """The upstream request of the caller's ``parsed`` request, to ``target``."""
+    def request(parsed: Any, target: Target) -> UpstreamRequest | None:  # noqa: N805 (zope)
+        """
+        The upstream request of the caller's ``parsed`` request, to ``target``; None when the
+        codec answers itself (a local estimate), with `answer` given no body.
+        """
 
     def answer(body: bytes) -> tuple[bytes, Any]:  # noqa: N805
         """A 200's whole body in the caller's dialect, and its `Usage` (or None)."""
@@ -89,7 +92,7 @@ class CallEndpoint(ProxyEndpoint):
     #: The caller's dialect's error event, ending a stream that broke.
     error_event: ErrorEvent
 
-    def codec(self, parsed: Any, target: Target) -> ICodec:
+    def codec(self, request: Any, parsed: Any, target: Target) -> ICodec:
         """The codec of a call to ``target``; raises a `Refusal` when it cannot serve it."""
         raise NotImplementedError
 
@@ -163,7 +166,7 @@ async def _attempt(endpoint: CallEndpoint, request: Any, tally: Tally, parsed: A
                 if preparing is not None:
                     await preparing
                 await _call(endpoint, request, tally, parsed, size, target, call,
-                            endpoint.codec(parsed, target))
+                            endpoint.codec(request, parsed, target))
             except RETRYABLE_ERRORS as error:
                 router.failed(target)
                 if not call.may_fall_back or request.startedWriting:
@@ -192,7 +195,13 @@ async def _call(endpoint: CallEndpoint, request: Any, tally: Tally, parsed: Any,
                 target: Target, call: UpstreamCall, codec: ICodec) -> None:
     """One attempt: the request sent, then its stream relayed or its whole answer given."""
     gateway = endpoint._gateway
-    response = await call.send(target.provider.agent, codec.request(parsed, target))
+    upstream = codec.request(parsed, target)
+    if upstream is None:
+        body, tally.usage = codec.answer(b"")
+        tally.status = 200
+        finish(request, call, 200, body)
+        return
+    response = await call.send(target.provider.agent, upstream)
     content_type = response.headers.getRawHeaders(b"content-type", [b""])[0]
     if parsed.stream and response.code == 200 and content_type.startswith(codec.stream_type):
         start_event_stream(request)
@@ -217,6 +226,14 @@ async def _call(endpoint: CallEndpoint, request: Any, tally: Tally, parsed: Any,
     tally.status, tally.error = status, f"upstream status {response.code}"
     pass_retry_after(request, response)
     finish(request, call, status, body)
+
+
+def stream_type(provider: Any) -> bytes:
+    """The content type a provider streams in: SSE unless it translates and says otherwise."""
+    if ITranslatingProvider.providedBy(provider):
+        expected: bytes = provider.stream_content_type
+        return expected
+    return b"text/event-stream"
 
 
 def refused_api(api: str, model: str, target: Target) -> Refusal:
