@@ -29,7 +29,6 @@ from txgateway.translate.messages_to_chat import (
 )
 from txgateway.usage import Usage
 from txgateway.web.openapi import Endpoint, Operation
-from txgateway.web.relay import ITranscoder
 from txgateway.web.runner import CallEndpoint, ICodec, stream_type
 
 #: Caller headers that choose the upstream's behaviour on the fast path: the wire version the
@@ -108,7 +107,7 @@ class SameMessages:
     def error(self, status: int, body: bytes) -> bytes:
         return body
 
-    def transcoder(self, parsed: anthropic.MessagesRequest) -> ITranscoder:
+    def transcoder(self, parsed: anthropic.MessagesRequest) -> Any:
         return anthropic.MessagesPassthrough()
 
 
@@ -120,7 +119,8 @@ class MessagesOverChat:
     """
 
     def __init__(self, target: Target) -> None:
-        provider = self._provider = target.provider
+        provider: Any = target.provider
+        self._provider = provider
         self._model = target.model
         self._translating = not speaks(provider, OPENAI_WIRE, target.model)
         self.stream_type = stream_type(provider)
