@@ -116,7 +116,7 @@ class FormEndpoint(RestEndpoint):
                           self.required)
         call = UpstreamCall(gateway.reactor, gateway.config.upstream)
         request.notifyFinish().addErrback(lambda _: call.abort())
-        Deferred.fromCoroutine(self._guarded(request, exchange, form, 0, call))
+        Deferred.fromCoroutine(self.run(request, exchange, form, 0, call))
         return NOT_DONE_YET
 
     async def admit(self, request: Any, exchange: Exchange, form: FormUpload,

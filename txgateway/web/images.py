@@ -25,6 +25,7 @@ from txgateway.routing import Target
 from txgateway.usage import Usage
 from txgateway.web.forms import FormEndpoint
 from txgateway.web.openapi import Endpoint, Operation
+from txgateway.web.relay import ITranscoder
 from txgateway.web.resource import JSONResource
 from txgateway.web.rest import UsageEvents
 from txgateway.web.runner import CallEndpoint, ICodec, refused_api
@@ -82,7 +83,7 @@ class SameImages:
     def error(self, status: int, body: bytes) -> bytes:
         return body
 
-    def transcoder(self, images: RestRequest) -> UsageEvents:
+    def transcoder(self, images: RestRequest) -> ITranscoder:
         return UsageEvents(read_image_usage)
 
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
+from zope.interface import implementer
 
 from txgateway.accounting import Exchange
 from txgateway.dialects.openai import error_body, loads_object, stream_error_event
@@ -18,8 +19,9 @@ from txgateway.routing import Target
 from txgateway.streams import EventSplitter, data_of, events
 from txgateway.upstream import UpstreamCall, UpstreamError
 from txgateway.usage import Usage
-from txgateway.web.proxy import ProxyEndpoint, finish
-from txgateway.web.relay import Bytes, Relay
+from txgateway.web.proxy import ProxyEndpoint
+from txgateway.web.relay import Bytes, ITranscoder, Relay
+from txgateway.web.runner import finish
 
 UsageReader = Callable[[Any, "Usage | None"], "Usage | None"]
 """Reads usage from a parsed answer or event, given the usage seen so far."""
@@ -110,6 +112,7 @@ def bytes_relay(gateway: Any, request: Any, exchange: Exchange, call: UpstreamCa
                  Bytes(), request_size)
 
 
+@implementer(ITranscoder)
 class UsageEvents:
     """
     The same-dialect transcoder (`txgateway.web.relay.ITranscoder`) of an SSE stream in

@@ -15,15 +15,17 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from twisted.web.server import NOT_DONE_YET
 from zope.interface import Attribute, Interface
 
 from txgateway.accounting import Exchange, Outcome, Tally
-from txgateway.admission import Refusal
+from txgateway.admission import Admitted, Caller, Refusal, admit, said
+from txgateway.auth import caller_key
 from txgateway.config import RoutingSettings
-from txgateway.dialects.errors import upstream_error
+from txgateway.dialects.errors import OPENAI, ErrorDialect, upstream_error
 from txgateway.dialects.openai import BadRequest
 from txgateway.providers import ITranslatingProvider, UpstreamRequest, prepare
 from txgateway.routing import Target
@@ -34,8 +36,9 @@ from txgateway.upstream import (
     UpstreamError,
     UpstreamRefusedAttempt,
 )
-from txgateway.web.proxy import ProxyEndpoint, finish, pass_retry_after
+from txgateway.usage import estimate_tokens
 from txgateway.web.relay import CLIENT_CLOSED, ErrorEvent, ITranscoder, Relay, start_event_stream
+from txgateway.web.resource import JSONResource, write_json
 
 log = Logger()
 
@@ -83,7 +86,72 @@ def retry_wait(settings: RoutingSettings, retry: int, error: Exception,
     return max(backoff, error.retry_after)
 
 
-class CallEndpoint(ProxyEndpoint):
+class ModelEndpoint(JSONResource):
+    """
+    A proxying endpoint, whatever the caller's dialect: one exchange per request, its body
+    parsed (`parse`, errors in `error_body`'s dialect), admitted (`admit`) and `run`.
+    """
+
+    isLeaf = True
+    #: The route name in metrics and the access log.
+    route = ""
+    #: How the caller's dialect writes the upstream's errors.
+    errors: ErrorDialect = OPENAI
+    #: The headers that carry the exchange's id (its SDK reads one of them).
+    request_id_headers: tuple[bytes, ...] = (b"x-request-id",)
+
+    def __init__(self, gateway: Any) -> None:
+        super().__init__()
+        self._gateway = gateway
+
+    def parse(self, raw: bytes) -> Any:
+        """The caller's request, with ``model`` and ``stream``; raises `BadRequest`."""
+        raise NotImplementedError
+
+    def error_body(self, status: int, message: str, code: str | None = None,
+                   param: str | None = None) -> bytes:
+        """An error in the caller's dialect."""
+        raise NotImplementedError
+
+    def admission_tokens(self, parsed: Any, size: int) -> int:
+        """What a tokens-per-minute limit counts before the call: the prompt, estimated."""
+        return estimate_tokens(size)
+
+    def render_POST(self, request: Any) -> Any:
+        gateway = self._gateway
+        exchange = gateway.accountant.start(self.route)
+        for name in self.request_id_headers:
+            request.setHeader(name, exchange.request_id.encode())
+        raw = request.content.getvalue()
+        try:
+            parsed = self.parse(raw)
+        except BadRequest as error:
+            gateway.accountant.finish(exchange, Outcome(400, str(error)))
+            return write_json(request, 400, self.error_body(400, str(error), None, error.param))
+        exchange.model = parsed.model
+        exchange.stream = parsed.stream
+        call = UpstreamCall(gateway.reactor, gateway.config.upstream)
+        request.notifyFinish().addErrback(lambda _: call.abort())
+        Deferred.fromCoroutine(self.run(request, exchange, parsed, len(raw), call))
+        return NOT_DONE_YET
+
+    async def run(self, request: Any, exchange: Exchange, parsed: Any, size: int,
+                  call: UpstreamCall) -> None:
+        """Call upstream and answer, accounting for the exchange once whatever happens."""
+        raise NotImplementedError
+
+    async def admit(self, request: Any, exchange: Exchange, parsed: Any,
+                    size: int) -> list[Target]:
+        """
+        Who calls, whether they may, and the targets to try, in order; or a `Refusal`.
+        Endpoints may extend it (the Responses API pins follow-ups to a provider).
+        """
+        admitted = await admit_request(self._gateway, request, exchange, parsed.model,
+                                       self.admission_tokens(parsed, size), self.errors)
+        return list(admitted.plan)
+
+
+class CallEndpoint(ModelEndpoint):
     """
     A proxying endpoint on the runner: subclasses give `parse`, `error_body`, `error_event`
     and `codec`, and may extend `admit`.
@@ -96,8 +164,8 @@ class CallEndpoint(ProxyEndpoint):
         """The codec of a call to ``target``; raises a `Refusal` when it cannot serve it."""
         raise NotImplementedError
 
-    async def _guarded(self, request: Any, exchange: Exchange, parsed: Any, size: int,
-                       call: UpstreamCall) -> None:
+    async def run(self, request: Any, exchange: Exchange, parsed: Any, size: int,
+                  call: UpstreamCall) -> None:
         await run(self, request, exchange, parsed, size, call)
 
 
@@ -242,3 +310,42 @@ def refused_api(api: str, model: str, target: Target) -> Refusal:
                         f"`{target.provider.name}`, which does not offer the {api} API",
                    "unsupported_api", "model")
 
+
+async def admit_request(gateway: Any, request: Any, exchange: Exchange, model: str,
+                        tokens: int, dialect: ErrorDialect = OPENAI,
+                        routed: bool = True) -> Admitted:
+    """`txgateway.admission.admit` for an HTTP request: its key, and what it learns recorded."""
+    key = caller_key(request)
+    principal = await gateway.authenticator.authenticate(key)
+    try:
+        admitted = await admit(gateway, principal, key is not None, model, tokens, dialect,
+                               routed)
+    except Refusal as refusal:
+        record_caller(request, exchange, refusal.caller)
+        exchange.model = said(gateway, model)
+        raise
+    record_caller(request, exchange, admitted.caller)
+    return admitted
+
+
+def record_caller(request: Any, exchange: Exchange, caller: Caller) -> None:
+    """What admission learned of the caller, kept for accounting; its limiter's headers set."""
+    exchange.key_id = caller.key_id
+    exchange.limits, exchange.admitted_tokens = caller.limits, caller.tokens
+    for name, value in caller.headers.items():
+        request.setHeader(name, value)
+
+
+def finish(request: Any, call: UpstreamCall, status: int, body: bytes) -> None:
+    """Answer with a JSON body, unless the client has already gone."""
+    if call.aborted:
+        return
+    request.write(write_json(request, status, body))
+    request.finish()
+
+
+def pass_retry_after(request: Any, response: Any) -> None:
+    """The caller's SDK honours Retry-After when it backs off: keep the upstream's."""
+    retry_after = response.headers.getRawHeaders(b"retry-after")
+    if retry_after:
+        request.setHeader(b"retry-after", retry_after[0])
