@@ -61,6 +61,11 @@ class Exchange:
     error: str | None = None
     finished: bool = False
 
+    def attempting(self, target: Any) -> None:
+        """A new attempt, at ``target`` (for endpoints not yet on the runner)."""
+        self.provider, self.provider_kind = target.provider.name, target.provider.kind
+        self.upstream_model, self.first_byte, self.usage = target.model, None, None
+
 
 @attrs.define
 class Tally:
@@ -76,6 +81,10 @@ class Tally:
     target: Any = None
     #: Attempts that failed before the last one (fallbacks and retries).
     attempts: int = 0
+
+    def attempting(self, target: Any) -> None:
+        """A new attempt, at ``target``: what the last one saw is forgotten."""
+        self.target, self.first_byte, self.usage = target, None, None
 
     def outcome(self) -> Outcome:
         target = self.target

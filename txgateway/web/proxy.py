@@ -10,7 +10,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from twisted.internet.defer import CancelledError
-from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from txgateway.accounting import Exchange
@@ -20,17 +19,20 @@ from txgateway.dialects.errors import upstream_error
 from txgateway.dialects.openai import BadRequest
 from txgateway.dialects.openai import error_body as openai_error_body
 from txgateway.gateway import Gateway
-from txgateway.providers import ITranslatingProvider, prepare
+from txgateway.providers import ITranslatingProvider
 from txgateway.routing import Target
 from txgateway.upstream import (
-    RETRYABLE_ERRORS,
-    RETRYABLE_STATUSES,
     UpstreamCall,
     UpstreamError,
-    UpstreamRefusedAttempt,
 )
 from txgateway.web.relay import CLIENT_CLOSED
-from txgateway.web.runner import ModelEndpoint, finish, pass_retry_after, record_caller
+from txgateway.web.runner import (
+    ModelEndpoint,
+    attempt,
+    finish,
+    pass_retry_after,
+    record_caller,
+)
 
 log = Logger()
 
@@ -61,53 +63,10 @@ class ProxyEndpoint(ModelEndpoint):
                   call: UpstreamCall) -> None:
         async def work() -> None:
             plan = await self.admit(request, exchange, parsed, size)
-            await self._attempt(request, exchange, parsed, plan, call)
+            await attempt(self._gateway, request, exchange, plan, call,
+                          lambda target: self.proxy(request, exchange, parsed, target, call))
 
         await answered(self._gateway, request, exchange, call, work(), self.error_body)
-
-    async def _attempt(self, request: Any, exchange: Exchange, parsed: Any,
-                       plan: list[Target], call: UpstreamCall) -> None:
-        """
-        Call the plan's targets in turn, each with its retries, until one answers: a failure
-        before anything reached the client (no connection, a timeout, 429 or 5xx) moves on.
-        """
-        gateway = self._gateway
-        router, settings = gateway.router, gateway.config.routing
-        attempts = [(target, retry) for target in plan for retry in range(settings.retries + 1)]
-        skip = None
-        for index, (target, retry) in enumerate(attempts):
-            if target is skip:
-                continue
-            if retry:
-                await deferLater(gateway.reactor, settings.retry_backoff * 2 ** (retry - 1))
-                if call.aborted:
-                    raise CancelledError()
-            exchange.provider = target.provider.name
-            exchange.provider_kind = target.provider.kind
-            exchange.upstream_model = target.model
-            exchange.first_byte = exchange.usage = None
-            request.setHeader(b"x-txgateway-provider", exchange.provider.encode())
-            call.may_fall_back = index + 1 < len(attempts)
-            try:
-                preparing = prepare(target.provider)  # a token or credentials, first
-                if preparing is not None:
-                    await preparing
-                await self.proxy(request, exchange, parsed, target, call)
-            except RETRYABLE_ERRORS as error:
-                router.failed(target)
-                if not call.may_fall_back or request.startedWriting:
-                    raise
-                exchange.attempts += 1
-                gateway.metrics.fallback(target.provider.name, error.code)
-                # A rate-limited target will not be ready by the next retry: move on.
-                if isinstance(error, UpstreamRefusedAttempt) and error.status == 429:
-                    skip = target
-                continue
-            if exchange.status in RETRYABLE_STATUSES:
-                router.failed(target)
-            else:
-                router.succeeded(target)
-            return
 
 
 async def answered(gateway: Gateway, request: Any, exchange: Exchange, call: UpstreamCall,

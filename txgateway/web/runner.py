@@ -12,7 +12,7 @@ the caller's dialect, and the final `Outcome` handed to accounting.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -191,7 +191,9 @@ async def run(endpoint: CallEndpoint, request: Any, exchange: Exchange, parsed: 
 
     try:
         plan = await endpoint.admit(request, exchange, parsed, size)
-        await _attempt(endpoint, request, tally, parsed, size, plan, call)
+        await attempt(gateway, request, tally, plan, call, lambda target: _call(
+            endpoint, request, tally, parsed, size, target, call,
+            endpoint.codec(request, parsed, target)))
     except Refusal as refusal:
         fail(refusal.status, str(refusal), refusal.code, refusal.param)
     except BadRequest as error:
@@ -213,28 +215,26 @@ async def run(endpoint: CallEndpoint, request: Any, exchange: Exchange, parsed: 
     return outcome
 
 
-async def _attempt(endpoint: CallEndpoint, request: Any, tally: Tally, parsed: Any,
-                   size: int, plan: list[Target], call: UpstreamCall) -> None:
+async def attempt(gateway: Any, request: Any, tally: Tally | Exchange, plan: list[Target],
+                  call: UpstreamCall, step: Callable[[Target], Awaitable[None]]) -> None:
     """
-    Call the plan's targets in turn, each with its retries, until one answers: a failure
-    before anything reached the client (no connection, a timeout, 429 or 5xx) moves on.
-    Nothing is written to the client before an upstream's answer is taken.
+    Call the plan's targets in turn (``step``), each with its retries, until one answers: a
+    failure before anything reached the client (no connection, a timeout, 429 or 5xx) moves
+    on.  Nothing is written to the client before an upstream's answer is taken.
     """
-    gateway = endpoint._gateway
     router, settings = gateway.router, gateway.config.routing
     for position, target in enumerate(plan):
         last = position + 1 == len(plan)
         retry = 0
         while True:
-            tally.target, tally.first_byte, tally.usage = target, None, None
+            tally.attempting(target)
             request.setHeader(b"x-txgateway-provider", target.provider.name.encode())
             call.may_fall_back = not last or retry < settings.retries
             try:
                 preparing = prepare(target.provider)  # a token or credentials, first
                 if preparing is not None:
                     await preparing
-                await _call(endpoint, request, tally, parsed, size, target, call,
-                            endpoint.codec(request, parsed, target))
+                await step(target)
             except RETRYABLE_ERRORS as error:
                 router.failed(target)
                 if not call.may_fall_back or request.startedWriting:
