@@ -133,8 +133,7 @@ class FormEndpoint(RestEndpoint):
 
     async def proxy(self, request: Any, exchange: Exchange, form: FormUpload, target: Target,
                     call: UpstreamCall) -> None:
-        if self.refused_api(request, exchange, call, target):
-            return
+        self.served(exchange.model, target)
         provider = target.provider
         built = provider.build_request(ApiCall(
             api=self.api, body=b"", parsed=form.fields, model=target.model,

@@ -21,7 +21,7 @@ from txgateway.upstream import UpstreamCall, UpstreamError
 from txgateway.usage import Usage
 from txgateway.web.proxy import ProxyEndpoint
 from txgateway.web.relay import Bytes, ITranscoder, Relay
-from txgateway.web.runner import finish
+from txgateway.web.runner import refused_api
 
 UsageReader = Callable[[Any, "Usage | None"], "Usage | None"]
 """Reads usage from a parsed answer or event, given the usage seen so far."""
@@ -36,9 +36,11 @@ class RestEndpoint(ProxyEndpoint):
     api = ""
     error_body = staticmethod(error_body)
 
-    def refused_api(self, request: Any, exchange: Exchange, call: UpstreamCall,
-                    target: Target, translated: bool = False) -> bool:
-        return refused_api(self.api, request, exchange, call, target, translated)
+    def served(self, model: str, target: Target) -> None:
+        """Raises the 400 of a provider that does not offer ``api`` in OpenAI's dialect."""
+        provider = target.provider
+        if self.api not in provider.apis or not speaks(provider, OPENAI_WIRE):
+            raise refused_api(self.api, model, target)
 
     def answer(self, request: Any, exchange: Exchange, response: Any, call: UpstreamCall,
                body: bytes, read_usage: UsageReader | None) -> None:
@@ -65,23 +67,6 @@ class RestEndpoint(ProxyEndpoint):
         request.setHeader(b"content-length", b"%d" % len(body))
         request.write(body)
         request.finish()
-
-
-def refused_api(api: str, request: Any, exchange: Exchange, call: UpstreamCall,
-                target: Target, translated: bool = False) -> bool:
-    """
-    Answers 400 and returns True when the provider does not serve ``api`` (or speaks another
-    dialect where the endpoint cannot translate, ``translated`` false).
-    """
-    provider = target.provider
-    if api in provider.apis and (translated or speaks(provider, OPENAI_WIRE)):
-        return False
-    message = (f"the model `{exchange.model}` is served by the provider "
-               f"`{provider.name}`, which does not offer the {api} API")
-    exchange.status = 400
-    exchange.error = message
-    finish(request, call, 400, error_body(400, message, "unsupported_api", "model"))
-    return True
 
 
 def _loads(body: bytes) -> Any:
