@@ -38,7 +38,11 @@ def billed_seconds(session: Any) -> float:
 
 @attrs.define
 class Exchange:
-    """The record of one request as it goes (mutable; finished exactly once)."""
+    """
+    The record of one request as it goes (mutable; finished exactly once): who called and
+    for what.  How it ended comes to `Accountant.finish` as an `Outcome` from the runner;
+    endpoints not yet on it still write that into the exchange.
+    """
 
     route: str
     started: float
