@@ -91,6 +91,9 @@ class FakeOpenAI(BatchFakes, ResponsesFakes, RestFakes, FakeUpstream):
         model = body["model"]
         if model.startswith("error-"):
             return self._error(request, int(model.split("-")[1]))
+        if model == "busy-once" and [b["model"] for _, _, b in self.requests] == [model]:
+            request.setHeader(b"retry-after", b"1")  # busy at its first call only
+            return self._error(request, 503)
         if model == "html-502":
             request.setResponseCode(502)
             request.setHeader(b"content-type", b"text/html")

@@ -12,11 +12,10 @@ from zope.interface import implementer
 from tests.fake_gemini import API_KEY, start_fake_google
 from tests.fake_openai_rest import EMBEDDING_USAGE, embedding
 from tests.gateway_harness import CONFIG, GatewayTestCase
-from txgateway.accounting import Exchange
-from txgateway.dialects.openai_rest import encode_embeddings_base64, usage_of
+from txgateway.dialects.openai_rest import RestRequest, encode_embeddings_base64, usage_of
 from txgateway.providers import ApiCall, IProvider, UpstreamRequest
 from txgateway.usage import Usage
-from txgateway.web.embeddings import _translated
+from txgateway.web.embeddings import TranslatedEmbeddings
 
 
 class EmbeddingsTests(GatewayTestCase):
@@ -114,15 +113,18 @@ class TranslatingEmbedder:
 class TranslatedEmbeddingsTests(TestCase):
     def test_base64_encoded_by_gateway(self) -> None:
         """Floats from a translating provider become OpenAI's little-endian float32 base64."""
-        exchange = Exchange(route="embeddings", started=0)
-        body = _translated(TranslatingEmbedder(), exchange, 200,
-                           orjson.dumps({"vectors": [[0.5, -1.25], [3.0, 0.0]]}), True)
+        def codec(encoding: str) -> TranslatedEmbeddings:
+            parsed = {"model": "m", "input": "hi", "encoding_format": encoding}
+            return TranslatedEmbeddings(TranslatingEmbedder(),
+                                        RestRequest(orjson.dumps(parsed), parsed, "m"))
+
+        body, usage = codec("base64").answer(
+            orjson.dumps({"vectors": [[0.5, -1.25], [3.0, 0.0]]}))
         data = orjson.loads(body)["data"]
         decoded = [struct.unpack("<2f", base64.b64decode(item["embedding"])) for item in data]
         self.assertEqual(decoded, [(0.5, -1.25), (3.0, 0.0)])
-        self.assertEqual(exchange.usage, Usage(input_tokens=2))
-        plain = _translated(TranslatingEmbedder(), exchange, 200,
-                            orjson.dumps({"vectors": [[0.5]]}), False)
+        self.assertEqual(usage, Usage(input_tokens=2))
+        plain, _ = codec("float").answer(orjson.dumps({"vectors": [[0.5]]}))
         self.assertEqual(orjson.loads(plain)["data"][0]["embedding"], [0.5])
 
     def test_encode_matches_sdk_decoding(self) -> None:

@@ -22,6 +22,7 @@ ADMIN = "admin-secret"
 
 #: Resource classes that are bases or plumbing, not endpoints served at a path of their own.
 NOT_ENDPOINTS = {"Root", "TracedRoot", "JSONResource", "NotFound", "ProxyEndpoint",
+                 "ModelEndpoint", "CallEndpoint",
                  "RestEndpoint", "FormEndpoint", "_AnthropicEndpoint", "_ResponsesInput",
                  "StaticFiles", "_Refusal", "_Traced", "Overloaded"}
 

@@ -38,7 +38,11 @@ def billed_seconds(session: Any) -> float:
 
 @attrs.define
 class Exchange:
-    """The record of one request as it goes (mutable; finished exactly once)."""
+    """
+    The record of one request as it goes (mutable; finished exactly once): who called and
+    for what.  How it ended comes to `Accountant.finish` as an `Outcome` from the runner;
+    endpoints not yet on it still write that into the exchange.
+    """
 
     route: str
     started: float
@@ -60,6 +64,61 @@ class Exchange:
     usage: Usage | None = None
     error: str | None = None
     finished: bool = False
+
+    def attempting(self, target: Any) -> None:
+        """A new attempt, at ``target`` (for endpoints not yet on the runner)."""
+        self.provider, self.provider_kind = target.provider.name, target.provider.kind
+        self.upstream_model, self.first_byte, self.usage = target.model, None, None
+
+
+@attrs.define
+class Tally:
+    """
+    What one call has come to so far, kept by the runner (and the relay) while it runs: the
+    mutable half, frozen into an `Outcome` once the call is over.
+    """
+
+    status: int = 0
+    error: str | None = None
+    usage: Usage | None = None
+    first_byte: float | None = None
+    target: Any = None
+    #: Attempts that failed before the last one (fallbacks and retries).
+    attempts: int = 0
+
+    def attempting(self, target: Any) -> None:
+        """A new attempt, at ``target``: what the last one saw is forgotten."""
+        self.target, self.first_byte, self.usage = target, None, None
+
+    def outcome(self) -> Outcome:
+        target = self.target
+        if target is None:
+            return Outcome(self.status, self.error, self.usage, self.first_byte,
+                           attempts=self.attempts)
+        return Outcome(self.status, self.error, self.usage, self.first_byte,
+                       target.provider.name, target.provider.kind, target.model,
+                       self.attempts)
+
+
+@attrs.frozen
+class Outcome:
+    """How a call ended, as accounting reads it once: the call pipeline's result."""
+
+    status: int
+    error: str | None = None
+    usage: Usage | None = None
+    first_byte: float | None = None
+    provider: str = ""
+    provider_kind: str = ""
+    upstream_model: str = ""
+    attempts: int = 0
+
+    @classmethod
+    def of(cls, exchange: Exchange) -> Outcome:
+        """The outcome an endpoint not yet on the runner wrote into its exchange."""
+        return cls(exchange.status, exchange.error, exchange.usage, exchange.first_byte,
+                   exchange.provider, exchange.provider_kind, exchange.upstream_model,
+                   exchange.attempts)
 
 
 #: How many distinct model names become metrics labels, and how long one may be.
@@ -106,7 +165,8 @@ class Accountant:
             except DeferredTimeout:
                 pass
 
-    def finish(self, exchange: Exchange) -> None:
+    def finish(self, exchange: Exchange, outcome: Outcome | None = None) -> None:
+        """Account for ``exchange`` once, as its ``outcome`` says (or its own fields)."""
         if exchange.finished:
             return
         exchange.finished = True
@@ -115,33 +175,35 @@ class Accountant:
             waiters, self._drain_waiters = self._drain_waiters, []
             for waiter in waiters:
                 waiter.callback(None)
+        if outcome is None:
+            outcome = Outcome.of(exchange)
         duration = self._clock.seconds() - exchange.started
-        ttft = None if exchange.first_byte is None else exchange.first_byte - exchange.started
-        usage = exchange.usage or Usage()
-        model = self._model_label(exchange) if exchange.provider else ""
-        self._metrics.request(exchange.route, model, exchange.provider, str(exchange.status),
+        ttft = None if outcome.first_byte is None else outcome.first_byte - exchange.started
+        usage = outcome.usage or Usage()
+        model = self._model_label(exchange.model) if outcome.provider else ""
+        self._metrics.request(exchange.route, model, outcome.provider, str(outcome.status),
                               duration, ttft)
-        if exchange.usage is not None:
+        if outcome.usage is not None:
             for kind, count in (("input", usage.input_tokens), ("output", usage.output_tokens)):
-                self._metrics.tokens(exchange.route, exchange.provider_kind, model, kind, count)
+                self._metrics.tokens(exchange.route, outcome.provider_kind, model, kind, count)
             # Parts of the input, observed only when reported: most calls touch no cache.
             for kind, count in (("cached_input", usage.cached_input_tokens),
                                 ("cache_creation_input", usage.cache_creation_tokens)):
                 if count:
-                    self._metrics.tokens(exchange.route, exchange.provider_kind, model, kind,
+                    self._metrics.tokens(exchange.route, outcome.provider_kind, model, kind,
                                          count)
-        cost = self._cost(exchange, model, usage)
+        cost = self._cost(exchange, outcome, model, usage)
         if exchange.limits is not None and exchange.key_id is not None:
             self._limiter.commit(
                 exchange.key_id, exchange.limits, exchange.admitted_tokens,
                 usage.input_tokens + usage.output_tokens, cost,
             ).addErrback(lambda failure: log.failure("limiter commit failed", failure))
-        if exchange.status != 401:  # a caller with no valid key is no one to account for
+        if outcome.status != 401:  # a caller with no valid key is no one to account for
             self._ledger.append(UsageRecord(
                 request_id=exchange.request_id, time=exchange.started, kind="request",
                 route=exchange.route, key_id=exchange.key_id, model=exchange.model,
-                provider=exchange.provider, upstream_model=exchange.upstream_model,
-                status=exchange.status, input_tokens=usage.input_tokens,
+                provider=outcome.provider, upstream_model=outcome.upstream_model,
+                status=outcome.status, input_tokens=usage.input_tokens,
                 output_tokens=usage.output_tokens,
                 cached_input_tokens=usage.cached_input_tokens,
                 cache_creation_tokens=usage.cache_creation_tokens,
@@ -160,10 +222,10 @@ class Accountant:
             "key_id": exchange.key_id,
             "route": exchange.route,
             "model": exchange.model,
-            "provider": exchange.provider,
-            "upstream_model": exchange.upstream_model,
+            "provider": outcome.provider,
+            "upstream_model": outcome.upstream_model,
             "stream": exchange.stream,
-            "status": exchange.status,
+            "status": outcome.status,
             "input_tokens": usage.input_tokens,
             "output_tokens": usage.output_tokens,
             "cached_input_tokens": usage.cached_input_tokens,
@@ -174,22 +236,22 @@ class Accountant:
             "search_units": usage.search_units,
             "usage_estimated": usage.estimated,
             "cost_usd": cost,
-            "attempts": exchange.attempts + 1,
+            "attempts": outcome.attempts + 1,
             "duration_ms": round(duration * 1000, 3),
             "ttft_ms": None if ttft is None else round(ttft * 1000, 3),
-            "error": exchange.error,
+            "error": outcome.error,
         })
         if self.tracing is not None:
-            self.tracing.exchange_finished(exchange)
+            self.tracing.exchange_finished(exchange, outcome)
 
-    def _model_label(self, exchange: Exchange) -> str:
+    def _model_label(self, model: str) -> str:
         """
         The model as a metrics label: only routed names, and of those (a pattern route such
         as ``*`` takes any name a caller makes up) the first `MODEL_LABELS`, each at most
         `MODEL_LABEL_LENGTH` long; the rest are ``other``, so callers cannot grow the series
         without bound.
         """
-        model, labels = exchange.model, self._model_labels
+        labels = self._model_labels
         if model in labels:
             return model
         if len(labels) >= MODEL_LABELS or len(model) > MODEL_LABEL_LENGTH:
@@ -197,14 +259,14 @@ class Accountant:
         labels.add(model)
         return model
 
-    def _cost(self, exchange: Exchange, model: str, usage: Usage) -> float:
+    def _cost(self, exchange: Exchange, outcome: Outcome, model: str, usage: Usage) -> float:
         """What the call cost at the price table's rates (0 for unpriced models)."""
-        if exchange.usage is None:
+        if outcome.usage is None:
             return 0.0
-        cost = self.prices.cost(exchange.upstream_model or exchange.model, usage)
+        cost = self.prices.cost(outcome.upstream_model or exchange.model, usage)
         if not cost:
             return 0.0
-        self._metrics.cost(exchange.route, exchange.provider, model, cost)
+        self._metrics.cost(exchange.route, outcome.provider, model, cost)
         return cost
 
     def session_costs(self, session: Any) -> tuple[float, str | None, float]:

@@ -161,8 +161,12 @@ class RoutingSettings:
     #: Attempts again on the same target (after connect errors, timeouts, 429 and 5xx before
     #: the first byte) before moving on to the next.
     retries: int = 0
-    #: The wait before the first retry on a target, doubled for each further one.
+    #: The wait before the first retry on a target, doubled for each further one (each wait
+    #: jittered between half and one and a half times that, so retries do not come in waves).
     retry_backoff: Seconds = Seconds(0.25)
+    #: The longest ``Retry-After`` a retry waits for: a target that asks for longer is left
+    #: for the next one (or, when none is left, its answer goes to the caller).
+    max_retry_after: Seconds = Seconds(1.0)
     #: Consecutive failures after which a target cools down (is tried only as a last resort).
     failures_before_cooldown: int = 3
     #: How long a target cools down before one call probes it again.

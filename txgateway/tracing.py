@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from contextvars import ContextVar
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry.trace import SpanKind, Status, StatusCode, set_span_in_context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -30,6 +30,9 @@ from zope.interface import implementer
 from txgateway import semconv
 from txgateway.config import TracingSettings
 from txgateway.web.resource import Root
+
+if TYPE_CHECKING:
+    from txgateway.accounting import Outcome
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 _current: ContextVar[RequestTrace | None] = ContextVar("txgateway_trace", default=None)
@@ -55,7 +58,7 @@ class Tracing:
             endpoint=settings.otlp_endpoint, headers=dict(settings.headers))))
         self.tracer = self.provider.get_tracer("txgateway")
 
-    def exchange_finished(self, exchange: Any) -> None:
+    def exchange_finished(self, exchange: Any, outcome: Outcome) -> None:
         """A REST call's end: its server span (opened now if no upstream call did) ends."""
         trace = _current.get()
         if trace is None or trace.ended:
@@ -67,32 +70,32 @@ class Tracing:
         attributes: dict[str, Any] = {
             "gen_ai.operation.name": operation,
             "gen_ai.request.model": exchange.model,
-            "http.response.status_code": exchange.status,
+            "http.response.status_code": outcome.status,
             "txgateway.route": exchange.route,
             "txgateway.request_id": exchange.request_id,
             "txgateway.stream": exchange.stream,
-            "txgateway.attempts": exchange.attempts + 1,
+            "txgateway.attempts": outcome.attempts + 1,
         }
         if exchange.key_id:
             attributes["txgateway.key_id"] = exchange.key_id
-        if exchange.provider:
-            attributes["gen_ai.provider.name"] = semconv.provider(exchange.provider_kind)
-            attributes["txgateway.provider"] = exchange.provider
-        if exchange.usage is not None:
-            attributes.update(_usage_attributes(exchange.usage))
+        if outcome.provider:
+            attributes["gen_ai.provider.name"] = semconv.provider(outcome.provider_kind)
+            attributes["txgateway.provider"] = outcome.provider
+        if outcome.usage is not None:
+            attributes.update(_usage_attributes(outcome.usage))
         span.set_attributes(attributes)
-        if exchange.first_byte is not None:
-            span.add_event("gen_ai.first_byte", timestamp=_ns(exchange.first_byte))
-        if exchange.status >= 400:
-            span.set_attribute("error.type", str(exchange.status))
-            span.set_status(Status(StatusCode.ERROR, exchange.error))
+        if outcome.first_byte is not None:
+            span.add_event("gen_ai.first_byte", timestamp=_ns(outcome.first_byte))
+        if outcome.status >= 400:
+            span.set_attribute("error.type", str(outcome.status))
+            span.set_status(Status(StatusCode.ERROR, outcome.error))
         for client in trace.clients:
             if client.is_recording() and client.end_time is None:
-                client.update_name(f"{operation} {exchange.upstream_model}")
+                client.update_name(f"{operation} {outcome.upstream_model}")
                 client.set_attributes({
                     "gen_ai.operation.name": operation,
-                    "gen_ai.request.model": exchange.upstream_model,
-                    "gen_ai.provider.name": semconv.provider(exchange.provider_kind)})
+                    "gen_ai.request.model": outcome.upstream_model,
+                    "gen_ai.provider.name": semconv.provider(outcome.provider_kind)})
             if client.end_time is None:
                 client.end()
         span.end()

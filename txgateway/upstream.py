@@ -229,13 +229,14 @@ class TimedBody(Protocol):
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
+        ended: Failure | None = reason
         if self._stop_reason is not None:
-            reason = Failure(self._stop_reason)
+            ended = Failure(self._stop_reason)
         elif isinstance(reason.value, (ResponseDone, PotentialDataLoss)):
-            reason = None
+            ended = None
         elif not isinstance(reason.value, UpstreamError):
-            reason = Failure(UpstreamBroken("the upstream connection broke mid-response"))
-        self.ended(reason)
+            ended = Failure(UpstreamBroken("the upstream connection broke mid-response"))
+        self.ended(ended)
 
     def pauseProducing(self) -> None:
         if self._timer is not None and self._timer.active():

@@ -52,8 +52,7 @@ class Speech(RestEndpoint):
 
     async def proxy(self, request: Any, exchange: Exchange, speech: RestRequest,
                     target: Target, call: UpstreamCall) -> None:
-        if self.refused_api(request, exchange, call, target):
-            return
+        self.served(exchange.model, target)
         provider = target.provider
         response = await call.send(provider.agent, provider.build_request(ApiCall(
             api="speech", body=speech.upstream_body(target.model), parsed=speech.parsed,

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from txgateway.accounting import Exchange
+from zope.interface import implementer
+
 from txgateway.dialects.openai import (
     ChatRequest,
     error_body,
@@ -20,17 +21,16 @@ from txgateway.dialects.openai import (
     stream_error_event,
     upstream_chat_body,
 )
-from txgateway.providers import OPENAI_WIRE, ApiCall, speaks
+from txgateway.providers import OPENAI_WIRE, ApiCall, UpstreamRequest, speaks
 from txgateway.routing import Target
 from txgateway.streams import EventSplitter, data_of, events
-from txgateway.upstream import UpstreamCall, UpstreamError
 from txgateway.usage import Usage
 from txgateway.web.openapi import Endpoint, Operation
-from txgateway.web.proxy import ProxyEndpoint, finish, is_event_stream
-from txgateway.web.relay import Relay, start_event_stream
+from txgateway.web.relay import ITranscoder
+from txgateway.web.runner import CallEndpoint, ICodec, stream_type
 
 
-class ChatCompletions(ProxyEndpoint):
+class ChatCompletions(CallEndpoint):
     openapi = Endpoint("OpenAI", {"POST": Operation(
         "Create a chat completion", "ChatCompletionRequest", "ChatCompletion")})
     route = "chat"
@@ -38,64 +38,76 @@ class ChatCompletions(ProxyEndpoint):
     api = "chat"
     parse = staticmethod(parse_chat)
     error_body = staticmethod(error_body)
+    error_event = staticmethod(stream_error_event)
 
-    async def proxy(self, request: Any, exchange: Exchange, chat: ChatRequest, target: Target,
-                    call: UpstreamCall) -> None:
-        provider = target.provider
+    def __init__(self, gateway: Any) -> None:
+        super().__init__(gateway)
+        self._same = SameChat(self.api)
+
+    def codec(self, request: Any, parsed: ChatRequest, target: Target) -> ICodec:
         # Providers that answer in another dialect translate the parsed request themselves.
-        translating = not speaks(provider, OPENAI_WIRE)
-        upstream_request = provider.build_request(ApiCall(
-            api=self.api,
-            body=chat.raw if translating else upstream_chat_body(chat, target.model),
-            parsed=chat.parsed, model=target.model, stream=chat.stream,
-        ))
-        response = await call.send(provider.agent, upstream_request)
-        if chat.stream and response.code == 200 and is_event_stream(response, provider):
-            await self._relay(request, exchange, chat, call, response,
-                              provider if translating else None)
-            return
-        exchange.first_byte = self._gateway.reactor.seconds()
-        body = await call.read(response)
-        if translating:
-            body = _translated(provider, exchange, response.code, body)
-        self._answer(request, exchange, response, call, body)
-
-    def _answer(self, request: Any, exchange: Exchange, response: Any, call: UpstreamCall,
-                body: bytes) -> None:
-        if response.code != 200:
-            self.answer_error(request, exchange, response, call, body)
-            return
-        if exchange.usage is None:  # a translating provider has read it already
-            answer = loads_object(body)
-            if answer is None:
-                raise UpstreamError("the upstream's answer could not be read")
-            exchange.usage = Usage.from_openai(answer.get("usage"))
-        exchange.status = 200
-        finish(request, call, 200, body)
-
-    async def _relay(self, request: Any, exchange: Exchange, chat: ChatRequest,
-                     call: UpstreamCall, response: Any, translating: Any) -> None:
-        start_event_stream(request)
-        exchange.status = 200
-        transcoder = (ChatEvents(chat.wants_usage) if translating is None
-                      else translating.stream_translator(chat.wants_usage))
-        relay = Relay(self._gateway, request, exchange,
-                      call, stream_error_event, transcoder, len(chat.raw))
-        call.deliver(response, relay)
-        await relay.done
+        if speaks(target.provider, OPENAI_WIRE):
+            return self._same
+        return TranslatedChat(self.api, target.provider)
 
 
-def _translated(provider: Any, exchange: Exchange, status: int, body: bytes) -> bytes:
-    """A translating provider's whole answer, in OpenAI's format where it can be."""
-    if status == 200:
-        try:
-            body, exchange.usage = provider.translate_response(body)
-        except (ValueError, TypeError, AttributeError, KeyError):
-            raise UpstreamError("the upstream's answer could not be read") from None
+@implementer(ICodec)
+class SameChat:
+    """
+    The identity codec of the OpenAI chat (or legacy completions) API: the caller's body
+    goes upstream as it came unless a field must change (`upstream_chat_body`), the answer
+    and the stream's events come back as they were, their usage read on the side.
+    """
+
+    stream_type = b"text/event-stream"
+
+    def __init__(self, api: str) -> None:
+        self._api = api
+
+    def request(self, chat: ChatRequest, target: Target) -> UpstreamRequest:
+        return target.provider.build_request(ApiCall(
+            api=self._api, body=upstream_chat_body(chat, target.model), parsed=chat.parsed,
+            model=target.model, stream=chat.stream))
+
+    def answer(self, body: bytes) -> tuple[bytes, Usage | None]:
+        answer = loads_object(body)
+        if answer is None:
+            raise ValueError("not a JSON object")
+        return body, Usage.from_openai(answer.get("usage"))
+
+    def error(self, status: int, body: bytes) -> bytes:
         return body
-    return provider.translate_error(status, body) or body
+
+    def transcoder(self, chat: ChatRequest) -> ITranscoder:
+        return ChatEvents(chat.wants_usage)
 
 
+@implementer(ICodec)
+class TranslatedChat:
+    """The codec of a provider that translates the chat API to its own dialect and back."""
+
+    def __init__(self, api: str, provider: Any) -> None:
+        self._api = api
+        self._provider = provider
+        self.stream_type = stream_type(provider)
+
+    def request(self, chat: ChatRequest, target: Target) -> UpstreamRequest:
+        return self._provider.build_request(ApiCall(
+            api=self._api, body=chat.raw, parsed=chat.parsed, model=target.model,
+            stream=chat.stream))
+
+    def answer(self, body: bytes) -> tuple[bytes, Usage | None]:
+        translated: tuple[bytes, Usage | None] = self._provider.translate_response(body)
+        return translated
+
+    def error(self, status: int, body: bytes) -> bytes:
+        return self._provider.translate_error(status, body) or body
+
+    def transcoder(self, chat: ChatRequest) -> Any:
+        return self._provider.stream_translator(chat.wants_usage)
+
+
+@implementer(ITranscoder)
 class ChatEvents:
     """
     The same-dialect transcoder (`txgateway.web.relay.ITranscoder`) of a chat completions

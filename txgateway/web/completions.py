@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from txgateway.accounting import Exchange
 from txgateway.dialects.openai import ChatRequest, parse_completion
+from txgateway.providers import OPENAI_WIRE, speaks
 from txgateway.routing import Target
-from txgateway.upstream import UpstreamCall
 from txgateway.web.chat import ChatCompletions
 from txgateway.web.openapi import Endpoint, Operation
-from txgateway.web.rest import refused_api
+from txgateway.web.runner import ICodec, refused_api
 
 
 class Completions(ChatCompletions):
@@ -25,8 +24,8 @@ class Completions(ChatCompletions):
     api = "completions"
     parse = staticmethod(parse_completion)
 
-    async def proxy(self, request: Any, exchange: Exchange, completion: ChatRequest,
-                    target: Target, call: UpstreamCall) -> None:
+    def codec(self, request: Any, parsed: ChatRequest, target: Target) -> ICodec:
         # No translating provider speaks the legacy API: OpenAI-compatible servers only.
-        if not refused_api(self.api, request, exchange, call, target):
-            await super().proxy(request, exchange, completion, target, call)
+        if self.api in target.provider.apis and speaks(target.provider, OPENAI_WIRE):
+            return self._same
+        raise refused_api(self.api, parsed.model, target)

@@ -12,63 +12,92 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+from zope.interface import implementer
 
-from txgateway.accounting import Exchange
+from txgateway.dialects.openai import error_body, loads_object, stream_error_event
 from txgateway.dialects.openai_rest import (
     RestRequest,
     encode_embeddings_base64,
     parse_embeddings,
     usage_of,
 )
-from txgateway.providers import OPENAI_WIRE, ApiCall, speaks
+from txgateway.providers import OPENAI_WIRE, ApiCall, UpstreamRequest, speaks
 from txgateway.routing import Target
-from txgateway.upstream import UpstreamCall, UpstreamError
 from txgateway.usage import Usage, estimate_tokens
 from txgateway.web.openapi import Endpoint, Operation
-from txgateway.web.rest import RestEndpoint, usage_reader
-
-_read_usage = usage_reader(usage_of)
+from txgateway.web.runner import CallEndpoint, ICodec, refused_api
 
 
-class Embeddings(RestEndpoint):
+class Embeddings(CallEndpoint):
     openapi = Endpoint("OpenAI", {"POST": Operation(
         "Create embeddings", "EmbeddingRequest", "EmbeddingList")})
     route = "embeddings"
     api = "embeddings"
     parse = staticmethod(parse_embeddings)
+    error_body = staticmethod(error_body)
+    error_event = staticmethod(stream_error_event)
 
-    async def proxy(self, request: Any, exchange: Exchange, embeddings: RestRequest,
-                    target: Target, call: UpstreamCall) -> None:
-        if self.refused_api(request, exchange, call, target, translated=True):
-            return
+    def codec(self, request: Any, embeddings: RestRequest, target: Target) -> ICodec:
         provider = target.provider
-        translating = not speaks(provider, OPENAI_WIRE)
-        upstream_request = provider.build_request(ApiCall(
-            api="embeddings",
-            body=embeddings.raw if translating else embeddings.upstream_body(target.model),
+        if self.api not in provider.apis:
+            raise refused_api(self.api, embeddings.model, target)
+        if speaks(provider, OPENAI_WIRE):
+            return _SAME
+        return TranslatedEmbeddings(provider, embeddings)
+
+
+@implementer(ICodec)
+class SameEmbeddings:
+    """The identity codec: the caller's body (the model aside), the answer untouched."""
+
+    stream_type = b"text/event-stream"
+
+    def request(self, embeddings: RestRequest, target: Target) -> UpstreamRequest:
+        return target.provider.build_request(ApiCall(
+            api="embeddings", body=embeddings.upstream_body(target.model),
             parsed=embeddings.parsed, model=target.model, stream=False))
-        response = await call.send(provider.agent, upstream_request)
-        exchange.first_byte = self._gateway.reactor.seconds()
-        body = await call.read(response)
-        if translating:
-            body = _translated(provider, exchange, response.code, body,
-                               embeddings.parsed.get("encoding_format") == "base64")
-            if response.code == 200 and exchange.usage is None:
-                # Gemini, say, reports no usage for embeddings: the input, estimated.
-                exchange.usage = Usage(input_tokens=estimate_tokens(len(embeddings.raw)),
-                                       estimated=True)
-        self.answer(request, exchange, response, call, body, _read_usage)
+
+    def answer(self, body: bytes) -> tuple[bytes, Usage | None]:
+        answer = loads_object(body)
+        if answer is None:
+            raise ValueError("not a JSON object")
+        return body, usage_of(answer.get("usage"))
+
+    def error(self, status: int, body: bytes) -> bytes:
+        return body
+
+    def transcoder(self, embeddings: RestRequest) -> Any:
+        raise NotImplementedError("embeddings are never streamed")
 
 
-def _translated(provider: Any, exchange: Exchange, status: int, body: bytes,
-                base64: bool) -> bytes:
-    """A translating provider's answer in OpenAI's shape, its vectors encoded if asked."""
-    if status != 200:
-        return provider.translate_error(status, body) or body
-    try:
-        body, exchange.usage = provider.translate_response(body, "embeddings")
-        if base64:
+_SAME = SameEmbeddings()
+
+
+@implementer(ICodec)
+class TranslatedEmbeddings(SameEmbeddings):
+    """
+    A translating provider's codec: the parsed request, float vectors in OpenAI's shape
+    back, encoded when the caller asked for base64 (the openai SDK's default).
+    """
+
+    def __init__(self, provider: Any, embeddings: RestRequest) -> None:
+        self._provider = provider
+        self._embeddings = embeddings
+
+    def request(self, embeddings: RestRequest, target: Target) -> UpstreamRequest:
+        return self._provider.build_request(ApiCall(
+            api="embeddings", body=embeddings.raw, parsed=embeddings.parsed,
+            model=target.model, stream=False))
+
+    def answer(self, body: bytes) -> tuple[bytes, Usage | None]:
+        embeddings = self._embeddings
+        body, usage = self._provider.translate_response(body, "embeddings")
+        if embeddings.parsed.get("encoding_format") == "base64":
             body = orjson.dumps(encode_embeddings_base64(orjson.loads(body)))
-    except (ValueError, TypeError, AttributeError, KeyError):
-        raise UpstreamError("the upstream's answer could not be read") from None
-    return body
+        if usage is None:
+            # Gemini, say, reports no usage for embeddings: the input, estimated.
+            usage = Usage(input_tokens=estimate_tokens(len(embeddings.raw)), estimated=True)
+        return body, usage
+
+    def error(self, status: int, body: bytes) -> bytes:
+        return self._provider.translate_error(status, body) or body

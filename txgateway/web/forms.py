@@ -116,7 +116,7 @@ class FormEndpoint(RestEndpoint):
                           self.required)
         call = UpstreamCall(gateway.reactor, gateway.config.upstream)
         request.notifyFinish().addErrback(lambda _: call.abort())
-        Deferred.fromCoroutine(self._guarded(request, exchange, form, 0, call))
+        Deferred.fromCoroutine(self.run(request, exchange, form, 0, call))
         return NOT_DONE_YET
 
     async def admit(self, request: Any, exchange: Exchange, form: FormUpload,
@@ -133,8 +133,7 @@ class FormEndpoint(RestEndpoint):
 
     async def proxy(self, request: Any, exchange: Exchange, form: FormUpload, target: Target,
                     call: UpstreamCall) -> None:
-        if self.refused_api(request, exchange, call, target):
-            return
+        self.served(exchange.model, target)
         provider = target.provider
         built = provider.build_request(ApiCall(
             api=self.api, body=b"", parsed=form.fields, model=target.model,

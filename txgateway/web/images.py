@@ -10,23 +10,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from txgateway.accounting import Exchange
+import orjson
+from zope.interface import implementer
+
+from txgateway.dialects.openai import error_body, stream_error_event
 from txgateway.dialects.openai_rest import (
     RestRequest,
     image_usage,
     parse_image_generation,
     usage_of,
 )
-from txgateway.providers import ApiCall
+from txgateway.providers import OPENAI_WIRE, ApiCall, UpstreamRequest, speaks
 from txgateway.routing import Target
-from txgateway.upstream import UpstreamCall
 from txgateway.usage import Usage
 from txgateway.web.forms import FormEndpoint
 from txgateway.web.openapi import Endpoint, Operation
-from txgateway.web.proxy import is_event_stream
-from txgateway.web.relay import start_event_stream
+from txgateway.web.relay import ITranscoder
 from txgateway.web.resource import JSONResource
-from txgateway.web.rest import RestEndpoint, event_relay
+from txgateway.web.rest import UsageEvents
+from txgateway.web.runner import CallEndpoint, ICodec, refused_api
 
 _COMPLETED = ("image_generation.completed", "image_edit.completed")
 
@@ -49,31 +51,43 @@ def read_image_usage(answer: Any, seen: Usage | None) -> Usage | None:
                  images=seen.images + 1)
 
 
-class ImageGenerations(RestEndpoint):
+class ImageGenerations(CallEndpoint):
     openapi = Endpoint("OpenAI", {"POST": Operation("Create images", "ImageRequest")})
     route = "images"
     api = "images"
     parse = staticmethod(parse_image_generation)
+    error_body = staticmethod(error_body)
+    error_event = staticmethod(stream_error_event)
 
-    async def proxy(self, request: Any, exchange: Exchange, images: RestRequest,
-                    target: Target, call: UpstreamCall) -> None:
-        if self.refused_api(request, exchange, call, target):
-            return
+    def codec(self, request: Any, images: RestRequest, target: Target) -> ICodec:
         provider = target.provider
-        response = await call.send(provider.agent, provider.build_request(ApiCall(
+        if self.api in provider.apis and speaks(provider, OPENAI_WIRE):
+            return _SAME
+        raise refused_api(self.api, images.model, target)
+
+
+@implementer(ICodec)
+class SameImages:
+    """The identity codec of image generation (OpenAI-compatible servers only)."""
+
+    stream_type = b"text/event-stream"
+
+    def request(self, images: RestRequest, target: Target) -> UpstreamRequest:
+        return target.provider.build_request(ApiCall(
             api="images", body=images.upstream_body(target.model), parsed=images.parsed,
-            model=target.model, stream=images.stream)))
-        if images.stream and response.code == 200 and is_event_stream(response):
-            start_event_stream(request)
-            exchange.status = 200
-            relay = event_relay(self._gateway, request, exchange, call, read_image_usage,
-                                len(images.raw))
-            call.deliver(response, relay)
-            await relay.done
-            return
-        exchange.first_byte = self._gateway.reactor.seconds()
-        body = await call.read(response)
-        self.answer(request, exchange, response, call, body, read_image_usage)
+            model=target.model, stream=images.stream))
+
+    def answer(self, body: bytes) -> tuple[bytes, Usage | None]:
+        return body, read_image_usage(orjson.loads(body), None)
+
+    def error(self, status: int, body: bytes) -> bytes:
+        return body
+
+    def transcoder(self, images: RestRequest) -> ITranscoder:
+        return UsageEvents(read_image_usage)
+
+
+_SAME = SameImages()
 
 
 class ImageEdits(FormEndpoint):

@@ -13,12 +13,12 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+from zope.interface import implementer
 
-from txgateway.accounting import Exchange
 from txgateway.dialects import anthropic
 from txgateway.dialects.errors import ANTHROPIC
 from txgateway.gateway import Gateway
-from txgateway.providers import ANTHROPIC_WIRE, OPENAI_WIRE, ApiCall, speaks
+from txgateway.providers import ANTHROPIC_WIRE, OPENAI_WIRE, ApiCall, UpstreamRequest, speaks
 from txgateway.routing import Target
 from txgateway.tokens import estimate_messages_tokens
 from txgateway.translate.chain import ChainedStream
@@ -27,11 +27,9 @@ from txgateway.translate.messages_to_chat import (
     chat_request,
     message,
 )
-from txgateway.upstream import UpstreamCall, UpstreamError
 from txgateway.usage import Usage
 from txgateway.web.openapi import Endpoint, Operation
-from txgateway.web.proxy import ProxyEndpoint, finish, is_event_stream
-from txgateway.web.relay import Relay, start_event_stream
+from txgateway.web.runner import CallEndpoint, ICodec, stream_type
 
 #: Caller headers that choose the upstream's behaviour on the fast path: the wire version the
 #: caller's SDK speaks, and the beta features (prompt caching, longer output...) it turns on.
@@ -52,13 +50,14 @@ def _caller_headers(request: Any) -> dict[str, str]:
     return found
 
 
-class _AnthropicEndpoint(ProxyEndpoint):
+class _AnthropicEndpoint(CallEndpoint):
     """What the Messages and count_tokens endpoints share: the dialect, the native request."""
 
     count_only = False
     errors = ANTHROPIC
     #: The anthropic SDK's ``_request_id`` is Anthropic's ``request-id``.
     request_id_headers = (b"x-request-id", b"request-id")
+    error_event = staticmethod(_stream_error)
 
     def parse(self, raw: bytes) -> anthropic.MessagesRequest:
         return anthropic.parse_messages(raw, self.count_only)
@@ -67,21 +66,6 @@ class _AnthropicEndpoint(ProxyEndpoint):
                    param: str | None = None) -> bytes:
         return anthropic.error_body(status, message)
 
-    def _native(self, request: Any, api: str, parsed: anthropic.MessagesRequest,
-                target: Target) -> Any:
-        return target.provider.build_request(ApiCall(
-            api=api, body=anthropic.upstream_messages_body(parsed, target.model),
-            parsed=parsed.parsed, model=target.model, stream=parsed.stream,
-            headers=_caller_headers(request)))
-
-    def _answer(self, request: Any, exchange: Exchange, response: Any, call: UpstreamCall,
-                body: bytes) -> None:
-        if response.code != 200:
-            self.answer_error(request, exchange, response, call, body)
-            return
-        exchange.status = 200
-        finish(request, call, 200, body)
-
 
 class Messages(_AnthropicEndpoint):
     openapi = Endpoint("Anthropic", {"POST": Operation(
@@ -89,49 +73,80 @@ class Messages(_AnthropicEndpoint):
     isLeaf = False  # count_tokens hangs below it
     route = "messages"
 
-    async def proxy(self, request: Any, exchange: Exchange, parsed: anthropic.MessagesRequest,
-                     target: Target, call: UpstreamCall) -> None:
-        provider = target.provider
-        native = speaks(provider, ANTHROPIC_WIRE, target.model)
-        # A provider of a third dialect (Gemini...) translates to OpenAI chat and back first.
-        translating = not native and not speaks(provider, OPENAI_WIRE, target.model)
-        if native:
-            upstream_request = self._native(request, "messages", parsed, target)
-        else:
-            chat = chat_request(parsed.parsed, target.model)
-            upstream_request = provider.build_request(ApiCall(
-                api="chat", body=orjson.dumps(chat), parsed=chat, model=target.model,
-                stream=parsed.stream))
-        response = await call.send(provider.agent, upstream_request)
-        if parsed.stream and response.code == 200 and is_event_stream(response, provider):
-            start_event_stream(request)
-            exchange.status = 200
-            translator = (anthropic.MessagesPassthrough() if native
-                          else ChatToMessagesStream(target.model))
-            if translating:
-                translator = ChainedStream(provider.stream_translator(True), translator)
-            relay = Relay(self._gateway, request, exchange, call,
-                _stream_error, translator, len(parsed.raw))
-            call.deliver(response, relay)
-            await relay.done
-            return
-        exchange.first_byte = self._gateway.reactor.seconds()
-        body = await call.read(response)
-        if translating and response.code != 200:
-            body = provider.translate_error(response.code, body) or body
-        if response.code == 200:
-            try:
-                if translating:
-                    body = provider.translate_response(body)[0]
-                answer = orjson.loads(body)
-                if native:
-                    exchange.usage = Usage.from_anthropic(answer.get("usage"))
-                else:
-                    answer, exchange.usage = message(answer)
-                    body = orjson.dumps(answer)
-            except (ValueError, AttributeError, TypeError):
-                raise UpstreamError("the upstream's answer could not be read") from None
-        self._answer(request, exchange, response, call, body)
+    def codec(self, request: Any, parsed: anthropic.MessagesRequest,
+              target: Target) -> ICodec:
+        if speaks(target.provider, ANTHROPIC_WIRE, target.model):
+            return SameMessages("messages", _caller_headers(request))
+        return MessagesOverChat(target)
+
+
+@implementer(ICodec)
+class SameMessages:
+    """
+    The identity codec of the Messages API (and count_tokens): the caller's body upstream,
+    the model aside, with the caller's `FORWARDED` headers; the answer back untouched.
+    """
+
+    stream_type = b"text/event-stream"
+
+    def __init__(self, api: str, headers: dict[str, str]) -> None:
+        self._api = api
+        self._headers = headers
+
+    def request(self, parsed: anthropic.MessagesRequest, target: Target) -> UpstreamRequest:
+        return target.provider.build_request(ApiCall(
+            api=self._api, body=anthropic.upstream_messages_body(parsed, target.model),
+            parsed=parsed.parsed, model=target.model, stream=parsed.stream,
+            headers=self._headers))
+
+    def answer(self, body: bytes) -> tuple[bytes, Usage | None]:
+        if self._api != "messages":
+            return body, None  # a count uses no tokens
+        return body, Usage.from_anthropic(orjson.loads(body).get("usage"))
+
+    def error(self, status: int, body: bytes) -> bytes:
+        return body
+
+    def transcoder(self, parsed: anthropic.MessagesRequest) -> Any:
+        return anthropic.MessagesPassthrough()
+
+
+@implementer(ICodec)
+class MessagesOverChat:
+    """
+    The codec of the Messages API to any other provider: through OpenAI chat completions,
+    the internal shape (a provider of a third dialect, Gemini say, translates that in turn).
+    """
+
+    def __init__(self, target: Target) -> None:
+        provider: Any = target.provider
+        self._provider = provider
+        self._model = target.model
+        self._translating = not speaks(provider, OPENAI_WIRE, target.model)
+        self.stream_type = stream_type(provider)
+
+    def request(self, parsed: anthropic.MessagesRequest, target: Target) -> UpstreamRequest:
+        chat = chat_request(parsed.parsed, target.model)
+        return self._provider.build_request(ApiCall(
+            api="chat", body=orjson.dumps(chat), parsed=chat, model=target.model,
+            stream=parsed.stream))
+
+    def answer(self, body: bytes) -> tuple[bytes, Usage | None]:
+        if self._translating:
+            body = self._provider.translate_response(body)[0]
+        answer, usage = message(orjson.loads(body))
+        return orjson.dumps(answer), usage
+
+    def error(self, status: int, body: bytes) -> bytes:
+        if self._translating:
+            return self._provider.translate_error(status, body) or body
+        return body
+
+    def transcoder(self, parsed: anthropic.MessagesRequest) -> Any:
+        translator: Any = ChatToMessagesStream(self._model)
+        if self._translating:
+            translator = ChainedStream(self._provider.stream_translator(True), translator)
+        return translator
 
 
 class CountTokens(_AnthropicEndpoint):
@@ -142,20 +157,34 @@ class CountTokens(_AnthropicEndpoint):
     route = "count_tokens"
     count_only = True
 
-    async def proxy(self, request: Any, exchange: Exchange, parsed: anthropic.MessagesRequest,
-                     target: Target, call: UpstreamCall) -> None:
-        provider = target.provider
-        if not speaks(provider, ANTHROPIC_WIRE):
-            # A count uses no tokens: the exchange records none.
-            exchange.status = 200
-            finish(request, call, 200, orjson.dumps(
-                {"input_tokens": estimate_messages_tokens(parsed.parsed)}))
-            return
-        upstream_request = self._native(request, "count_tokens", parsed, target)
-        response = await call.send(provider.agent, upstream_request)
-        exchange.first_byte = self._gateway.reactor.seconds()
-        body = await call.read(response)
-        self._answer(request, exchange, response, call, body)
+    def codec(self, request: Any, parsed: anthropic.MessagesRequest,
+              target: Target) -> ICodec:
+        if speaks(target.provider, ANTHROPIC_WIRE):
+            return SameMessages("count_tokens", _caller_headers(request))
+        return Estimate(parsed)
+
+
+@implementer(ICodec)
+class Estimate:
+    """The codec of a count no upstream makes: the local estimate, answered at once."""
+
+    stream_type = b""
+
+    def __init__(self, parsed: anthropic.MessagesRequest) -> None:
+        self._parsed = parsed
+
+    def request(self, parsed: anthropic.MessagesRequest, target: Target) -> None:
+        return None
+
+    def answer(self, body: bytes) -> tuple[bytes, None]:
+        # A count uses no tokens: the call records none.
+        return orjson.dumps({"input_tokens": estimate_messages_tokens(self._parsed.parsed)}), None
+
+    def error(self, status: int, body: bytes) -> bytes:
+        return body
+
+    def transcoder(self, parsed: anthropic.MessagesRequest) -> Any:
+        raise NotImplementedError("a count is never streamed")
 
 
 def messages_tree(gateway: Gateway) -> Messages:

@@ -39,9 +39,10 @@ from txgateway.streams import EventSplitter, data_of, events
 from txgateway.upstream import UpstreamCall
 from txgateway.usage import Usage, estimate_tokens
 from txgateway.web.openapi import Endpoint, Operation
-from txgateway.web.proxy import Refusal, admit_request, answered
+from txgateway.web.proxy import Refusal, answered
 from txgateway.web.relay import Bytes, Peeking, Relay
 from txgateway.web.resource import JSONResource, write_json
+from txgateway.web.runner import admit_request
 
 #: Headers of one connection only (RFC 9110 section 7.6.1), never forwarded either way.
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",

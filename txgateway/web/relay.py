@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface
 
-from txgateway.accounting import Exchange
+from txgateway.accounting import Exchange, Tally
 from txgateway.streams import EventTooLarge
 from txgateway.upstream import TimedBody, UpstreamCall, UpstreamError
 from txgateway.usage import Usage, estimate_tokens
@@ -70,11 +70,13 @@ class Relay(TimedBody):
     given, runs on a clean end before the end reaches the client (so that a follow-up the
     client sends at once finds what it stored).  A stream that breaks ends with
     ``error_event``; a binary body (no ``error_event``) drops the client's connection
-    instead, so that it cannot take a truncated file for a whole one.
+    instead, so that it cannot take a truncated file for a whole one.  What it meters goes
+    into ``exchange``: the runner's `Tally` (an `Exchange` for endpoints not on it yet).
     """
 
-    def __init__(self, gateway: Any, request: Any, exchange: Exchange, call: UpstreamCall,
-                 error_event: ErrorEvent | None, transcoder: Any, request_size: int | None,
+    def __init__(self, gateway: Any, request: Any, exchange: Tally | Exchange,
+                 call: UpstreamCall, error_event: ErrorEvent | None, transcoder: Any,
+                 request_size: int | None,
                  save: Callable[[], Deferred[Any] | None] | None = None) -> None:
         super().__init__(gateway.reactor, gateway.config.upstream)
         self._redactor = gateway.redactor

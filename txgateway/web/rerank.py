@@ -15,8 +15,9 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+from zope.interface import implementer
 
-from txgateway.accounting import Exchange
+from txgateway.admission import Refusal
 from txgateway.dialects.cohere import (
     RerankRequest,
     completed_answer,
@@ -26,57 +27,63 @@ from txgateway.dialects.cohere import (
     upstream_rerank_body,
 )
 from txgateway.dialects.errors import COHERE
-from txgateway.providers import OPENAI_WIRE, ApiCall, speaks
+from txgateway.providers import OPENAI_WIRE, ApiCall, UpstreamRequest, speaks
 from txgateway.routing import Target
-from txgateway.upstream import UpstreamCall, UpstreamError
+from txgateway.usage import Usage
 from txgateway.web.openapi import Endpoint, Operation
-from txgateway.web.proxy import ProxyEndpoint, Refusal, finish
+from txgateway.web.runner import CallEndpoint, ICodec
 
 
-class Rerank(ProxyEndpoint):
+class Rerank(CallEndpoint):
     openapi = Endpoint("Cohere", {"POST": Operation(
         "Rerank documents by relevance to a query", "RerankRequest", "RerankResult")})
     route = "rerank"
     parse = staticmethod(parse_rerank)
     error_body = staticmethod(error_body)
-
     errors = COHERE
 
-    async def proxy(self, request: Any, exchange: Exchange, rerank: RerankRequest,
-                    target: Target, call: UpstreamCall) -> None:
+    def codec(self, request: Any, rerank: RerankRequest, target: Target) -> ICodec:
         provider = target.provider
         if "rerank" not in provider.apis:
             raise Refusal(400, f"the model '{rerank.model}' is served by the provider "
                           f"'{provider.name}', which does not offer the rerank API")
-        upstream_request = provider.build_request(ApiCall(
-            api="rerank", body=upstream_rerank_body(rerank, target.model),
-            parsed=rerank.parsed, model=target.model, stream=False,
-        ))
-        response = await call.send(provider.agent, upstream_request)
-        exchange.first_byte = self._gateway.reactor.seconds()
-        body = await call.read(response)
-        if response.code != 200:
-            self.answer_error(request, exchange, response, call, body)
-            return
-        body = self._answer(provider, exchange, rerank, body)
-        exchange.status = 200
-        finish(request, call, 200, body)
+        return RerankCodec(provider, rerank)
 
-    def _answer(self, provider: Any, exchange: Exchange, rerank: RerankRequest,
-                body: bytes) -> bytes:
-        """The answer to send back, with its usage counted; unreadable ones are a 502."""
+
+@implementer(ICodec)
+class RerankCodec:
+    """
+    Cohere's shape both ways for the rerank servers that speak it; a provider of another
+    dialect answers through ``translate_response(body, "rerank")``, completed with the
+    documents and search units only the request knows.
+    """
+
+    stream_type = b""
+
+    def __init__(self, provider: Any, rerank: RerankRequest) -> None:
+        self._provider = provider
+        self._rerank = rerank
+        self._translated = not speaks(provider, OPENAI_WIRE)
+
+    def request(self, rerank: RerankRequest, target: Target) -> UpstreamRequest:
+        return self._provider.build_request(ApiCall(
+            api="rerank", body=upstream_rerank_body(rerank, target.model),
+            parsed=rerank.parsed, model=target.model, stream=False))
+
+    def answer(self, body: bytes) -> tuple[bytes, Usage | None]:
         usage = None
-        try:
-            translated = not speaks(provider, OPENAI_WIRE)
-            if translated:
-                body, usage = provider.translate_response(body, "rerank")
-            answer = orjson.loads(body)
-            if not isinstance(answer, dict) or not isinstance(answer.get("results"), list):
-                raise UpstreamError("the upstream's answer has no rerank results")
-            if translated:
-                answer = completed_answer(answer, rerank)
-                body = orjson.dumps(answer)
-        except (ValueError, TypeError, AttributeError, KeyError, IndexError):
-            raise UpstreamError("the upstream's answer could not be read") from None
-        exchange.usage = usage or rerank_usage(answer, rerank)
+        if self._translated:
+            body, usage = self._provider.translate_response(body, "rerank")
+        answer = orjson.loads(body)
+        if not isinstance(answer, dict) or not isinstance(answer.get("results"), list):
+            raise ValueError("the upstream's answer has no rerank results")
+        if self._translated:
+            answer = completed_answer(answer, self._rerank)
+            body = orjson.dumps(answer)
+        return body, usage or rerank_usage(answer, self._rerank)
+
+    def error(self, status: int, body: bytes) -> bytes:
         return body
+
+    def transcoder(self, rerank: RerankRequest) -> Any:
+        raise NotImplementedError("a rerank is never streamed")

@@ -66,14 +66,10 @@ from txgateway.upstream import UpstreamCall, UpstreamError
 from txgateway.usage import Usage
 from txgateway.web import conversations
 from txgateway.web.openapi import Endpoint, Operation
-from txgateway.web.proxy import (
-    ProxyEndpoint,
-    Refusal,
-    finish,
-    is_event_stream,
-)
+from txgateway.web.proxy import ProxyEndpoint, Refusal, is_event_stream
 from txgateway.web.relay import Relay, start_event_stream
 from txgateway.web.resource import JSONResource, answer_later, openai_error
+from txgateway.web.runner import finish
 
 log = Logger()
 

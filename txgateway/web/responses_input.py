@@ -35,12 +35,12 @@ from txgateway.translate.responses_to_chat import (
 from txgateway.upstream import UpstreamCall, UpstreamError
 from txgateway.usage import Usage
 from txgateway.web.openapi import Endpoint, Operation
-from txgateway.web.proxy import finish
 from txgateway.web.responses import (
     Responses,
     ResponsesRequest,
     native_responses,
 )
+from txgateway.web.runner import finish
 
 
 class _ResponsesInput(Responses):

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
+from zope.interface import implementer
 
 from txgateway.accounting import Exchange
 from txgateway.dialects.openai import error_body, loads_object, stream_error_event
@@ -18,8 +19,9 @@ from txgateway.routing import Target
 from txgateway.streams import EventSplitter, data_of, events
 from txgateway.upstream import UpstreamCall, UpstreamError
 from txgateway.usage import Usage
-from txgateway.web.proxy import ProxyEndpoint, finish
-from txgateway.web.relay import Bytes, Relay
+from txgateway.web.proxy import ProxyEndpoint
+from txgateway.web.relay import Bytes, ITranscoder, Relay
+from txgateway.web.runner import refused_api
 
 UsageReader = Callable[[Any, "Usage | None"], "Usage | None"]
 """Reads usage from a parsed answer or event, given the usage seen so far."""
@@ -34,9 +36,11 @@ class RestEndpoint(ProxyEndpoint):
     api = ""
     error_body = staticmethod(error_body)
 
-    def refused_api(self, request: Any, exchange: Exchange, call: UpstreamCall,
-                    target: Target, translated: bool = False) -> bool:
-        return refused_api(self.api, request, exchange, call, target, translated)
+    def served(self, model: str, target: Target) -> None:
+        """Raises the 400 of a provider that does not offer ``api`` in OpenAI's dialect."""
+        provider = target.provider
+        if self.api not in provider.apis or not speaks(provider, OPENAI_WIRE):
+            raise refused_api(self.api, model, target)
 
     def answer(self, request: Any, exchange: Exchange, response: Any, call: UpstreamCall,
                body: bytes, read_usage: UsageReader | None) -> None:
@@ -63,23 +67,6 @@ class RestEndpoint(ProxyEndpoint):
         request.setHeader(b"content-length", b"%d" % len(body))
         request.write(body)
         request.finish()
-
-
-def refused_api(api: str, request: Any, exchange: Exchange, call: UpstreamCall,
-                target: Target, translated: bool = False) -> bool:
-    """
-    Answers 400 and returns True when the provider does not serve ``api`` (or speaks another
-    dialect where the endpoint cannot translate, ``translated`` false).
-    """
-    provider = target.provider
-    if api in provider.apis and (translated or speaks(provider, OPENAI_WIRE)):
-        return False
-    message = (f"the model `{exchange.model}` is served by the provider "
-               f"`{provider.name}`, which does not offer the {api} API")
-    exchange.status = 400
-    exchange.error = message
-    finish(request, call, 400, error_body(400, message, "unsupported_api", "model"))
-    return True
 
 
 def _loads(body: bytes) -> Any:
@@ -110,6 +97,7 @@ def bytes_relay(gateway: Any, request: Any, exchange: Exchange, call: UpstreamCa
                  Bytes(), request_size)
 
 
+@implementer(ITranscoder)
 class UsageEvents:
     """
     The same-dialect transcoder (`txgateway.web.relay.ITranscoder`) of an SSE stream in
