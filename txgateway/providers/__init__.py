@@ -191,6 +191,14 @@ def speaks(provider: IProvider, wire: str, model: str | None = None) -> bool:
     return dialect(provider, model) == wire
 
 
+def translating(provider: IProvider, wire: str,
+                model: str | None = None) -> ITranslatingProvider | None:
+    """The provider as the translator it is when it does not speak ``wire``; else None."""
+    if speaks(provider, wire, model):
+        return None
+    return ITranslatingProvider(provider)
+
+
 def dialect(provider: IProvider, model: str | None = None) -> str:
     """
     The wire format of a provider's answers: "openai" unless it translates; per ``model``

@@ -310,7 +310,7 @@ class StreamUsage:
         if kind in ("message_start", "message_delta"):
             holder = payload.get("message") if kind == "message_start" else payload
             usage = holder.get("usage") if isinstance(holder, dict) else None
-            if isinstance(usage, dict):
+            if isinstance(holder, dict) and isinstance(usage, dict):
                 self._anthropic.update((k, v) for k, v in usage.items() if v is not None)
                 self._found(Usage.from_anthropic(self._anthropic), holder)
         elif isinstance(payload.get("response"), dict):

@@ -44,7 +44,7 @@ from txgateway.dialects.openai import (
 )
 from txgateway.dialects.shapes import WrongShape
 from txgateway.gateway import Gateway
-from txgateway.providers import OPENAI_WIRE, ApiCall, UpstreamRequest, speaks
+from txgateway.providers import OPENAI_WIRE, ApiCall, UpstreamRequest, speaks, translating
 from txgateway.routing import Target
 from txgateway.streams import EventSplitter, data_of, events
 from txgateway.translate.chain import ChainedStream
@@ -126,7 +126,7 @@ def parse_responses(raw: bytes) -> ResponsesRequest:
     return ResponsesRequest(raw=raw, parsed=parsed, model=model,
                             stream=bool(parsed.get("stream")),
                             store=parsed.get("store") is not False,
-                            conversation=conversation and conversation["id"])
+                            conversation=None if conversation is None else conversation["id"])
 
 
 def chain_items(held: dict[str, Any]) -> list[dict[str, Any]]:
@@ -266,7 +266,7 @@ class Responses(ProxyEndpoint):
                           target: Target, call: UpstreamCall) -> None:
         provider = target.provider
         chat = self._chat(parsed, target, chat_request)
-        translating = not speaks(provider, OPENAI_WIRE, target.model)
+        translator_of = translating(provider, OPENAI_WIRE, target.model)
         response = await call.send(provider.agent, provider.build_request(ApiCall(
             api="chat", body=orjson.dumps(chat), parsed=chat, model=target.model,
             stream=parsed.stream)))
@@ -276,8 +276,8 @@ class Responses(ProxyEndpoint):
             exchange.status = 200
             events_out = ChatToResponsesStream(parsed.parsed, response_id, target.model)
             translator: Any = events_out
-            if translating:
-                translator = ChainedStream(provider.stream_translator(True), events_out)
+            if translator_of is not None:
+                translator = ChainedStream(translator_of.stream_translator(True), events_out)
 
             def save() -> Deferred[Any] | None:
                 if events_out.response is None:
@@ -320,17 +320,17 @@ class Responses(ProxyEndpoint):
                                call: UpstreamCall, target: Target) -> dict[str, Any] | None:
         """A whole chat answer in OpenAI's format; None when it was an error, answered."""
         provider = target.provider
-        translating = not speaks(provider, OPENAI_WIRE, target.model)
+        translator_of = translating(provider, OPENAI_WIRE, target.model)
         exchange.first_byte = self._gateway.reactor.seconds()
         body = await call.read(response)
         if response.code != 200:
-            if translating:
-                body = provider.translate_error(response.code, body) or body
+            if translator_of is not None:
+                body = translator_of.translate_error(response.code, body) or body
             self._answer(request, exchange, response, call, body)
             return None
         try:
-            if translating:
-                body = provider.translate_response(body)[0]
+            if translator_of is not None:
+                body = translator_of.translate_response(body)[0]
             completion = orjson.loads(body)
         except (ValueError, TypeError, AttributeError, KeyError):
             raise UpstreamError("the upstream's answer could not be read") from None
@@ -513,53 +513,55 @@ class StoredResponse(JSONResource):
             return openai_error(request, 404, "Invalid URL", "unknown_url")
         return answer_later(request, self._cancel(request))
 
-    async def _find(self, request: Any) -> tuple[str, Any] | tuple[int, bytes]:
-        """("held", document), ("route", provider), or an error answer (status, body)."""
+    async def _find(self, request: Any) -> _Found:
+        """The response the id names, held here or at the provider that made it."""
         key = caller_key(request)
         principal = await self._gateway.authenticator.authenticate(key)
         if principal is None:
-            return 401, error_body(401, key_refused(key is not None), "invalid_api_key")
+            return _Found(refusal=(401, error_body(401, key_refused(key is not None),
+                                                   "invalid_api_key")))
         store = self._gateway.store
         held = await store.get_object(RESPONSE, self._id)
         if held is not None and held["owner"] == principal.key_id:
-            return "held", held
+            return _Found(held=held)
         route = await store.get_object(ROUTE, self._id)
         if route is not None and route["owner"] == principal.key_id:
             provider = self._gateway.providers.get(route["provider"])
             if provider is not None:
-                return "route", provider
-        return 404, error_body(404, f"No response found with id '{self._id}'.", None)
+                return _Found(provider=provider)
+        return _Found(refusal=(404, error_body(404, f"No response found with id '{self._id}'.",
+                                               None)))
 
     async def _retrieve(self, request: Any) -> tuple[int, Any]:
-        kind, found = await self._find(request)
-        if kind == "held":
-            return 200, found["response"]
-        if kind == "route":
-            return await self._forward(request, found)
-        return kind, found
+        found = await self._find(request)
+        if found.held is not None:
+            return 200, found.held["response"]
+        if found.provider is not None:
+            return await self._forward(request, found.provider)
+        return found.refusal
 
     async def _delete(self, request: Any) -> tuple[int, Any]:
-        kind, found = await self._find(request)
-        if kind == "held":
+        found = await self._find(request)
+        if found.held is not None:
             store = self._gateway.store
             await store.delete_object(RESPONSE, self._id)
             await gatherResults([store.delete_object(RESPONSE_ITEM, item["id"])
-                                 for item in response_items(found)], consumeErrors=True)
+                                 for item in response_items(found.held)], consumeErrors=True)
             return 200, {"id": self._id, "object": "response", "deleted": True}
-        if kind == "route":
-            status, body = await self._forward(request, found)
+        if found.provider is not None:
+            status, body = await self._forward(request, found.provider)
             if status == 200:
                 await self._gateway.store.delete_object(ROUTE, self._id)
             return status, body
-        return kind, found
+        return found.refusal
 
     async def _input_items(self, request: Any) -> tuple[int, Any]:
-        kind, found = await self._find(request)
-        if kind == "route":
-            return await self._forward(request, found)
-        if kind != "held":
-            return kind, found
-        items = list(found["input"])
+        found = await self._find(request)
+        if found.provider is not None:
+            return await self._forward(request, found.provider)
+        if found.held is None:
+            return found.refusal
+        items = list(found.held["input"])
         order = _argument(request, b"order") or "desc"
         if order not in ("asc", "desc"):
             return 400, error_body(400, "'order' must be 'asc' or 'desc'", None, "order")
@@ -580,13 +582,13 @@ class StoredResponse(JSONResource):
                      "has_more": len(items) > len(page)}
 
     async def _cancel(self, request: Any) -> tuple[int, Any]:
-        kind, found = await self._find(request)
-        if kind == "held":
+        found = await self._find(request)
+        if found.held is not None:
             return 400, error_body(400, "cancelling a response is not supported for this "
                                    "provider: it makes no background responses", None)
-        if kind == "route":
-            return await self._forward(request, found)
-        return kind, found
+        if found.provider is not None:
+            return await self._forward(request, found.provider)
+        return found.refusal
 
     async def _forward(self, request: Any, provider: Any) -> tuple[int, bytes]:
         """The same call on the provider's own ``/responses/{id}...``, its answer as is."""
@@ -612,3 +614,13 @@ class StoredResponse(JSONResource):
 def _argument(request: Any, name: bytes) -> str | None:
     values = request.args.get(name)
     return values[0].decode("utf-8", "replace") if values else None
+
+
+@attrs.frozen
+class _Found:
+    """What a response id leads to: the response held here, the provider holding it, or neither
+    (then the answer to give)."""
+
+    held: dict[str, Any] | None = None
+    provider: Any = None
+    refusal: tuple[int, bytes] = (404, b"")
