@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from tests.test_operations import KEY, chat, write_config
@@ -250,3 +251,45 @@ def _admin(port: int, path: str) -> Any:
     response = connection.getresponse()
     assert response.status == 200, response.read()
     return json.loads(response.read())
+
+
+def test_the_realtime_session_cap_holds_across_two_workers(start_twistd: Any,
+                                                           tmp_path: Path) -> None:
+    """One session open on each worker fills a cap of two: a third is refused on either."""
+    gateway = start(start_twistd, tmp_path, extra="realtime: {max_sessions: 2}")
+    pids = workers(gateway)
+    held: dict[int | None, Any] = {}
+    try:
+        tries = 0
+        while set(held) != set(pids):
+            tries += 1
+            assert tries < 40, "every session landed on one worker"
+            session = _realtime(gateway.port)
+            where = _ws_owner(session, pids)
+            if where in held:  # keep one a worker; this one's seat is freed as it closes
+                session.close()
+                wait_for(lambda: len(_admin(gateway.port,
+                                            "/admin/realtime/sessions")["active"]) == len(held),
+                         gateway)
+            else:
+                held[where] = session
+        for _ in range(6):  # whichever worker takes it, the gateway is full
+            with pytest.raises(InvalidStatus) as refused:
+                _realtime(gateway.port)
+            assert refused.value.response.status_code == 429
+            assert b"limit of 2 realtime sessions" in refused.value.response.body
+        held.popitem()[1].close()
+        wait_for(lambda: len(_admin(gateway.port, "/admin/realtime/sessions")["active"]) == 1,
+                 gateway)
+        held[None] = _realtime(gateway.port)  # the freed seat is taken again
+    finally:
+        for session in held.values():
+            session.close()
+    gateway.stop(timeout=15)
+
+
+def _realtime(port: int) -> Any:
+    session = connect(f"ws://127.0.0.1:{port}/v1/realtime?model=demo",
+                      additional_headers={"authorization": "Bearer x"}, proxy=None)
+    assert json.loads(session.recv(timeout=10))["type"] == "session.created"
+    return session

@@ -7,8 +7,8 @@ asks the parent instead (`txgateway.workers`), which asks every worker and merge
 summed series by series, sessions listed together, a reload done by all.
 
 The commands below are the AMP protocol between a worker and the parent: the limiter's three
-calls (the parent holds the counters, so limits and budgets are exact across workers), and the
-gathering ones each way.
+calls and the realtime sessions' seats (the parent holds the counters, so limits, budgets and
+session caps are exact across workers), and the gathering ones each way.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from zope.interface import Interface, implementer
 
 from txgateway.config import ConfigError
 from txgateway.limits import ADMITTED, Admission, ILimiter, Limits, _touches_windows
+from txgateway.realtime.seats import ISeats, TooManySessions
 
 #: AMP caps one value at 65,535 bytes; `BigBytes` splits longer ones over several keys.
 _CHUNK = 65_000
@@ -79,6 +80,20 @@ class Commit(amp.Command):
 class Spent(amp.Command):
     arguments = _LIMITS
     response = [(b"spent", amp.Float())]
+
+
+class TakeSeat(amp.Command):
+    """A realtime session's seat, against the limits the worker's config sets."""
+
+    arguments = [(b"session_id", amp.Unicode()), (b"key_id", amp.Unicode(optional=True)),
+                 (b"max_sessions", amp.Integer()), (b"max_sessions_per_key", amp.Integer())]
+    response: list = []
+    errors = {TooManySessions: b"TOO_MANY_SESSIONS"}
+
+
+class ReleaseSeat(amp.Command):
+    arguments = [(b"session_id", amp.Unicode())]
+    requiresAnswer = False
 
 
 class GatherMetrics(amp.Command):
@@ -216,6 +231,23 @@ class ParentLimiter:
 
     def close(self) -> Deferred[None]:
         return succeed(None)
+
+
+@implementer(ISeats)
+class ParentSeats:
+    """A worker's seats: the parent counts every worker's realtime sessions."""
+
+    def __init__(self, parent: amp.AMP) -> None:
+        self._parent = parent
+
+    def take(self, session_id: str, key_id: str | None, max_sessions: int,
+             max_sessions_per_key: int) -> Deferred[None]:
+        return self._parent.callRemote(
+            TakeSeat, session_id=session_id, key_id=key_id, max_sessions=max_sessions,
+            max_sessions_per_key=max_sessions_per_key).addCallback(lambda _: None)
+
+    def release(self, session_id: str) -> None:
+        self._parent.callRemote(ReleaseSeat, session_id=session_id)
 
 
 def _admission(answer: dict[str, Any]) -> Admission:

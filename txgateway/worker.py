@@ -26,7 +26,7 @@ from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
 from twisted.protocols import amp
 
 from txgateway import cluster
-from txgateway.cluster import ParentLimiter, ParentView
+from txgateway.cluster import ParentLimiter, ParentSeats, ParentView
 from txgateway.service import GatewayService
 from txgateway.tap import gateway_config, reading
 
@@ -94,6 +94,7 @@ def main(argv: list[str]) -> None:
     service = GatewayService(config, reactor, config_source=reading(path, listen or None),
                              limiter=limiter, listen=adopt)
     service.gateway.view = ParentView(parent)
+    service.gateway.realtime.seats = ParentSeats(parent)
     service.stop_reactor_on_failure = True
     parent.service = service
     # The parent relays reloads over AMP; a SIGHUP sent to the whole group must not kill.

@@ -8,7 +8,9 @@ keeps them open, so connections queue while a worker restarts.  It never accepts
 spawns ``python -m txgateway.worker`` with the worker's socket as file descriptor 3 and one end
 of a socket pair as 4, on which the two speak AMP (`txgateway.cluster`).  Over it the parent
 holds what must be counted once: the memory limiter's windows and spend (so a budget is exact
-across workers; a Redis limiter is shared by the workers directly), and it gathers what the
+across workers; a Redis limiter is shared by the workers directly) and the realtime sessions'
+seats (so ``max_sessions`` and ``max_sessions_per_key`` hold for the gateway; a dead worker's
+seats are freed with it), and it gathers what the
 user sees as one gateway: ``/metrics`` summed, the realtime sessions listed together, a
 reload done everywhere.  The ledger needs nothing: every worker writes its own rows to the
 shared store.
@@ -39,6 +41,7 @@ from twisted.protocols import amp
 from txgateway import cluster
 from txgateway.config import GatewayConfig
 from txgateway.limits import MemoryLimiter
+from txgateway.realtime.seats import Seats
 from txgateway.service import GatewayService
 from txgateway.store import open_store
 
@@ -58,6 +61,8 @@ class ToWorker(amp.AMP):
     def __init__(self, pool: WorkerPool) -> None:
         super().__init__()
         self._pool = pool
+        #: The realtime sessions this worker holds seats for.
+        self.seats: set[str] = set()
 
     @cluster.Admit.responder
     def admit(self, key_id: str, rpm: int, tpm: int, budget_usd: float, budget_period: str,
@@ -79,6 +84,29 @@ class ToWorker(amp.AMP):
         limits = cluster.limits_of(rpm, tpm, budget_usd, budget_period)
         return self._pool.limiter.spent(key_id, limits).addCallback(
             lambda spent: {"spent": spent})
+
+    @cluster.TakeSeat.responder
+    def take_seat(self, session_id: str, key_id: str | None, max_sessions: int,
+                  max_sessions_per_key: int) -> Deferred[dict[str, Any]]:
+        def taken(_: None) -> dict[str, Any]:
+            self.seats.add(session_id)
+            return {}
+
+        return self._pool.seats.take(session_id, key_id, max_sessions,
+                                     max_sessions_per_key).addCallback(taken)
+
+    @cluster.ReleaseSeat.responder
+    def release_seat(self, session_id: str) -> dict[str, Any]:
+        self.seats.discard(session_id)
+        self._pool.seats.release(session_id)
+        return {}
+
+    def connectionLost(self, reason: Any) -> None:
+        """The worker is gone: its sessions went with it."""
+        super().connectionLost(reason)
+        for session_id in self.seats:
+            self._pool.seats.release(session_id)
+        self.seats.clear()
 
     @cluster.GatherMetrics.responder
     async def gather_metrics(self) -> dict[str, bytes]:
@@ -121,6 +149,7 @@ class WorkerPool(Service):
         self.reactor = reactor
         self._path, self._listen, self.count, self._config = path, listen, count, config
         self.limiter = MemoryLimiter(reactor)
+        self.seats = Seats()
         self.workers: dict[int, _Worker] = {}
         self._failures: dict[int, int] = {}
         self._restarts: dict[int, Any] = {}

@@ -29,7 +29,8 @@ from txgateway.realtime.client_secrets import SecretRefused, caller_of
 from txgateway.realtime.handshake import read_upgrade
 from txgateway.realtime.legs import IFrameLeg, WebSocketLeg
 from txgateway.realtime.live import started_with
-from txgateway.realtime.session import Session, SessionInfo, TooManySessions
+from txgateway.realtime.seats import TooManySessions
+from txgateway.realtime.session import Session, SessionInfo
 from txgateway.realtime.translated import dial_session
 from txgateway.realtime.upstream import UpstreamRefused
 from txgateway.upstream import UpstreamError
@@ -143,7 +144,7 @@ class RealtimeServerProtocol(WebSocketLeg, WebSocketServerProtocol):
             key_id=caller.key_id, intent=upgrade.intent, beta=upgrade.beta,
             limits=caller.limits)
         try:
-            self.session = session = gateway.realtime.admit(info)
+            self.session = session = await gateway.realtime.admit(info)
         except TooManySessions as error:
             raise Refused(429, str(error), "too_many_sessions", None, name,
                           route.provider) from None
