@@ -257,22 +257,8 @@ def test_the_realtime_session_cap_holds_across_two_workers(start_twistd: Any,
                                                            tmp_path: Path) -> None:
     """One session open on each worker fills a cap of two: a third is refused on either."""
     gateway = start(start_twistd, tmp_path, extra="realtime: {max_sessions: 2}")
-    pids = workers(gateway)
-    held: dict[int | None, Any] = {}
+    held = one_session_on_each_worker(gateway)
     try:
-        tries = 0
-        while set(held) != set(pids):
-            tries += 1
-            assert tries < 40, "every session landed on one worker"
-            session = _realtime(gateway.port)
-            where = _ws_owner(session, pids)
-            if where in held:  # keep one a worker; this one's seat is freed as it closes
-                session.close()
-                wait_for(lambda: len(_admin(gateway.port,
-                                            "/admin/realtime/sessions")["active"]) == len(held),
-                         gateway)
-            else:
-                held[where] = session
         for _ in range(6):  # whichever worker takes it, the gateway is full
             with pytest.raises(InvalidStatus) as refused:
                 _realtime(gateway.port)
@@ -282,6 +268,51 @@ def test_the_realtime_session_cap_holds_across_two_workers(start_twistd: Any,
         wait_for(lambda: len(_admin(gateway.port, "/admin/realtime/sessions")["active"]) == 1,
                  gateway)
         held[None] = _realtime(gateway.port)  # the freed seat is taken again
+    finally:
+        for session in held.values():
+            session.close()
+    gateway.stop(timeout=15)
+
+
+def one_session_on_each_worker(gateway: Any) -> dict[int | None, Any]:
+    """A realtime session open on each worker, by the worker's process id."""
+    pids = workers(gateway)
+    held: dict[int | None, Any] = {}
+    for _ in range(40):
+        if set(held) == set(pids):
+            return held
+        session = _realtime(gateway.port)
+        where = _ws_owner(session, pids)
+        if where in held:  # one a worker; this one's seat is freed as it closes
+            session.close()
+            wait_for(lambda: len(_admin(gateway.port,
+                                        "/admin/realtime/sessions")["active"]) == len(held),
+                     gateway)
+        else:
+            held[where] = session
+    raise AssertionError("every session landed on one worker")
+
+
+def test_the_live_stream_shows_every_workers_sessions(start_twistd: Any,
+                                                      tmp_path: Path) -> None:
+    gateway = start(start_twistd, tmp_path)
+    held = one_session_on_each_worker(gateway)
+    try:
+        listed = {one["id"] for one in _admin(gateway.port, "/admin/realtime/sessions")["active"]}
+        assert len(listed) == 2
+        connection = httpclient.HTTPConnection("127.0.0.1", gateway.port, timeout=10)
+        connection.request("GET", "/admin/realtime/stream",
+                           headers={"authorization": "Bearer admin"})
+        response = connection.getresponse()
+        assert response.status == 200
+        events = []
+        while len(events) < 2:  # the first at once, the next a second later
+            line = response.readline()
+            if line.startswith(b"data: "):
+                events.append(json.loads(line[len(b"data: "):]))
+        for event in events:
+            assert {one["id"] for one in event["active"]} == listed
+        connection.close()
     finally:
         for session in held.values():
             session.close()
