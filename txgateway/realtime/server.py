@@ -214,16 +214,20 @@ class RealtimeServerProtocol(WebSocketLeg, WebSocketServerProtocol):
 class _RealtimeResource(WebSocketResource):
     """Lends the upgraded request's HTTP channel to the protocol it is handed to."""
 
+    def __init__(self, factory: WebSocketServerFactory) -> None:
+        super().__init__(factory)
+        self.factory = factory  # WebSocketResource keeps it only as a private attribute
+
     openapi = Endpoint("Realtime", {"GET": Operation(
         "Open a realtime session (a WebSocket upgrade; see docs/realtime.md)", query={
             "model": "the model routed", "intent": "transcription for a transcription session"})})
 
     def render(self, request: Any) -> Any:
-        self._factory.upgrading = request.channel
+        self.factory.upgrading = request.channel
         try:
             return super().render(request)
         finally:
-            self._factory.upgrading = None
+            self.factory.upgrading = None
 
 
 def realtime_resource(gateway: Gateway, surface: str | None = None) -> WebSocketResource:
