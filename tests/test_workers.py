@@ -145,6 +145,31 @@ def test_a_killed_worker_is_restarted(start_twistd: Any, tmp_path: Path) -> None
     gateway.stop(timeout=15)
 
 
+def test_a_killed_workers_counters_stay_in_the_sum(start_twistd: Any, tmp_path: Path) -> None:
+    """Prometheus counters never go down: a dead worker's last gathered counts are kept."""
+    gateway = start(start_twistd, tmp_path)
+    victim, _ = pids = workers(gateway)
+    answered = 0
+    for _ in range(20):
+        connections = held_connections(gateway.port, 8)
+        answered += len(connections)
+        owners = {owner(connection, pids) for connection in connections}
+        for connection in connections:
+            connection.close()
+        if victim in owners:
+            break
+    assert victim in owners
+    requests = 'txgateway_requests_total{model="demo"'
+    assert metric(gateway.port, requests) == answered
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: serving(gateway) == 3, gateway)
+    assert metric(gateway.port, requests) == answered
+    assert all(chat(gateway.port)[0] == 200 for _ in range(5))
+    assert metric(gateway.port, requests) == answered + 5
+    assert metric(gateway.port, "txgateway_realtime_sessions_active") == 0
+    gateway.stop(timeout=15)
+
+
 def test_sigterm_drains_an_in_flight_stream(start_twistd: Any, tmp_path: Path) -> None:
     gateway = start(start_twistd, tmp_path, delay=0.2)
     connection = httpclient.HTTPConnection("127.0.0.1", gateway.port, timeout=20)

@@ -263,20 +263,30 @@ def admission_answer(admission: Admission) -> dict[str, Any]:
             "headers": orjson.dumps(dict(admission.headers))}
 
 
-def summed_metrics(texts: Iterable[bytes]) -> bytes:
+#: The kinds of series that only grow while a process lives (a dead worker's are kept).
+_GROWING = frozenset({"counter", "histogram", "summary"})
+
+
+def summed_metrics(texts: Iterable[bytes], growing_only: bool = False) -> bytes:
     """
     Prometheus expositions added up sample by sample (same name and labels): counters,
     histogram buckets and the gauges the gateway has (sessions open, records pending) all sum.
+    ``growing_only`` keeps the counters, histograms and summaries alone (their ``_created``
+    stamps aside): what a dead worker leaves to the sum.
     """
     families: dict[str, Metric] = {}
     values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
     for text in texts:
         for family in text_string_to_metric_families(text.decode()):
+            if growing_only and family.type not in _GROWING:
+                continue
             if family.name not in families:
                 families[family.name] = Metric(family.name, family.documentation, family.type)
                 values[family.name] = {}
             into = values[family.name]
             for sample in family.samples:
+                if growing_only and sample.name.endswith("_created"):
+                    continue
                 key = (sample.name, tuple(sorted(sample.labels.items())))
                 into[key] = into.get(key, 0.0) + sample.value
     for name, family in families.items():

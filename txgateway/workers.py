@@ -110,8 +110,7 @@ class ToWorker(amp.AMP):
 
     @cluster.GatherMetrics.responder
     async def gather_metrics(self) -> dict[str, bytes]:
-        answers = await self._pool.ask_all(cluster.Scrape)
-        return {"text": cluster.summed_metrics(answer["text"] for answer in answers)}
+        return {"text": await self._pool.metrics()}
 
     @cluster.GatherSessions.responder
     async def gather_sessions(self) -> dict[str, bytes]:
@@ -129,6 +128,8 @@ class _Worker(ProcessProtocol):
         self.pool, self.index, self.link = pool, index, link
         self.started = pool.reactor.seconds()
         self.ended: Deferred[None] = Deferred()
+        #: The worker's metrics as last gathered: its share of the sum once it is dead.
+        self.scraped = b""
 
     def processEnded(self, reason: Any) -> None:
         try:
@@ -152,6 +153,8 @@ class WorkerPool(Service):
         self.seats = Seats()
         self.workers: dict[int, _Worker] = {}
         self._failures: dict[int, int] = {}
+        #: The counters and histograms of workers that died, as last gathered.
+        self._retired = b""
         self._restarts: dict[int, Any] = {}
         self._port: Any = None
         self._sockets: list[socket.socket] = []
@@ -216,6 +219,8 @@ class WorkerPool(Service):
     def worker_ended(self, worker: _Worker, reason: Any) -> None:
         if self.workers.get(worker.index) is worker:
             del self.workers[worker.index]
+            self._retired = cluster.summed_metrics([self._retired, worker.scraped],
+                                                   growing_only=True)
         if not self.running:
             return
         lived = self.reactor.seconds() - worker.started
@@ -228,11 +233,26 @@ class WorkerPool(Service):
                  lived=lived, reason=reason.getErrorMessage(), delay=delay)
         self._restarts[worker.index] = self.reactor.callLater(delay, self._spawn, worker.index)
 
+    async def metrics(self) -> bytes:
+        """
+        Every worker's metrics summed, with the counters of workers that died as they were
+        last gathered: the summed counters never go down, though what a worker counted
+        after its last gathering dies with it.
+        """
+        workers = list(self.workers.values())
+        results = await DeferredList([worker.link.callRemote(cluster.Scrape)
+                                      for worker in workers], consumeErrors=True)
+        texts = [self._retired]
+        for worker, (ok, answer) in zip(workers, results, strict=True):
+            if ok:
+                worker.scraped = answer["text"]
+                texts.append(worker.scraped)
+            elif self.workers.get(worker.index) is worker:  # dying: not retired yet
+                texts.append(cluster.summed_metrics([worker.scraped], growing_only=True))
+        return cluster.summed_metrics(texts)
+
     def ask_all(self, command: type[amp.Command]) -> Deferred[list[dict[str, Any]]]:
-        """
-        ``command``'s answer from every worker running now (a worker that dies meanwhile
-        has none: what a dead worker counted died with it, as a restarted process's would).
-        """
+        """``command``'s answer from every worker running now (one that dies meanwhile has none)."""
         asked = DeferredList([worker.link.callRemote(command)
                               for worker in self.workers.values()], consumeErrors=True)
         return asked.addCallback(lambda results: [answer for ok, answer in results if ok])
