@@ -74,7 +74,6 @@ class Admit(amp.Command):
 class Commit(amp.Command):
     arguments = [*_LIMITS, (b"estimated_tokens", amp.Integer()),
                  (b"actual_tokens", amp.Integer()), (b"cost_usd", amp.Float())]
-    response: list = []
 
 
 class Spent(amp.Command):
@@ -87,7 +86,6 @@ class TakeSeat(amp.Command):
 
     arguments = [(b"session_id", amp.Unicode()), (b"key_id", amp.Unicode(optional=True)),
                  (b"max_sessions", amp.Integer()), (b"max_sessions_per_key", amp.Integer())]
-    response: list = []
     errors = {TooManySessions: b"TOO_MANY_SESSIONS"}
 
 

@@ -34,9 +34,10 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import ProcessExitedAlready
-from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
+from twisted.internet.protocol import Factory, ProcessProtocol, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols import amp
+from twisted.python.failure import Failure
 
 from txgateway import cluster
 from txgateway.config import GatewayConfig
@@ -101,7 +102,7 @@ class ToWorker(amp.AMP):
         self._pool.seats.release(session_id)
         return {}
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         """The worker is gone: its sessions went with it."""
         super().connectionLost(reason)
         for session_id in self.seats:

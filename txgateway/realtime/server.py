@@ -211,10 +211,15 @@ class RealtimeServerProtocol(WebSocketLeg, WebSocketServerProtocol):
             self.session.client_closed(wasClean, code, reason)
 
 
+class _RealtimeFactory(WebSocketServerFactory):
+    #: The HTTP channel of the upgrade being handed to a new protocol, while it is.
+    upgrading: Any = None
+
+
 class _RealtimeResource(WebSocketResource):
     """Lends the upgraded request's HTTP channel to the protocol it is handed to."""
 
-    def __init__(self, factory: WebSocketServerFactory) -> None:
+    def __init__(self, factory: _RealtimeFactory) -> None:
         super().__init__(factory)
         self.factory = factory  # WebSocketResource keeps it only as a private attribute
 
@@ -236,7 +241,7 @@ def realtime_resource(gateway: Gateway, surface: str | None = None) -> WebSocket
     a session of that intent at its own path (``/v1/realtime/translations``, ...).
     """
     settings = gateway.config.realtime
-    factory = WebSocketServerFactory(server="txgateway")
+    factory = _RealtimeFactory(server="txgateway")
     factory.protocol = type("RealtimeProtocol", (RealtimeServerProtocol,),
                             {"gateway": gateway, "surface": surface})
     factory.setProtocolOptions(
