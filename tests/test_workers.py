@@ -299,6 +299,20 @@ def test_the_realtime_session_cap_holds_across_two_workers(start_twistd: Any,
     gateway.stop(timeout=15)
 
 
+def test_a_killed_worker_frees_its_realtime_seats(start_twistd: Any, tmp_path: Path) -> None:
+    gateway = start(start_twistd, tmp_path, extra="realtime: {max_sessions: 2}")
+    held = one_session_on_each_worker(gateway)
+    try:
+        victim = next(pid for pid in held if pid is not None)
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: serving(gateway) == 3, gateway)
+        held[None] = _realtime(gateway.port)  # the survivor's and this one: two seats
+    finally:
+        for session in held.values():
+            session.close()  # the victim's no longer answers: closed after close_timeout
+    gateway.stop(timeout=15)
+
+
 def one_session_on_each_worker(gateway: Any) -> dict[int | None, Any]:
     """A realtime session open on each worker, by the worker's process id."""
     pids = workers(gateway)
@@ -346,6 +360,7 @@ def test_the_live_stream_shows_every_workers_sessions(start_twistd: Any,
 
 def _realtime(port: int) -> Any:
     session = connect(f"ws://127.0.0.1:{port}/v1/realtime?model=demo",
-                      additional_headers={"authorization": "Bearer x"}, proxy=None)
+                      additional_headers={"authorization": "Bearer x"}, proxy=None,
+                      close_timeout=2)
     assert json.loads(session.recv(timeout=10))["type"] == "session.created"
     return session
