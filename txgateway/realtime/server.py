@@ -219,13 +219,13 @@ class _RealtimeFactory(WebSocketServerFactory):
 class _RealtimeResource(WebSocketResource):
     """Lends the upgraded request's HTTP channel to the protocol it is handed to."""
 
-    def __init__(self, factory: _RealtimeFactory) -> None:
-        super().__init__(factory)
-        self.factory = factory  # WebSocketResource keeps it only as a private attribute
-
     openapi = Endpoint("Realtime", {"GET": Operation(
         "Open a realtime session (a WebSocket upgrade; see docs/realtime.md)", query={
             "model": "the model routed", "intent": "transcription for a transcription session"})})
+
+    def __init__(self, factory: _RealtimeFactory) -> None:
+        super().__init__(factory)
+        self.factory = factory  # WebSocketResource keeps it only as a private attribute
 
     def render(self, request: Any) -> Any:
         self.factory.upgrading = request.channel
