@@ -69,6 +69,22 @@ class SummedMetricsTests(SynchronousTestCase):
                          sorted(value for _, value in buckets))
         self.assertEqual(set(summed), set(alone) | set(samples(scrape(two))))
 
+    def test_a_dead_workers_share_keeps_its_counters_alone(self) -> None:
+        metrics = GatewayMetrics()
+        metrics.request("chat", "m", "p", "200", 0.02, 0.01)
+        metrics.realtime_session("m", "p", 1)
+        metrics.ledger_pending(3)
+        kept = samples(summed_metrics([scrape(metrics)], growing_only=True))
+        whole = samples(scrape(metrics))
+        chat = (("model", "m"), ("provider", "p"), ("route", "chat"), ("status", "200"))
+        self.assertEqual(kept[("txgateway_requests_total", chat)], 1)
+        self.assertIn("txgateway_time_to_first_token_seconds_bucket", {n for n, _ in kept})
+        self.assertNotIn(("txgateway_realtime_sessions_active", (("model", "m"),
+                                                                 ("provider", "p"))), kept)
+        self.assertNotIn(("txgateway_ledger_pending_records", ()), kept)
+        self.assertFalse([name for name, _ in kept if name.endswith("_created")])
+        self.assertTrue(set(kept) < set(whole))
+
     def test_sessions_of_every_worker_in_one_list(self) -> None:
         merged = merged_sessions([
             {"active": [{"id": "b", "started_at": "2026-01-01T00:00:02Z"}],

@@ -13,7 +13,8 @@ from txgateway.realtime import closing
 from txgateway.realtime.events import base64_length, event_type, sniff_type
 from txgateway.realtime.handshake import read_upgrade
 from txgateway.realtime.legs import ILeg
-from txgateway.realtime.session import SessionBook, SessionInfo, TooManySessions
+from txgateway.realtime.seats import TooManySessions
+from txgateway.realtime.session import SessionBook, SessionInfo
 from txgateway.realtime.stall import StallGuard
 from txgateway.realtime.tally import (
     NO_USAGE,
@@ -273,6 +274,12 @@ class StallGuardTests(SynchronousTestCase):
         self.assertEqual(self.inner.told, ["pause", "resume", "pause", "stop"])
 
 
+def info_of(key: str | None, session_id: str | None = None) -> SessionInfo:
+    return SessionInfo(id=session_id or f"rts_{key}", model="m", provider="p",
+                       provider_kind="openai", upstream_model="m", key_id=key,
+                       intent="realtime", beta=False)
+
+
 class SessionTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
@@ -283,9 +290,7 @@ class SessionTests(SynchronousTestCase):
                                 lambda fields: None)
 
     def open(self, key: str | None = "k1") -> tuple:
-        info = SessionInfo(id=f"rts_{key}", model="m", provider="p", provider_kind="openai",
-                           upstream_model="m", key_id=key, intent="realtime", beta=False)
-        session = self.book.admit(info)
+        session = self.successResultOf(self.book.admit(info_of(key)))
         client, upstream = FakeLeg(), FakeLeg()
         session.upstream_ready(upstream)
         session.upstream_message(b'{"type":"session.created","session":{}}', False)
@@ -296,9 +301,12 @@ class SessionTests(SynchronousTestCase):
         """Upstream frames before the upgrade are delivered first; limits are per key."""
         session, client, _ = self.open()
         self.assertEqual(client.sent, [b'{"type":"session.created","session":{}}'])
-        self.assertRaises(TooManySessions, self.open, "k1")
-        self.open("k2")
-        self.assertRaises(TooManySessions, self.open, "k3")
+        self.failureResultOf(self.book.admit(info_of("k1", "rts_again")), TooManySessions)
+        second, _, _ = self.open("k2")
+        self.failureResultOf(self.book.admit(info_of("k3")), TooManySessions)
+        second.client_closed(True, 1000, "")
+        second.upstream_closed(True, 1000, "")
+        self.open("k3")  # an ended session's seat is free again
 
     def test_idle_is_counted_from_the_last_frame(self) -> None:
         session, client, upstream = self.open()
@@ -352,9 +360,7 @@ class SessionTests(SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_client_leaving_during_the_dial(self) -> None:
-        info = SessionInfo(id="rts_x", model="m", provider="p", provider_kind="openai",
-                           upstream_model="m", key_id=None, intent="realtime", beta=False)
-        session = self.book.admit(info)
+        session = self.successResultOf(self.book.admit(info_of(None, "rts_x")))
         session.client_closed(False, 1006, "gone")
         upstream = FakeLeg()
         session.upstream_ready(upstream)

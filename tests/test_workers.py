@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from tests.test_operations import KEY, chat, write_config
@@ -144,6 +145,31 @@ def test_a_killed_worker_is_restarted(start_twistd: Any, tmp_path: Path) -> None
     gateway.stop(timeout=15)
 
 
+def test_a_killed_workers_counters_stay_in_the_sum(start_twistd: Any, tmp_path: Path) -> None:
+    """Prometheus counters never go down: a dead worker's last gathered counts are kept."""
+    gateway = start(start_twistd, tmp_path)
+    victim, _ = pids = workers(gateway)
+    answered = 0
+    for _ in range(20):
+        connections = held_connections(gateway.port, 8)
+        answered += len(connections)
+        owners = {owner(connection, pids) for connection in connections}
+        for connection in connections:
+            connection.close()
+        if victim in owners:
+            break
+    assert victim in owners
+    requests = 'txgateway_requests_total{model="demo"'
+    assert metric(gateway.port, requests) == answered
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: serving(gateway) == 3, gateway)
+    assert metric(gateway.port, requests) == answered
+    assert all(chat(gateway.port)[0] == 200 for _ in range(5))
+    assert metric(gateway.port, requests) == answered + 5
+    assert metric(gateway.port, "txgateway_realtime_sessions_active") == 0
+    gateway.stop(timeout=15)
+
+
 def test_sigterm_drains_an_in_flight_stream(start_twistd: Any, tmp_path: Path) -> None:
     gateway = start(start_twistd, tmp_path, delay=0.2)
     connection = httpclient.HTTPConnection("127.0.0.1", gateway.port, timeout=20)
@@ -250,3 +276,93 @@ def _admin(port: int, path: str) -> Any:
     response = connection.getresponse()
     assert response.status == 200, response.read()
     return json.loads(response.read())
+
+
+def test_the_realtime_session_cap_holds_across_two_workers(start_twistd: Any,
+                                                           tmp_path: Path) -> None:
+    """One session open on each worker fills a cap of two: a third is refused on either."""
+    gateway = start(start_twistd, tmp_path, extra="realtime: {max_sessions: 2}")
+    held = one_session_on_each_worker(gateway)
+    try:
+        for _ in range(6):  # whichever worker takes it, the gateway is full
+            with pytest.raises(InvalidStatus) as refused:
+                _realtime(gateway.port)
+            # The gateway's own cap is an overload, whichever worker (over AMP) says it.
+            assert refused.value.response.status_code == 503
+            assert refused.value.response.headers["retry-after"] == "1"
+            assert b"limit of 2 realtime sessions" in refused.value.response.body
+        held.popitem()[1].close()
+        wait_for(lambda: len(_admin(gateway.port, "/admin/realtime/sessions")["active"]) == 1,
+                 gateway)
+        held[None] = _realtime(gateway.port)  # the freed seat is taken again
+    finally:
+        for session in held.values():
+            session.close()
+    gateway.stop(timeout=15)
+
+
+def test_a_killed_worker_frees_its_realtime_seats(start_twistd: Any, tmp_path: Path) -> None:
+    gateway = start(start_twistd, tmp_path, extra="realtime: {max_sessions: 2}")
+    held = one_session_on_each_worker(gateway)
+    try:
+        victim = next(pid for pid in held if pid is not None)
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: serving(gateway) == 3, gateway)
+        held[None] = _realtime(gateway.port)  # the survivor's and this one: two seats
+    finally:
+        for session in held.values():
+            session.close()  # the victim's no longer answers: closed after close_timeout
+    gateway.stop(timeout=15)
+
+
+def one_session_on_each_worker(gateway: Any) -> dict[int | None, Any]:
+    """A realtime session open on each worker, by the worker's process id."""
+    pids = workers(gateway)
+    held: dict[int | None, Any] = {}
+    for _ in range(40):
+        if set(held) == set(pids):
+            return held
+        session = _realtime(gateway.port)
+        where = _ws_owner(session, pids)
+        if where in held:  # one a worker; this one's seat is freed as it closes
+            session.close()
+            wait_for(lambda: len(_admin(gateway.port,
+                                        "/admin/realtime/sessions")["active"]) == len(held),
+                     gateway)
+        else:
+            held[where] = session
+    raise AssertionError("every session landed on one worker")
+
+
+def test_the_live_stream_shows_every_workers_sessions(start_twistd: Any,
+                                                      tmp_path: Path) -> None:
+    gateway = start(start_twistd, tmp_path)
+    held = one_session_on_each_worker(gateway)
+    try:
+        listed = {one["id"] for one in _admin(gateway.port, "/admin/realtime/sessions")["active"]}
+        assert len(listed) == 2
+        connection = httpclient.HTTPConnection("127.0.0.1", gateway.port, timeout=10)
+        connection.request("GET", "/admin/realtime/stream",
+                           headers={"authorization": "Bearer admin"})
+        response = connection.getresponse()
+        assert response.status == 200
+        events = []
+        while len(events) < 2:  # the first at once, the next a second later
+            line = response.readline()
+            if line.startswith(b"data: "):
+                events.append(json.loads(line[len(b"data: "):]))
+        for event in events:
+            assert {one["id"] for one in event["active"]} == listed
+        connection.close()
+    finally:
+        for session in held.values():
+            session.close()
+    gateway.stop(timeout=15)
+
+
+def _realtime(port: int) -> Any:
+    session = connect(f"ws://127.0.0.1:{port}/v1/realtime?model=demo",
+                      additional_headers={"authorization": "Bearer x"}, proxy=None,
+                      close_timeout=2)
+    assert json.loads(session.recv(timeout=10))["type"] == "session.created"
+    return session

@@ -7,8 +7,8 @@ asks the parent instead (`txgateway.workers`), which asks every worker and merge
 summed series by series, sessions listed together, a reload done by all.
 
 The commands below are the AMP protocol between a worker and the parent: the limiter's three
-calls (the parent holds the counters, so limits and budgets are exact across workers), and the
-gathering ones each way.
+calls and the realtime sessions' seats (the parent holds the counters, so limits, budgets and
+session caps are exact across workers), and the gathering ones each way.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from zope.interface import Interface, implementer
 
 from txgateway.config import ConfigError
 from txgateway.limits import ADMITTED, Admission, ILimiter, Limits, _touches_windows
+from txgateway.realtime.seats import GatewayFull, ISeats, TooManySessions
 
 #: AMP caps one value at 65,535 bytes; `BigBytes` splits longer ones over several keys.
 _CHUNK = 65_000
@@ -78,6 +79,20 @@ class Commit(amp.Command):
 class Spent(amp.Command):
     arguments = _LIMITS
     response = [(b"spent", amp.Float())]
+
+
+class TakeSeat(amp.Command):
+    """A realtime session's seat, against the limits the worker's config sets."""
+
+    arguments = [(b"session_id", amp.Unicode()), (b"key_id", amp.Unicode(optional=True)),
+                 (b"max_sessions", amp.Integer()), (b"max_sessions_per_key", amp.Integer())]
+    # The narrower first: AMP sends the first class a failure is an instance of.
+    errors = {GatewayFull: b"GATEWAY_FULL", TooManySessions: b"TOO_MANY_SESSIONS"}
+
+
+class ReleaseSeat(amp.Command):
+    arguments = [(b"session_id", amp.Unicode())]
+    requiresAnswer = False
 
 
 class GatherMetrics(amp.Command):
@@ -217,6 +232,23 @@ class ParentLimiter:
         return succeed(None)
 
 
+@implementer(ISeats)
+class ParentSeats:
+    """A worker's seats: the parent counts every worker's realtime sessions."""
+
+    def __init__(self, parent: amp.AMP) -> None:
+        self._parent = parent
+
+    def take(self, session_id: str, key_id: str | None, max_sessions: int,
+             max_sessions_per_key: int) -> Deferred[None]:
+        return self._parent.callRemote(
+            TakeSeat, session_id=session_id, key_id=key_id, max_sessions=max_sessions,
+            max_sessions_per_key=max_sessions_per_key).addCallback(lambda _: None)
+
+    def release(self, session_id: str) -> None:
+        self._parent.callRemote(ReleaseSeat, session_id=session_id)
+
+
 def _admission(answer: dict[str, Any]) -> Admission:
     return Admission(allowed=answer["allowed"], reason=answer["reason"],
                      message=answer["message"], retry_after=answer["retry_after"],
@@ -230,20 +262,30 @@ def admission_answer(admission: Admission) -> dict[str, Any]:
             "headers": orjson.dumps(dict(admission.headers))}
 
 
-def summed_metrics(texts: Iterable[bytes]) -> bytes:
+#: The kinds of series that only grow while a process lives (a dead worker's are kept).
+_GROWING = frozenset({"counter", "histogram", "summary"})
+
+
+def summed_metrics(texts: Iterable[bytes], growing_only: bool = False) -> bytes:
     """
     Prometheus expositions added up sample by sample (same name and labels): counters,
     histogram buckets and the gauges the gateway has (sessions open, records pending) all sum.
+    ``growing_only`` keeps the counters, histograms and summaries alone (their ``_created``
+    stamps aside): what a dead worker leaves to the sum.
     """
     families: dict[str, Metric] = {}
     values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
     for text in texts:
         for family in text_string_to_metric_families(text.decode()):
+            if growing_only and family.type not in _GROWING:
+                continue
             if family.name not in families:
                 families[family.name] = Metric(family.name, family.documentation, family.type)
                 values[family.name] = {}
             into = values[family.name]
             for sample in family.samples:
+                if growing_only and sample.name.endswith("_created"):
+                    continue
                 key = (sample.name, tuple(sorted(sample.labels.items())))
                 into[key] = into.get(key, 0.0) + sample.value
     for name, family in families.items():

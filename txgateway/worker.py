@@ -28,7 +28,7 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from txgateway import cluster
-from txgateway.cluster import ParentLimiter, ParentView
+from txgateway.cluster import ParentLimiter, ParentSeats, ParentView
 from txgateway.service import GatewayService
 from txgateway.tap import gateway_config, reading
 
@@ -98,6 +98,7 @@ def main(argv: list[str]) -> None:
     service = GatewayService(config, reactor, config_source=reading(path, listen or None),
                              limiter=limiter, listen=adopt)
     service.gateway.view = ParentView(parent)
+    service.gateway.realtime.seats = ParentSeats(parent)
     service.stop_reactor_on_failure = True
     parent.service = service
     # The parent relays reloads over AMP; a SIGHUP sent to the whole group must not kill.

@@ -8,7 +8,9 @@ keeps them open, so connections queue while a worker restarts.  It never accepts
 spawns ``python -m txgateway.worker`` with the worker's socket as file descriptor 3 and one end
 of a socket pair as 4, on which the two speak AMP (`txgateway.cluster`).  Over it the parent
 holds what must be counted once: the memory limiter's windows and spend (so a budget is exact
-across workers; a Redis limiter is shared by the workers directly), and it gathers what the
+across workers; a Redis limiter is shared by the workers directly) and the realtime sessions'
+seats (so ``max_sessions`` and ``max_sessions_per_key`` hold for the gateway; a dead worker's
+seats are freed with it), and it gathers what the
 user sees as one gateway: ``/metrics`` summed, the realtime sessions listed together, a
 reload done everywhere.  The ledger needs nothing: every worker writes its own rows to the
 shared store.
@@ -33,13 +35,15 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.interfaces import IProcessTransport
-from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
+from twisted.internet.protocol import Factory, ProcessProtocol, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols import amp
+from twisted.python.failure import Failure
 
 from txgateway import cluster
 from txgateway.config import GatewayConfig
 from txgateway.limits import MemoryLimiter
+from txgateway.realtime.seats import Seats
 from txgateway.service import GatewayService
 from txgateway.store import open_store
 
@@ -59,6 +63,8 @@ class ToWorker(amp.AMP):
     def __init__(self, pool: WorkerPool) -> None:
         super().__init__()
         self._pool = pool
+        #: The realtime sessions this worker holds seats for.
+        self.seats: set[str] = set()
 
     @cluster.Admit.responder
     def admit(self, key_id: str, rpm: int, tpm: int, budget_usd: float, budget_period: str,
@@ -81,10 +87,32 @@ class ToWorker(amp.AMP):
         return self._pool.limiter.spent(key_id, limits).addCallback(
             lambda spent: {"spent": spent})
 
+    @cluster.TakeSeat.responder
+    def take_seat(self, session_id: str, key_id: str | None, max_sessions: int,
+                  max_sessions_per_key: int) -> Deferred[dict[str, Any]]:
+        def taken(_: None) -> dict[str, Any]:
+            self.seats.add(session_id)
+            return {}
+
+        return self._pool.seats.take(session_id, key_id, max_sessions,
+                                     max_sessions_per_key).addCallback(taken)
+
+    @cluster.ReleaseSeat.responder
+    def release_seat(self, session_id: str) -> dict[str, Any]:
+        self.seats.discard(session_id)
+        self._pool.seats.release(session_id)
+        return {}
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """The worker is gone: its sessions went with it."""
+        super().connectionLost(reason)
+        for session_id in self.seats:
+            self._pool.seats.release(session_id)
+        self.seats.clear()
+
     @cluster.GatherMetrics.responder
     async def gather_metrics(self) -> dict[str, bytes]:
-        answers = await self._pool.ask_all(cluster.Scrape)
-        return {"text": cluster.summed_metrics(answer["text"] for answer in answers)}
+        return {"text": await self._pool.metrics()}
 
     @cluster.GatherSessions.responder
     async def gather_sessions(self) -> dict[str, bytes]:
@@ -103,6 +131,8 @@ class _Worker(ProcessProtocol):
         self.pool, self.index, self.link = pool, index, link
         self.started = pool.reactor.seconds()
         self.ended: Deferred[None] = Deferred()
+        #: The worker's metrics as last gathered: its share of the sum once it is dead.
+        self.scraped = b""
 
     def processEnded(self, reason: Any) -> None:
         try:
@@ -123,8 +153,11 @@ class WorkerPool(Service):
         self.reactor = reactor
         self._path, self._listen, self.count, self._config = path, listen, count, config
         self.limiter = MemoryLimiter(reactor)
+        self.seats = Seats()
         self.workers: dict[int, _Worker] = {}
         self._failures: dict[int, int] = {}
+        #: The counters and histograms of workers that died, as last gathered.
+        self._retired = b""
         self._restarts: dict[int, Any] = {}
         self._port: Any = None
         self._sockets: list[socket.socket] = []
@@ -189,6 +222,8 @@ class WorkerPool(Service):
     def worker_ended(self, worker: _Worker, reason: Any) -> None:
         if self.workers.get(worker.index) is worker:
             del self.workers[worker.index]
+            self._retired = cluster.summed_metrics([self._retired, worker.scraped],
+                                                   growing_only=True)
         if not self.running:
             return
         lived = self.reactor.seconds() - worker.started
@@ -201,11 +236,26 @@ class WorkerPool(Service):
                  lived=lived, reason=reason.getErrorMessage(), delay=delay)
         self._restarts[worker.index] = self.reactor.callLater(delay, self._spawn, worker.index)
 
+    async def metrics(self) -> bytes:
+        """
+        Every worker's metrics summed, with the counters of workers that died as they were
+        last gathered: the summed counters never go down, though what a worker counted
+        after its last gathering dies with it.
+        """
+        workers = list(self.workers.values())
+        results = await DeferredList([worker.link.callRemote(cluster.Scrape)
+                                      for worker in workers], consumeErrors=True)
+        texts = [self._retired]
+        for worker, (ok, answer) in zip(workers, results, strict=True):
+            if ok:
+                worker.scraped = answer["text"]
+                texts.append(worker.scraped)
+            elif self.workers.get(worker.index) is worker:  # dying: not retired yet
+                texts.append(cluster.summed_metrics([worker.scraped], growing_only=True))
+        return cluster.summed_metrics(texts)
+
     def ask_all(self, command: type[amp.Command]) -> Deferred[list[dict[str, Any]]]:
-        """
-        ``command``'s answer from every worker running now (a worker that dies meanwhile
-        has none: what a dead worker counted died with it, as a restarted process's would).
-        """
+        """``command``'s answer from every worker running now (one that dies meanwhile has none)."""
         asked = DeferredList([worker.link.callRemote(command)
                               for worker in self.workers.values()], consumeErrors=True)
         return asked.addCallback(lambda results: [answer for ok, answer in results if ok])

@@ -31,14 +31,16 @@ from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
-from twisted.web._newclient import (
+from twisted.web._newclient import WrongBodyLength  # Twisted exports it nowhere public
+from twisted.web.client import (
+    URI,
+    BrowserLikePolicyForHTTPS,
     RequestGenerationFailed,
     RequestTransmissionFailed,
+    ResponseDone,
     ResponseFailed,
     ResponseNeverReceived,
-    WrongBodyLength,
 )
-from twisted.web.client import URI, BrowserLikePolicyForHTTPS, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IPolicyForHTTPS, IResponse

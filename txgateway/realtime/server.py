@@ -31,7 +31,8 @@ from txgateway.realtime.client_secrets import SecretRefused, caller_of
 from txgateway.realtime.handshake import read_upgrade
 from txgateway.realtime.legs import IFrameLeg, WebSocketLeg
 from txgateway.realtime.live import started_with
-from txgateway.realtime.session import Session, SessionInfo, TooManySessions
+from txgateway.realtime.seats import TooManySessions
+from txgateway.realtime.session import Session, SessionInfo
 from txgateway.realtime.translated import dial_session
 from txgateway.realtime.upstream import UpstreamRefused
 from txgateway.upstream import UpstreamError
@@ -151,7 +152,7 @@ class RealtimeServerProtocol(WebSocketLeg, WebSocketServerProtocol):  # type: ig
             key_id=caller.key_id, intent=upgrade.intent, beta=upgrade.beta,
             limits=caller.limits)
         try:
-            self.session = session = gateway.realtime.admit(info)
+            self.session = session = await gateway.realtime.admit(info)
         except TooManySessions as error:
             # The gateway's own cap is an overload (retry soon, maybe elsewhere); a key's
             # is that caller's rate limit.
@@ -224,6 +225,11 @@ class RealtimeServerProtocol(WebSocketLeg, WebSocketServerProtocol):  # type: ig
             self.session.client_closed(wasClean, code, reason)
 
 
+class _RealtimeFactory(WebSocketServerFactory):
+    #: The HTTP channel of the upgrade being handed to a new protocol, while it is.
+    upgrading: Any = None
+
+
 class _RealtimeResource(WebSocketResource):
     """Lends the upgraded request's HTTP channel to the protocol it is handed to."""
 
@@ -231,12 +237,16 @@ class _RealtimeResource(WebSocketResource):
         "Open a realtime session (a WebSocket upgrade; see docs/realtime.md)", query={
             "model": "the model routed", "intent": "transcription for a transcription session"})})
 
+    def __init__(self, factory: _RealtimeFactory) -> None:
+        super().__init__(factory)
+        self.factory = factory  # WebSocketResource keeps it only as a private attribute
+
     def render(self, request: Any) -> Any:
-        self._factory.upgrading = request.channel
+        self.factory.upgrading = request.channel
         try:
             return super().render(request)
         finally:
-            self._factory.upgrading = None
+            self.factory.upgrading = None
 
 
 def realtime_resource(gateway: Gateway, surface: str | None = None) -> WebSocketResource:
@@ -245,7 +255,7 @@ def realtime_resource(gateway: Gateway, surface: str | None = None) -> WebSocket
     a session of that intent at its own path (``/v1/realtime/translations``, ...).
     """
     settings = gateway.config.realtime
-    factory = WebSocketServerFactory(server="txgateway")
+    factory = _RealtimeFactory(server="txgateway")
 
     class RealtimeProtocol(RealtimeServerProtocol):
         """The caller's leg of a session at this resource."""

@@ -25,16 +25,9 @@ from txgateway.realtime import closing
 from txgateway.realtime.events import APPEND_STARTS, error_event, event_type
 from txgateway.realtime.frames import unmask
 from txgateway.realtime.legs import IFrameLeg, ILeg, IUpstreamListener
+from txgateway.realtime.seats import ISeats, Seats
 from txgateway.realtime.stall import StallGuard
 from txgateway.realtime.tally import NO_USAGE, RealtimeUsage, SessionTally
-
-
-class TooManySessions(Exception):
-    """A concurrency limit is reached: the gateway's own (``overloaded``) or a key's."""
-
-    def __init__(self, message: str, overloaded: bool) -> None:
-        super().__init__(message)
-        self.overloaded = overloaded
 
 
 @attrs.frozen
@@ -347,24 +340,24 @@ class SessionBook:
         #: Told of each opened session's end, for the usage ledger and the limiter.
         self._on_ended = on_ended
         self._active: dict[str, Session] = {}
-        self._per_key: dict[str | None, int] = {}
+        #: Where the concurrency limits are counted (a worker's: the parent's).
+        self.seats: ISeats = Seats()
         self._recent: deque[Session] = deque(maxlen=self.recent_kept)
         self._all_ended: Deferred[None] | None = None
 
-    def admit(self, info: SessionInfo) -> Session:
-        """A new session, counted against the limits at once (dials included)."""
+    def admit(self, info: SessionInfo) -> Deferred[Session]:
+        """
+        A new session once it has a seat (failing with `TooManySessions`), counted against
+        the limits at once (dials included).
+        """
         settings = self.settings
-        if settings.max_sessions and len(self._active) >= settings.max_sessions:
-            raise TooManySessions(f"The gateway has reached its limit of "
-                                  f"{settings.max_sessions} realtime sessions.", True)
-        held = self._per_key.get(info.key_id, 0)
-        if settings.max_sessions_per_key and held >= settings.max_sessions_per_key:
-            raise TooManySessions(f"This key has reached its limit of "
-                                  f"{settings.max_sessions_per_key} realtime sessions.",
-                                  False)
-        session = Session(info, self._clock, settings, self)
+        taken = self.seats.take(info.id, info.key_id, settings.max_sessions,
+                                settings.max_sessions_per_key)
+        return taken.addCallback(lambda _: self._seated(info))
+
+    def _seated(self, info: SessionInfo) -> Session:
+        session = Session(info, self._clock, self.settings, self)
         self._active[info.id] = session
-        self._per_key[info.key_id] = held + 1
         return session
 
     def opened(self, session: Session) -> None:
@@ -388,11 +381,7 @@ class SessionBook:
     def finished(self, session: Session) -> None:
         info = session.info
         del self._active[info.id]
-        held = self._per_key[info.key_id] - 1
-        if held:
-            self._per_key[info.key_id] = held
-        else:
-            del self._per_key[info.key_id]
+        self.seats.release(info.id)
         if session.opened:
             self._record(session)
         if not self._active and self._all_ended is not None:

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
@@ -25,6 +26,8 @@ from txgateway.gateway import Gateway
 from txgateway.routing import Target
 from txgateway.web.openapi import Endpoint, Operation
 from txgateway.web.resource import JSONResource, openai_error, write_json
+
+log = Logger()
 
 _STATIC = files("txgateway.web") / "static"
 _TYPES = {"html": b"text/html; charset=utf-8", "js": b"text/javascript; charset=utf-8",
@@ -126,7 +129,7 @@ class Providers(JSONResource):
 class LiveSessions(JSONResource):
     """
     ``GET /admin/realtime/stream``: server-sent events, one ``sessions`` event a second with
-    every active session's tally and the latest ended ones.
+    every active session's tally and the latest ended ones, of every worker.
     """
 
     isLeaf = True
@@ -148,16 +151,21 @@ class LiveSessions(JSONResource):
 
 @implementer(IPushProducer)
 class _SessionFeed:
-    """Writes the sessions each ``interval``; paused while the client reads slower."""
+    """
+    Writes the sessions each ``interval``; paused while the client reads slower.  Under
+    ``--workers`` they are gathered from every worker: a tick while the last gathering is
+    still out is skipped, so the parent is asked at most once an interval per stream.
+    """
 
     def __init__(self, gateway: Gateway, request: Any, interval: float, recent: int) -> None:
-        self._book = gateway.realtime
+        self._view = gateway.view
         self._request = request
         self._interval = interval
         self._recent = recent
         self._loop = LoopingCall(self._send)
         self._loop.clock = gateway.reactor
         self._stopped = False
+        self._asking = False
 
     def start(self) -> None:
         self._request.registerProducer(self, True)
@@ -165,10 +173,25 @@ class _SessionFeed:
         self.resumeProducing()
 
     def _send(self) -> None:
-        book = self._book
-        snapshot = {"active": [session.as_json() for session in book.active()],
-                    "recent": [session.as_json() for session in book.recent()[:self._recent]]}
+        if self._asking:
+            return
+        self._asking = True
+        self._view.sessions().addCallback(self._write).addErrback(self._failed)
+
+    def _write(self, sessions: dict[str, list[dict[str, Any]]]) -> None:
+        self._asking = False
+        if self._stopped:
+            return
+        snapshot = {"active": sessions["active"], "recent": sessions["recent"][:self._recent]}
         self._request.write(b"event: sessions\ndata: " + orjson.dumps(snapshot) + b"\n\n")
+
+    def _failed(self, failure: Any) -> None:
+        """The sessions could not be gathered (the parent is gone): the stream ends."""
+        self._asking = False
+        log.failure("the live realtime sessions could not be gathered", failure)
+        if not self._stopped:
+            self.stopProducing()
+            self._request.finish()
 
     def pauseProducing(self) -> None:
         if self._loop.running:

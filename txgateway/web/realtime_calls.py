@@ -26,7 +26,8 @@ from txgateway.dialects.openai import BadRequest, error_body
 from txgateway.gateway import Gateway
 from txgateway.realtime.calls import ACTIONS, CallBook, calls_url, offer_form, post, sideband_target
 from txgateway.realtime.client_secrets import SESSION_TYPES, SecretRefused, caller
-from txgateway.realtime.session import SessionInfo, TooManySessions
+from txgateway.realtime.seats import TooManySessions
+from txgateway.realtime.session import SessionInfo
 from txgateway.realtime.upstream import UpstreamRefused, caller_status
 from txgateway.upstream import UpstreamError
 from txgateway.web.openapi import Endpoint, Operation
@@ -202,7 +203,7 @@ class RealtimeCalls(JSONResource):
             key_id=principal.key_id, intent=session_config["type"], beta=False,
             limits=principal.limits)
         try:
-            session = gateway.realtime.admit(info)
+            session = await gateway.realtime.admit(info)
         except TooManySessions as error:
             raise refusal(429, str(error), "too_many_sessions") from None
         boundary = "txgateway-" + secrets.token_hex(16)
