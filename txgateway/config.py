@@ -35,9 +35,13 @@ HttpURL = NewType("HttpURL", str)
 """A string that must be an absolute http(s) URL."""
 
 Seconds = NewType("Seconds", float)
+"""A positive duration in seconds."""
+
 #: A number of worker processes: a positive integer, or "auto" (one per CPU core).
 Workers = NewType("Workers", int)
-"""A positive duration in seconds."""
+
+#: How long a stopping gateway (each worker of one) lets calls and sessions in flight finish.
+DRAIN_SECONDS = 30.0
 
 
 class ConfigError(Exception):

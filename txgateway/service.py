@@ -12,7 +12,7 @@ from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred, succ
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
-from txgateway.config import ConfigError, GatewayConfig
+from txgateway.config import DRAIN_SECONDS, ConfigError, GatewayConfig
 from txgateway.gateway import build_gateway
 from txgateway.http.server import HTTPServer
 from txgateway.limits import ILimiter
@@ -75,7 +75,7 @@ class GatewayService(MultiService):
     ``drain_seconds`` and closes what is left, before the ledger is flushed and closed.
     """
 
-    drain_seconds = 30.0
+    drain_seconds = DRAIN_SECONDS
     #: Under twistd a gateway that cannot start stops the process (tests keep theirs).
     stop_reactor_on_failure = False
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import attrs
 from twisted.application.service import IService
@@ -10,8 +11,10 @@ from twisted.python import usage
 
 from txgateway.config import CONVERTER, ConfigError, GatewayConfig, Workers, read_config
 from txgateway.providers.registry import find_plugins
-from txgateway.service import GatewayService
 from txgateway.workers import WorkerPool
+
+if TYPE_CHECKING:
+    from txgateway.service import GatewayService
 
 
 class Options(usage.Options):
@@ -66,6 +69,9 @@ def gateway_service(path: str, listen: str | None = None) -> GatewayService:
     The gateway serving the config at ``path`` as twistd runs it: it reloads the file on
     SIGHUP and ``POST /admin/reload``, and stops the process if it cannot start.
     """
+    # Imported here: a parent of workers never serves, and the resource tree, Autobahn and
+    # the realtime relay are 15 MiB it would hold for nothing.
+    from txgateway.service import GatewayService
 
     service = GatewayService(gateway_config(path, listen), config_source=reading(path, listen))
     service.stop_reactor_on_failure = True

@@ -41,10 +41,9 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from txgateway import cluster
-from txgateway.config import GatewayConfig
+from txgateway.config import DRAIN_SECONDS, GatewayConfig
 from txgateway.limits import MemoryLimiter
 from txgateway.realtime.seats import Seats
-from txgateway.service import GatewayService
 from txgateway.store import open_store
 
 log = Logger()
@@ -292,7 +291,7 @@ class WorkerPool(Service):
             with contextlib.suppress(ProcessExitedAlready):
                 worker.transport.signalProcess("TERM")
         ended = DeferredList([worker.ended for worker in workers])
-        timer = self.reactor.callLater(GatewayService.drain_seconds + STOP_GRACE,
+        timer = self.reactor.callLater(DRAIN_SECONDS + STOP_GRACE,
                                        self._kill, workers)
         await ended
         if timer.active():
