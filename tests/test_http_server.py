@@ -438,6 +438,15 @@ class HTTPServerTests(TestCase):
         status, _, body = await self.ask(client, b"GET /ws HTTP/1.1\r\nHost: h\r\n\r\n")
         self.assertEqual((status, body), (200, b"HTTPChannel - /ws"))
 
+    async def test_websocket_path_with_a_body_is_answered_and_closed(self) -> None:
+        """Found by the wire fuzz: a plain request with a body to a WebSocket path was handed
+        over with its Content-Length and no body, and twisted.web waited for it for good."""
+        client = await self.connect()
+        status, _, body = await self.ask(
+            client, b"POST /ws HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello")
+        self.assertEqual((status, body), (200, b"HTTPChannel - /ws"))
+        await self.until(lambda c=client: c.lost)
+
     async def test_close_connections(self) -> None:
         client = await self.connect()
         await self.ask(client, b"GET /echo HTTP/1.1\r\nHost: h\r\n\r\n")

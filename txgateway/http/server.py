@@ -50,6 +50,8 @@ log = Logger()
 
 _VERSIONS = {"1.1": b"HTTP/1.1", "1.0": b"HTTP/1.0"}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+#: The headers of a request's body and connection, left out of a plain request handed over.
+_BODY_FRAMING = frozenset({b"content-length", b"transfer-encoding", b"connection", b"expect"})
 
 
 def _closing_answer(status: int, phrase: bytes, message: str, code: str,
@@ -169,9 +171,10 @@ class HTTPServerProtocol(Protocol):
         if parser.should_upgrade() or self._closing:
             return  # `_upgrading` takes it from here, or nothing more is read
         if self._url.partition(b"?")[0] in factory.upgrade_paths:
-            # Not an upgrade, but for Autobahn to answer: what follows it is not read.
+            # Not an upgrade, but for Autobahn to answer: handed over without its body (it is
+            # not read) and as the connection's last request.
             self._closing = True
-            self._upgrading(b"")
+            self._upgrading(b"", plain=True)
             return
         version = _VERSIONS.get(parser.get_http_version(), b"HTTP/1.0")
         request = Request(self, parser.get_method(), self._url, version, self._headers,
@@ -348,13 +351,19 @@ class HTTPServerProtocol(Protocol):
 
     # Upgrades.
 
-    def _upgrading(self, rest: bytes) -> None:
-        """An ``Upgrade`` request: handed over with its head (rebuilt) once answers are in."""
+    def _upgrading(self, rest: bytes, plain: bool = False) -> None:
+        """
+        An ``Upgrade`` request: handed over with its head (rebuilt) once answers are in.  A
+        ``plain`` request (no upgrade) goes without its body's framing, and says ``close``.
+        """
         parser = self._parser
         head = [b"%s %s HTTP/%s\r\n" % (parser.get_method(), self._url,
                                           parser.get_http_version().encode("ascii"))]
         for name, value in self._raw:
-            head += (name, b": ", value, b"\r\n")
+            if not plain or name.lower() not in _BODY_FRAMING:
+                head += (name, b": ", value, b"\r\n")
+        if plain:
+            head.append(b"Connection: close\r\n")
         head.append(b"\r\n")
         self._upgrade = [b"".join(head), rest]
         self._timeout = None
