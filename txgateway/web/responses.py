@@ -250,24 +250,17 @@ class NativeCall:
 
 class _Keeping:
     """
-    What the codecs of ``/v1/responses`` share: the response they made (`made`, or their
-    stream's once it ended) kept (`keep`), its stream's error event numbered next in it.
+    What the codecs of ``/v1/responses`` share: the response they made (`_made`, or their
+    stream's once it ended) kept (`keep`) before the caller has the answer's end.
     """
 
+    _gateway: Gateway
+    _parsed: ResponsesRequest
     #: The provider holding the response (a native one), None when the gateway made it.
     _provider: Any = None
-
-    def __init__(self, gateway: Gateway, parsed: ResponsesRequest) -> None:
-        self._gateway = gateway
-        self._parsed = parsed
-        self._made: dict[str, Any] | None = None
-        self._events: Any = None
-
-    def error_event(self, status: int, message: str, code: str) -> bytes:
-        if self._events is None:
-            return _stream_error(status, message, code)
-        numbered: bytes = self._events.error_event(status, message, code)
-        return numbered
+    _made: dict[str, Any] | None = None
+    #: The stream's transcoder, which shows the response it made once it ended.
+    _events: Any = None
 
     def kept(self) -> Deferred[Any] | None:
         made = self._made if self._events is None else self._events.response
@@ -283,9 +276,12 @@ class NativeResponses(_Keeping, NativeCall):
     stream (the upstream never saw it), and which provider made the response remembered.
     """
 
+    #: The upstream numbers its stream's events; a break the gateway says is numbered 0.
+    error_event = staticmethod(_stream_error)
+
     def __init__(self, gateway: Gateway, parsed: ResponsesRequest, target: Target) -> None:
-        _Keeping.__init__(self, gateway, parsed)
-        NativeCall.__init__(self, parsed, target)
+        super().__init__(parsed, target)
+        self._gateway = gateway
         self._provider = target.provider
 
     def answer(self, body: bytes) -> tuple[bytes, Usage | None]:
@@ -294,9 +290,6 @@ class NativeResponses(_Keeping, NativeCall):
             answer["conversation"] = conversation_reference(self._parsed.conversation)
             body = orjson.dumps(answer)
         return body, Usage.from_responses(answer.get("usage"))
-
-    def error_event(self, status: int, message: str, code: str) -> bytes:
-        return _stream_error(status, message, code)  # the upstream numbers its own events
 
     def transcoder(self, parsed: ResponsesRequest) -> Any:
         self._events = ResponsesEvents(conversation_reference(parsed.conversation))
@@ -312,7 +305,8 @@ class ResponsesOverChat(_Keeping):
     """
 
     def __init__(self, gateway: Gateway, parsed: ResponsesRequest, target: Target) -> None:
-        super().__init__(gateway, parsed)
+        self._gateway = gateway
+        self._parsed = parsed
         self._model = target.model
         self._translator = translating(target.provider, OPENAI_WIRE, target.model)
         self._id = new_id("resp")
@@ -337,6 +331,11 @@ class ResponsesOverChat(_Keeping):
         if self._translator is None:
             return events
         return ChainedStream(self._translator.stream_translator(True), events)
+
+    def error_event(self, status: int, message: str, code: str) -> bytes:
+        """The break's ``error`` event, numbered next in the stream the gateway made."""
+        numbered: bytes = self._events.error_event(status, message, code)
+        return numbered
 
 
 def native_request(parsed: ResponsesRequest, target: Target,
