@@ -45,7 +45,14 @@ from txgateway.dialects.openai import (
 )
 from txgateway.dialects.shapes import WrongShape
 from txgateway.gateway import Gateway
-from txgateway.providers import OPENAI_WIRE, ApiCall, UpstreamRequest, speaks, translating
+from txgateway.providers import (
+    OPENAI_WIRE,
+    ApiCall,
+    ITranslatingProvider,
+    UpstreamRequest,
+    speaks,
+    translating,
+)
 from txgateway.routing import Target
 from txgateway.streams import EventSplitter, data_of, events
 from txgateway.translate.chain import ChainedStream
@@ -82,9 +89,8 @@ class ResponsesRequest:
     """
     A Responses request, parsed once.  Changed only when it is admitted (the caller's key is
     known then): ``owner`` set to that key's id; ``history`` set to the items of the
-    gateway-held chain
-    ``previous_response_id`` names, or of the ``conversation`` (its id); and the input's
-    references to items the gateway holds resolved (`with_input`).
+    gateway-held chain ``previous_response_id`` names, or of the ``conversation`` (its id);
+    and the input's references to items the gateway holds resolved (`with_input`).
     """
 
     raw: bytes
@@ -226,12 +232,11 @@ class NativeCall:
     """
     The identity codec of the Responses API and of the calls below it (``path``:
     ``/input_tokens``, ``/compact``), to a provider that serves it: the caller's body upstream
-    (`native_body`), the answer and the stream's events back as they came, usage read on the
+    (`_native_body`), the answer and the stream's events back as they came, usage read on the
     side.
     """
 
-    def __init__(self, parsed: ResponsesRequest, target: Target, path: bytes = b"") -> None:
-        self._parsed = parsed
+    def __init__(self, target: Target, path: bytes = b"") -> None:
         self._path = path
         self.stream_type = stream_type(target.provider)
 
@@ -280,8 +285,9 @@ class NativeResponses(_Keeping, NativeCall):
     error_event = staticmethod(_stream_error)
 
     def __init__(self, gateway: Gateway, parsed: ResponsesRequest, target: Target) -> None:
-        super().__init__(parsed, target)
+        super().__init__(target)
         self._gateway = gateway
+        self._parsed = parsed
         self._provider = target.provider
 
     def answer(self, body: bytes) -> tuple[bytes, Usage | None]:
@@ -342,7 +348,7 @@ def native_request(parsed: ResponsesRequest, target: Target,
                    path: bytes = b"") -> UpstreamRequest:
     """The call on the provider's own ``/responses`` (or a ``path`` below it)."""
     try:
-        body = native_body(parsed, target.model)
+        body = _native_body(parsed, target.model)
     except UntranslatableRequest as error:
         raise Refusal(400, str(error), None, error.param) from None
     upstream = target.provider.build_request(ApiCall(
@@ -369,7 +375,7 @@ def chat_of(parsed: ResponsesRequest, target: Target,
         raise Refusal(400, str(error), "unsupported_parameter", error.param) from None
 
 
-def chat_completion(translator: Any, body: bytes) -> dict[str, Any]:
+def chat_completion(translator: ITranslatingProvider | None, body: bytes) -> dict[str, Any]:
     """
     A whole chat answer in OpenAI's format, translated first from a ``translator``'s dialect;
     `ValueError` when it is no JSON object.
@@ -379,12 +385,11 @@ def chat_completion(translator: Any, body: bytes) -> dict[str, Any]:
     return _answer_object(body)
 
 
-def chat_error(translator: Any, status: int, body: bytes) -> bytes:
+def chat_error(translator: ITranslatingProvider | None, status: int, body: bytes) -> bytes:
     """A chat call's error answer, translated first from a ``translator``'s dialect."""
     if translator is None:
         return body
-    translated: bytes = translator.translate_error(status, body) or body
-    return translated
+    return translator.translate_error(status, body) or body
 
 
 def keep(gateway: Gateway, parsed: ResponsesRequest, answer: dict[str, Any],
@@ -429,7 +434,7 @@ def _without_id(item: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in item.items() if key not in ("id", "status")}
 
 
-def native_body(parsed: ResponsesRequest, upstream_model: str) -> bytes:
+def _native_body(parsed: ResponsesRequest, upstream_model: str) -> bytes:
     """
     The caller's bytes, unless the model is renamed, a gateway-held chain or conversation is
     inlined, or the input holds compaction items the gateway made (`UntranslatableRequest`

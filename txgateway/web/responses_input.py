@@ -57,7 +57,7 @@ class _ResponsesInput(Responses):
 
     def codec(self, request: Any, parsed: ResponsesRequest, target: Target) -> ICodec:
         if native_responses(target):
-            return NativeCall(parsed, target, self.path)
+            return NativeCall(target, self.path)
         return self.translated(parsed, target)
 
     def translated(self, parsed: ResponsesRequest, target: Target) -> ICodec:
