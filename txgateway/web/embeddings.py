@@ -30,8 +30,8 @@ class Embeddings(CallEndpoint):
 
     def codec(self, request: Any, embeddings: RestRequest, target: Target) -> ICodec:
         provider = target.provider
-        if _SAME.api not in provider.apis:
-            raise refused_api(_SAME.api, embeddings.model, target)
+        if "embeddings" not in provider.apis:
+            raise refused_api("embeddings", embeddings.model, target)
         if speaks(provider, OPENAI_WIRE):
             return _SAME
         return TranslatedEmbeddings(provider, embeddings)
@@ -53,7 +53,7 @@ class TranslatedEmbeddings(SameRest):
 
     def request(self, embeddings: RestRequest, target: Target) -> UpstreamRequest:
         return self._provider.build_request(ApiCall(
-            api="embeddings", body=embeddings.raw, parsed=embeddings.parsed,
+            api=self.api, body=embeddings.raw, parsed=embeddings.parsed,
             model=target.model, stream=False))
 
     def answer(self, body: bytes) -> tuple[bytes, Usage | None]:

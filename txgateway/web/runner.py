@@ -296,14 +296,15 @@ async def _call(endpoint: CallEndpoint, request: Any, tally: Tally, parsed: Any,
     streamed = parsed.stream and content_type.startswith(codec.stream_type)
     passed = not streamed and b"json" not in content_type and IPassingCodec.providedBy(codec)
     if response.code == 200 and (streamed or passed):
+        tally.status = 200
+        prompt = endpoint.prompt_size(parsed, size)
         if streamed:
             start_event_stream(request)
-        else:
+            relay = Relay(gateway, request, tally, call, endpoint.error_event,
+                          codec.transcoder(parsed), prompt)
+        else:  # as the upstream wrote it: a break drops the client's connection
             start_relayed(request, response)
-        tally.status = 200
-        relay = Relay(gateway, request, tally, call, endpoint.error_event if streamed else None,
-                      codec.transcoder(parsed) if streamed else Bytes(),
-                      endpoint.prompt_size(parsed, size))
+            relay = Relay(gateway, request, tally, call, None, Bytes(), prompt)
         call.deliver(response, relay)
         await relay.done
         return
