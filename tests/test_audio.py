@@ -80,6 +80,21 @@ class AudioTests(GatewayTestCase):
         [row] = await self.service.gateway.store.usage_report("model")
         self.assertEqual((row["requests"], row["audio_seconds"]), (2, 12.5))
 
+    async def test_text_transcript_passes_with_its_content_type(self) -> None:
+        """A 200 that is not JSON goes back as the upstream wrote it, not made a JSON one."""
+        body = (b'--XyZ\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-1\r\n'
+                b'--XyZ\r\nContent-Disposition: form-data; name="response_format"\r\n\r\n'
+                b'text\r\n--XyZ\r\nContent-Disposition: form-data; name="file"; '
+                b'filename="a.mp3"\r\n\r\nID3 fake\r\n--XyZ--\r\n')
+        response = await treq.post(self.base_url + "/v1/audio/transcriptions", body,
+                                   pool=self.pool, headers={b"content-type": [
+                                       b"multipart/form-data; boundary=XyZ"]})
+        self.assertEqual((response.code, await response.content()), (200, TRANSCRIPT.encode()))
+        self.assertEqual(response.headers.getRawHeaders(b"content-type"),
+                         [b"text/plain; charset=utf-8"])
+        [record] = self.access_records()
+        self.assertEqual((record["route"], record["status"]), ("transcriptions", 200))
+
     async def test_transcription_stream(self) -> None:
         stream = await self.sdk(self.client.audio.transcriptions.create,
                                 model="gpt-4o-transcribe", file=("a.wav", b"RIFF", "audio/wav"),

@@ -12,30 +12,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from txgateway.accounting import Exchange
-from txgateway.dialects.openai_rest import RestRequest, parse_speech, usage_of
-from txgateway.providers import ApiCall
-from txgateway.routing import Target
-from txgateway.upstream import UpstreamCall
+from txgateway.dialects.openai_rest import parse_speech
 from txgateway.usage import Usage
-from txgateway.web.forms import FormEndpoint
+from txgateway.web.forms import FormCodec, FormEndpoint
 from txgateway.web.openapi import Endpoint, Operation
-from txgateway.web.proxy import is_event_stream
 from txgateway.web.resource import JSONResource
-from txgateway.web.rest import (
-    RestEndpoint,
-    bytes_relay,
-    event_relay,
-    start_relayed,
-    usage_reader,
-)
-
-_read_usage = usage_reader(usage_of)
+from txgateway.web.rest import PassingRest, read_openai_usage, served_by
+from txgateway.web.runner import CallEndpoint
 
 
 def read_transcription_usage(answer: Any, seen: Usage | None) -> Usage | None:
     """The reported usage; for older answers without one, verbose_json's ``duration``."""
-    usage = _read_usage(answer, seen)
+    usage = read_openai_usage(answer, seen)
     if usage is None and isinstance(answer, dict):
         duration = answer.get("duration")
         if isinstance(duration, int | float):
@@ -43,48 +31,24 @@ def read_transcription_usage(answer: Any, seen: Usage | None) -> Usage | None:
     return usage
 
 
-class Speech(RestEndpoint):
+class Speech(CallEndpoint):
     openapi = Endpoint("OpenAI", {"POST": Operation(
         "Turn text into speech", "SpeechRequest", "application/octet-stream")})
     route = "speech"
-    api = "speech"
     parse = staticmethod(parse_speech)
-
-    async def proxy(self, request: Any, exchange: Exchange, speech: RestRequest,
-                    target: Target, call: UpstreamCall) -> None:
-        self.served(exchange.model, target)
-        provider = target.provider
-        response = await call.send(provider.agent, provider.build_request(ApiCall(
-            api="speech", body=speech.upstream_body(target.model), parsed=speech.parsed,
-            model=target.model, stream=speech.stream)))
-        if response.code != 200:
-            exchange.first_byte = self._gateway.reactor.seconds()
-            body = await call.read(response)
-            self.answer_error(request, exchange, response, call, body)
-            return
-        start_relayed(request, response)
-        exchange.status = 200
-        if is_event_stream(response):
-            relay = event_relay(self._gateway, request, exchange, call, _read_usage,
-                                len(speech.raw))
-        else:
-            relay = bytes_relay(self._gateway, request, exchange, call, len(speech.raw))
-        call.deliver(response, relay)
-        await relay.done
+    codec = staticmethod(served_by(PassingRest("speech", read_openai_usage)))
 
 
 class Transcriptions(FormEndpoint):
     openapi = Endpoint("OpenAI", {"POST": Operation("Transcribe audio", "form")})
     route = "transcriptions"
-    api = "transcriptions"
-    read_usage = staticmethod(read_transcription_usage)
+    codec = staticmethod(served_by(FormCodec("transcriptions", read_transcription_usage)))
 
 
 class Translations(FormEndpoint):
     openapi = Endpoint("OpenAI", {"POST": Operation("Translate audio into English", "form")})
     route = "translations"
-    api = "translations"
-    read_usage = staticmethod(read_transcription_usage)
+    codec = staticmethod(served_by(FormCodec("translations", read_transcription_usage)))
 
 
 def audio_tree(gateway: Any) -> JSONResource:

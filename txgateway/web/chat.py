@@ -13,14 +13,7 @@ from typing import Any
 
 from zope.interface import implementer
 
-from txgateway.dialects.openai import (
-    ChatRequest,
-    error_body,
-    loads_object,
-    parse_chat,
-    stream_error_event,
-    upstream_chat_body,
-)
+from txgateway.dialects.openai import ChatRequest, loads_object, parse_chat, upstream_chat_body
 from txgateway.providers import OPENAI_WIRE, ApiCall, UpstreamRequest, speaks
 from txgateway.routing import Target
 from txgateway.streams import EventSplitter, data_of, events
@@ -37,8 +30,6 @@ class ChatCompletions(CallEndpoint):
     #: The API family asked of the provider (legacy completions share this endpoint's code).
     api = "chat"
     parse = staticmethod(parse_chat)
-    error_body = staticmethod(error_body)
-    error_event = staticmethod(stream_error_event)
 
     def __init__(self, gateway: Any) -> None:
         super().__init__(gateway)

@@ -10,11 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 from txgateway.dialects.openai import ChatRequest, parse_completion
-from txgateway.providers import OPENAI_WIRE, speaks
 from txgateway.routing import Target
 from txgateway.web.chat import ChatCompletions
 from txgateway.web.openapi import Endpoint, Operation
-from txgateway.web.runner import ICodec, refused_api
+from txgateway.web.rest import served
+from txgateway.web.runner import ICodec
 
 
 class Completions(ChatCompletions):
@@ -26,6 +26,5 @@ class Completions(ChatCompletions):
 
     def codec(self, request: Any, parsed: ChatRequest, target: Target) -> ICodec:
         # No translating provider speaks the legacy API: OpenAI-compatible servers only.
-        if self.api in target.provider.apis and speaks(target.provider, OPENAI_WIRE):
-            return self._same
-        raise refused_api(self.api, parsed.model, target)
+        served(self.api, parsed.model, target)
+        return self._same

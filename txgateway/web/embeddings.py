@@ -12,19 +12,13 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from zope.interface import implementer
 
-from txgateway.dialects.openai import error_body, loads_object, stream_error_event
-from txgateway.dialects.openai_rest import (
-    RestRequest,
-    encode_embeddings_base64,
-    parse_embeddings,
-    usage_of,
-)
+from txgateway.dialects.openai_rest import RestRequest, encode_embeddings_base64, parse_embeddings
 from txgateway.providers import OPENAI_WIRE, ApiCall, UpstreamRequest, speaks
 from txgateway.routing import Target
 from txgateway.usage import Usage, estimate_tokens
 from txgateway.web.openapi import Endpoint, Operation
+from txgateway.web.rest import SameRest, read_openai_usage
 from txgateway.web.runner import CallEndpoint, ICodec, refused_api
 
 
@@ -32,61 +26,34 @@ class Embeddings(CallEndpoint):
     openapi = Endpoint("OpenAI", {"POST": Operation(
         "Create embeddings", "EmbeddingRequest", "EmbeddingList")})
     route = "embeddings"
-    api = "embeddings"
     parse = staticmethod(parse_embeddings)
-    error_body = staticmethod(error_body)
-    error_event = staticmethod(stream_error_event)
 
     def codec(self, request: Any, embeddings: RestRequest, target: Target) -> ICodec:
         provider = target.provider
-        if self.api not in provider.apis:
-            raise refused_api(self.api, embeddings.model, target)
+        if "embeddings" not in provider.apis:
+            raise refused_api("embeddings", embeddings.model, target)
         if speaks(provider, OPENAI_WIRE):
             return _SAME
         return TranslatedEmbeddings(provider, embeddings)
 
 
-@implementer(ICodec)
-class SameEmbeddings:
-    """The identity codec: the caller's body (the model aside), the answer untouched."""
-
-    stream_type = b"text/event-stream"
-
-    def request(self, embeddings: RestRequest, target: Target) -> UpstreamRequest:
-        return target.provider.build_request(ApiCall(
-            api="embeddings", body=embeddings.upstream_body(target.model),
-            parsed=embeddings.parsed, model=target.model, stream=False))
-
-    def answer(self, body: bytes) -> tuple[bytes, Usage | None]:
-        answer = loads_object(body)
-        if answer is None:
-            raise ValueError("not a JSON object")
-        return body, usage_of(answer.get("usage"))
-
-    def error(self, status: int, body: bytes) -> bytes:
-        return body
-
-    def transcoder(self, embeddings: RestRequest) -> Any:
-        raise NotImplementedError("embeddings are never streamed")
+_SAME = SameRest("embeddings", read_openai_usage)
 
 
-_SAME = SameEmbeddings()
-
-
-@implementer(ICodec)
-class TranslatedEmbeddings(SameEmbeddings):
+class TranslatedEmbeddings(SameRest):
     """
     A translating provider's codec: the parsed request, float vectors in OpenAI's shape
     back, encoded when the caller asked for base64 (the openai SDK's default).
     """
 
     def __init__(self, provider: Any, embeddings: RestRequest) -> None:
+        super().__init__("embeddings", read_openai_usage)
         self._provider = provider
         self._embeddings = embeddings
 
     def request(self, embeddings: RestRequest, target: Target) -> UpstreamRequest:
         return self._provider.build_request(ApiCall(
-            api="embeddings", body=embeddings.raw, parsed=embeddings.parsed,
+            api=self.api, body=embeddings.raw, parsed=embeddings.parsed,
             model=target.model, stream=False))
 
     def answer(self, body: bytes) -> tuple[bytes, Usage | None]:

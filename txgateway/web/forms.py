@@ -2,7 +2,8 @@
 The multipart endpoints' common call (audio transcriptions and translations, image edits):
 the caller's form goes upstream as it arrives (`txgateway.web.upload`), its model field
 rewritten in place when the route renames the model, its file parts copied byte for byte;
-the answer is relayed as an SSE stream or a whole body.
+the call runs on the pipeline (`txgateway.web.runner`): a stream asked for is relayed as SSE,
+a JSON answer given whole, any other (a transcript as text) as the upstream writes it.
 
 The call is routed on the form's text fields: the ones before its first file part, which is
 where the openai SDK (httpx) writes them, so the upload starts upstream with no more held
@@ -22,29 +23,32 @@ from twisted.internet.defer import Deferred
 from twisted.web.server import NOT_DONE_YET
 
 from txgateway.accounting import Exchange
+from txgateway.admission import Refusal
 from txgateway.dialects.multipart import FormParser, boundary_of
 from txgateway.dialects.openai import BadRequest
-from txgateway.providers import ApiCall
+from txgateway.providers import ApiCall, UpstreamRequest
 from txgateway.routing import Target
 from txgateway.upstream import UpstreamCall
-from txgateway.usage import estimate_tokens
-from txgateway.web.proxy import Refusal, is_event_stream
-from txgateway.web.relay import start_event_stream
-from txgateway.web.rest import RestEndpoint, UsageReader, event_relay
-from txgateway.web.upload import Splice, Upload
+from txgateway.web.rest import PassingRest
+from txgateway.web.runner import CallEndpoint, asked
+from txgateway.web.upload import Splice, Upload, UploadProducer
 
 
 class FormUpload:
     """
     A multipart form as it arrives (a `txgateway.web.upload.BodyWatcher`): ``head`` fires
     once it can be routed, with the model and the text fields before the first file; or
-    fails with a `Refusal` (a malformed form), or why the upload failed.
+    fails with a `Refusal` (a malformed form), or why the upload failed.  It is sent once,
+    on ``call``: once its first bytes went out, the call may not fall back.
     """
 
-    def __init__(self, upload: Upload, boundary: bytes | None,
-                 required: tuple[str, ...]) -> None:
+    def __init__(self, upload: Upload, content_type: bytes, required: tuple[str, ...],
+                 call: UpstreamCall) -> None:
         self.upload = upload
+        self.content_type = content_type
         self.head: Deferred[None] = Deferred()
+        self._call = call
+        boundary = boundary_of(content_type)
         self._required = required
         self._parser = FormParser(boundary or b"")
         if boundary is None:
@@ -67,12 +71,19 @@ class FormUpload:
     def stream(self) -> bool:
         return self.fields.get("stream", "").lower() == "true"
 
-    def splice(self, upstream_model: str) -> Splice | None:
+    def body(self, upstream_model: str) -> UploadProducer:
+        """The upload as the body of a call to ``upstream_model``."""
+        return self.upload.producer(self._splice(upstream_model), self._sending)
+
+    def _splice(self, upstream_model: str) -> Splice | None:
         """The model's value rewritten, when the route renames it."""
         span = self._parser.model_span
         if span is None or upstream_model == self.fields["model"]:
             return None
         return span[0], span[1], upstream_model.encode()
+
+    def _sending(self) -> None:
+        self._call.may_fall_back = False  # the upload cannot be replayed elsewhere now
 
     def received(self, data: bytes) -> None:
         parser = self._parser
@@ -99,22 +110,24 @@ class FormUpload:
         self.head.callback(None)
 
 
-class FormEndpoint(RestEndpoint):
-    """A multipart endpoint: ``required`` fields, and how its answers' usage is read."""
+class FormEndpoint(CallEndpoint):
+    """
+    A multipart endpoint: its ``required`` fields, and the `FormCodec` of its API (`codec`,
+    as `txgateway.web.rest.served_by` gives it).
+    """
 
     #: The site streams its bodies (`txgateway.web.upload`).
     streams_upload = True
     required: tuple[str, ...] = ("model", "file")
-    read_usage: UsageReader
 
     def render_POST(self, request: Any) -> Any:
         gateway = self._gateway
         exchange = gateway.accountant.start(self.route)
         request.setHeader(b"x-request-id", exchange.request_id.encode())
         upload = getattr(request, "upload", None) or Upload.whole(request.content.getvalue())
-        form = FormUpload(upload, boundary_of(request.getHeader(b"content-type") or b""),
-                          self.required)
         call = UpstreamCall(gateway.reactor, gateway.config.upstream)
+        form = FormUpload(upload, request.getHeader(b"content-type") or b"", self.required,
+                          call)
         request.notifyFinish().addErrback(lambda _: call.abort())
         Deferred.fromCoroutine(self.run(request, exchange, form, 0, call))
         return NOT_DONE_YET
@@ -123,38 +136,24 @@ class FormEndpoint(RestEndpoint):
                     size: int) -> list[Target]:
         """Routed once the form's head has arrived."""
         await form.head
-        exchange.model = form.model
-        exchange.stream = form.stream
+        asked(exchange, form)
         return await super().admit(request, exchange, form, size)
 
-    def admission_tokens(self, form: FormUpload, size: int) -> int:
-        """The text prompt's tokens, estimated: the file's bytes are no tokens."""
-        return estimate_tokens(len(form.fields.get("prompt", "")))
+    def prompt_size(self, form: FormUpload, size: int) -> int:
+        """The text prompt's: the file's bytes are no tokens."""
+        return len(form.fields.get("prompt", ""))
 
-    async def proxy(self, request: Any, exchange: Exchange, form: FormUpload, target: Target,
-                    call: UpstreamCall) -> None:
-        self.served(exchange.model, target)
-        provider = target.provider
-        built = provider.build_request(ApiCall(
+
+class FormCodec(PassingRest):
+    """
+    The identity codec of a multipart form: the upload goes upstream as it arrives, under the
+    caller's content type (its boundary); answers as `PassingRest`'s.
+    """
+
+    def request(self, form: FormUpload, target: Target) -> UpstreamRequest:
+        built = target.provider.build_request(ApiCall(
             api=self.api, body=b"", parsed=form.fields, model=target.model,
             stream=form.stream))
         headers = built.headers.copy()
-        headers.setRawHeaders(b"content-type", [request.getHeader(b"content-type")])
-
-        def sending() -> None:
-            call.may_fall_back = False  # the upload cannot be replayed elsewhere now
-
-        body = form.upload.producer(form.splice(target.model), sending)
-        response = await call.send(provider.agent,
-                                   attrs.evolve(built, headers=headers, body=body))
-        if form.stream and response.code == 200 and is_event_stream(response):
-            start_event_stream(request)
-            exchange.status = 200
-            relay = event_relay(self._gateway, request, exchange, call, self.read_usage,
-                                len(form.fields.get("prompt", "")))
-            call.deliver(response, relay)
-            await relay.done
-            return
-        exchange.first_byte = self._gateway.reactor.seconds()
-        body_bytes = await call.read(response)
-        self.answer(request, exchange, response, call, body_bytes, self.read_usage)
+        headers.setRawHeaders(b"content-type", [form.content_type])
+        return attrs.evolve(built, headers=headers, body=form.body(target.model))

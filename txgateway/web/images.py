@@ -10,25 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-from zope.interface import implementer
-
-from txgateway.dialects.openai import error_body, stream_error_event
-from txgateway.dialects.openai_rest import (
-    RestRequest,
-    image_usage,
-    parse_image_generation,
-    usage_of,
-)
-from txgateway.providers import OPENAI_WIRE, ApiCall, UpstreamRequest, speaks
-from txgateway.routing import Target
+from txgateway.dialects.openai_rest import image_usage, parse_image_generation, usage_of
 from txgateway.usage import Usage
-from txgateway.web.forms import FormEndpoint
+from txgateway.web.forms import FormCodec, FormEndpoint
 from txgateway.web.openapi import Endpoint, Operation
-from txgateway.web.relay import ITranscoder
 from txgateway.web.resource import JSONResource
-from txgateway.web.rest import UsageEvents
-from txgateway.web.runner import CallEndpoint, ICodec, refused_api
+from txgateway.web.rest import SameRest, served_by
+from txgateway.web.runner import CallEndpoint
 
 _COMPLETED = ("image_generation.completed", "image_edit.completed")
 
@@ -54,49 +42,17 @@ def read_image_usage(answer: Any, seen: Usage | None) -> Usage | None:
 class ImageGenerations(CallEndpoint):
     openapi = Endpoint("OpenAI", {"POST": Operation("Create images", "ImageRequest")})
     route = "images"
-    api = "images"
     parse = staticmethod(parse_image_generation)
-    error_body = staticmethod(error_body)
-    error_event = staticmethod(stream_error_event)
-
-    def codec(self, request: Any, images: RestRequest, target: Target) -> ICodec:
-        provider = target.provider
-        if self.api in provider.apis and speaks(provider, OPENAI_WIRE):
-            return _SAME
-        raise refused_api(self.api, images.model, target)
-
-
-@implementer(ICodec)
-class SameImages:
-    """The identity codec of image generation (OpenAI-compatible servers only)."""
-
-    stream_type = b"text/event-stream"
-
-    def request(self, images: RestRequest, target: Target) -> UpstreamRequest:
-        return target.provider.build_request(ApiCall(
-            api="images", body=images.upstream_body(target.model), parsed=images.parsed,
-            model=target.model, stream=images.stream))
-
-    def answer(self, body: bytes) -> tuple[bytes, Usage | None]:
-        return body, read_image_usage(orjson.loads(body), None)
-
-    def error(self, status: int, body: bytes) -> bytes:
-        return body
-
-    def transcoder(self, images: RestRequest) -> ITranscoder:
-        return UsageEvents(read_image_usage)
-
-
-_SAME = SameImages()
+    # OpenAI-compatible servers only: no codec translates image generation.
+    codec = staticmethod(served_by(SameRest("images", read_image_usage)))
 
 
 class ImageEdits(FormEndpoint):
     openapi = Endpoint("OpenAI", {"POST": Operation("Edit an image", "form")})
     route = "image_edits"
-    api = "image_edits"
     # ``image`` or ``image[]`` (several images): the upstream checks which.
     required = ("model", "prompt")
-    read_usage = staticmethod(read_image_usage)
+    codec = staticmethod(served_by(FormCodec("image_edits", read_image_usage)))
 
 
 def images_tree(gateway: Any) -> JSONResource:

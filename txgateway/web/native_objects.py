@@ -27,8 +27,7 @@ from txgateway.gateway import Gateway
 from txgateway.providers import ApiCall, IProvider, UpstreamRequest, prepare
 from txgateway.upstream import UpstreamCall
 from txgateway.web.proxy import Refusal, answered
-from txgateway.web.relay import Bytes, Peeking, Relay
-from txgateway.web.rest import start_relayed
+from txgateway.web.relay import Bytes, Peeking, Relay, start_relayed
 from txgateway.web.runner import finish
 
 log = Logger()

@@ -31,9 +31,24 @@ ErrorEvent = Callable[[int, str, str], bytes]
 """Makes the caller-dialect error event from (status, message, code)."""
 
 
+#: Response headers of the upstream's that describe the body and are passed to the caller.
+PASSED_HEADERS = (b"content-type", b"content-disposition")
+
+
 def start_event_stream(request: Any) -> None:
     request.setResponseCode(200)
     request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
+    request.setHeader(b"cache-control", b"no-cache")
+    request.setHeader(b"x-accel-buffering", b"no")
+
+
+def start_relayed(request: Any, response: Any) -> None:
+    """Start a 200 whose body is relayed as it comes: the upstream's content headers kept."""
+    request.setResponseCode(200)
+    for name in PASSED_HEADERS:
+        value = response.headers.getRawHeaders(name)
+        if value:
+            request.setHeader(name, value[0])
     request.setHeader(b"cache-control", b"no-cache")
     request.setHeader(b"x-accel-buffering", b"no")
 

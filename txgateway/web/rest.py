@@ -1,72 +1,95 @@
 """
-What the stateless OpenAI REST endpoints (embeddings, images, audio) share: the check that
-the routed provider serves the API, the whole answer with its usage, and two relays for
-answers that stream: raw bytes (speech audio) and SSE events peeked for their usage.
+What the stateless OpenAI REST families (embeddings, images, audio, legacy completions) share
+on the call pipeline (`txgateway.web.runner`): the check that the routed provider serves the
+API in OpenAI's dialect (`served`; `served_by` for an endpoint with a single codec), the
+identity codec with its usage reader (`PassingRest` for answers that are not JSON), and the
+transcoder of their SSE streams.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from zope.interface import implementer
 
-from txgateway.accounting import Exchange
-from txgateway.dialects.openai import error_body, loads_object, stream_error_event
-from txgateway.providers import OPENAI_WIRE, speaks
+from txgateway.dialects.openai import loads_object
+from txgateway.dialects.openai_rest import usage_of
+from txgateway.providers import OPENAI_WIRE, ApiCall, UpstreamRequest, speaks
 from txgateway.routing import Target
 from txgateway.streams import EventSplitter, data_of, events
-from txgateway.upstream import UpstreamCall, UpstreamError
 from txgateway.usage import Usage
-from txgateway.web.proxy import ProxyEndpoint
-from txgateway.web.relay import Bytes, ITranscoder, Relay
-from txgateway.web.runner import refused_api
+from txgateway.web.relay import ITranscoder
+from txgateway.web.runner import ICodec, IPassingCodec, refused_api
 
 UsageReader = Callable[[Any, "Usage | None"], "Usage | None"]
 """Reads usage from a parsed answer or event, given the usage seen so far."""
 
-#: Response headers of the upstream's that describe the body and are passed to the caller.
-PASSED_HEADERS = (b"content-type", b"content-disposition")
+
+def served(api: str, model: str, target: Target) -> None:
+    """Raises the 400 of a provider that does not offer ``api`` in OpenAI's dialect."""
+    provider = target.provider
+    if api not in provider.apis or not speaks(provider, OPENAI_WIRE):
+        raise refused_api(api, model, target)
 
 
-class RestEndpoint(ProxyEndpoint):
-    """An OpenAI endpoint of one API family (``api``), in OpenAI's error dialect."""
+class CodecChoice(Protocol):
+    """A `txgateway.web.runner.CallEndpoint.codec`, as a static method."""
 
-    api = ""
-    error_body = staticmethod(error_body)
+    def __call__(self, request: Any, parsed: Any, target: Target) -> ICodec: ...
 
-    def served(self, model: str, target: Target) -> None:
-        """Raises the 400 of a provider that does not offer ``api`` in OpenAI's dialect."""
-        provider = target.provider
-        if self.api not in provider.apis or not speaks(provider, OPENAI_WIRE):
-            raise refused_api(self.api, model, target)
 
-    def answer(self, request: Any, exchange: Exchange, response: Any, call: UpstreamCall,
-               body: bytes, read_usage: UsageReader | None) -> None:
-        """
-        A whole answer, passed on as the upstream wrote it (its content type kept); a 200's
-        usage read on the side when it is JSON (a JSON one that does not parse is a 502), an
-        error made an OpenAI error object.
-        """
-        if response.code != 200:
-            self.answer_error(request, exchange, response, call, body)
-            return
-        content_type = response.headers.getRawHeaders(b"content-type", [b"application/json"])[0]
-        if b"json" in content_type and exchange.usage is None:
-            answer = loads_object(body)
-            if answer is None:
-                raise UpstreamError("the upstream's answer could not be read")
-            if read_usage is not None:
-                exchange.usage = read_usage(answer, None)
-        exchange.status = 200
-        if call.aborted:
-            return
-        request.setResponseCode(200)
-        request.setHeader(b"content-type", content_type)
-        request.setHeader(b"content-length", b"%d" % len(body))
-        request.write(body)
-        request.finish()
+def served_by(codec: SameRest) -> CodecChoice:
+    """
+    The `txgateway.web.runner.CallEndpoint.codec` of an endpoint whose every call takes
+    ``codec``, to a provider that offers its API in OpenAI's dialect.
+    """
+
+    def select(request: Any, parsed: Any, target: Target) -> ICodec:
+        served(codec.api, parsed.model, target)
+        return codec
+
+    return select
+
+
+@implementer(ICodec)
+class SameRest:
+    """
+    The identity codec of an OpenAI REST API (``api``) to a server that speaks it: the
+    caller's body goes up as it came (the model aside), the answer and the stream's events
+    come back as they were, their usage read on the side (``read_usage``).
+    """
+
+    stream_type = b"text/event-stream"
+
+    def __init__(self, api: str, read_usage: UsageReader) -> None:
+        self.api = api
+        self.read_usage = read_usage
+
+    def request(self, rest: Any, target: Target) -> UpstreamRequest:
+        """``rest``: the caller's `txgateway.dialects.openai_rest.RestRequest`."""
+        return target.provider.build_request(ApiCall(
+            api=self.api, body=rest.upstream_body(target.model), parsed=rest.parsed,
+            model=target.model, stream=rest.stream))
+
+    def answer(self, body: bytes) -> tuple[bytes, Usage | None]:
+        answer = loads_object(body)
+        if answer is None:
+            raise ValueError("not a JSON object")
+        return body, self.read_usage(answer, None)
+
+    def error(self, status: int, body: bytes) -> bytes:
+        return body
+
+    def transcoder(self, rest: Any) -> ITranscoder:
+        return UsageEvents(self.read_usage)
+
+
+@implementer(IPassingCodec)
+class PassingRest(SameRest):
+    """`SameRest` whose 200s that are not JSON (speech audio, a transcript as text) pass
+    as the upstream wrote them."""
 
 
 def _loads(body: bytes) -> Any:
@@ -74,27 +97,6 @@ def _loads(body: bytes) -> Any:
         return orjson.loads(body)
     except orjson.JSONDecodeError:
         return None
-
-
-def start_relayed(request: Any, response: Any) -> None:
-    """Start a 200 whose body is relayed as it comes: the upstream's content headers kept."""
-    request.setResponseCode(200)
-    for name in PASSED_HEADERS:
-        value = response.headers.getRawHeaders(name)
-        if value:
-            request.setHeader(name, value[0])
-    request.setHeader(b"cache-control", b"no-cache")
-    request.setHeader(b"x-accel-buffering", b"no")
-
-
-def bytes_relay(gateway: Any, request: Any, exchange: Exchange, call: UpstreamCall,
-                request_size: int) -> Relay:
-    """
-    The relay of a binary body (speech audio), chunk by chunk as it arrives; one that breaks
-    drops the client's connection.
-    """
-    return Relay(gateway, request, exchange, call, None,
-                 Bytes(), request_size)
 
 
 @implementer(ITranscoder)
@@ -128,20 +130,9 @@ class UsageEvents:
         return self._splitter.pending
 
 
-def event_relay(gateway: Any, request: Any, exchange: Exchange, call: UpstreamCall,
-                read_usage: UsageReader, request_size: int) -> Relay:
-    """The relay of an SSE stream in OpenAI's format, its usage read by ``read_usage``."""
-    return Relay(gateway, request, exchange, call,
-                 stream_error_event, UsageEvents(read_usage), request_size)
-
-
-def usage_reader(read: Callable[[Any], Usage | None]) -> UsageReader:
-    """A `UsageReader` for answers whose ``usage`` member ``read`` reads; the last one wins."""
-
-    def reader(answer: Any, seen: Usage | None) -> Usage | None:
-        if not isinstance(answer, dict):
-            return None
-        return read(answer.get("usage"))
-
-    return reader
-
+def read_openai_usage(answer: Any, seen: Usage | None) -> Usage | None:
+    """The `UsageReader` of answers and events whose ``usage`` member is OpenAI's REST usage
+    (`txgateway.dialects.openai_rest.usage_of`); the last one wins."""
+    if not isinstance(answer, dict):
+        return None
+    return usage_of(answer.get("usage"))

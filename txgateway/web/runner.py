@@ -26,7 +26,8 @@ from txgateway.admission import Admitted, Caller, Refusal, admit, said
 from txgateway.auth import caller_key
 from txgateway.config import RoutingSettings
 from txgateway.dialects.errors import OPENAI, ErrorDialect, upstream_error
-from txgateway.dialects.openai import BadRequest
+from txgateway.dialects.openai import BadRequest, stream_error_event
+from txgateway.dialects.openai import error_body as openai_error_body
 from txgateway.providers import ITranslatingProvider, UpstreamRequest, prepare
 from txgateway.routing import Target
 from txgateway.upstream import (
@@ -37,7 +38,15 @@ from txgateway.upstream import (
     UpstreamRefusedAttempt,
 )
 from txgateway.usage import estimate_tokens
-from txgateway.web.relay import CLIENT_CLOSED, ErrorEvent, ITranscoder, Relay, start_event_stream
+from txgateway.web.relay import (
+    CLIENT_CLOSED,
+    Bytes,
+    ErrorEvent,
+    ITranscoder,
+    Relay,
+    start_event_stream,
+    start_relayed,
+)
 from txgateway.web.resource import JSONResource, write_json
 
 log = Logger()
@@ -81,6 +90,14 @@ class IKeepingCodec(ICodec):
 
     def kept() -> Deferred[Any] | None:  # noqa: N805
         """Keep what the answer (or the stream, ended well) made; None when it made nothing."""
+
+
+class IPassingCodec(ICodec):
+    """
+    A codec whose 200s that are not JSON go back as the upstream wrote them (speech audio, a
+    transcript as text or subtitles): relayed as they arrive, its content headers kept, a
+    break dropping the client's connection; its JSON answers and streams are as any codec's.
+    """
 
 
 def retry_wait(settings: RoutingSettings, retry: int, error: Exception,
@@ -128,9 +145,13 @@ class ModelEndpoint(JSONResource):
         """An error in the caller's dialect."""
         raise NotImplementedError
 
+    def prompt_size(self, parsed: Any, size: int) -> int:
+        """The bytes of the prompt, which estimates count: the whole body of ``size`` bytes."""
+        return size
+
     def admission_tokens(self, parsed: Any, size: int) -> int:
         """What a tokens-per-minute limit counts before the call: the prompt, estimated."""
-        return estimate_tokens(size)
+        return estimate_tokens(self.prompt_size(parsed, size))
 
     def render_POST(self, request: Any) -> Any:
         gateway = self._gateway
@@ -143,8 +164,7 @@ class ModelEndpoint(JSONResource):
         except BadRequest as error:
             gateway.accountant.finish(exchange, Outcome(400, str(error)))
             return write_json(request, 400, self.error_body(400, str(error), None, error.param))
-        exchange.model = parsed.model
-        exchange.stream = parsed.stream
+        asked(exchange, parsed)
         call = UpstreamCall(gateway.reactor, gateway.config.upstream)
         request.notifyFinish().addErrback(lambda _: call.abort())
         Deferred.fromCoroutine(self.run(request, exchange, parsed, len(raw), call))
@@ -168,12 +188,14 @@ class ModelEndpoint(JSONResource):
 
 class CallEndpoint(ModelEndpoint):
     """
-    A proxying endpoint on the runner: subclasses give `parse`, `error_body`, `error_event`
-    and `codec`, and may extend `admit`.
+    A proxying endpoint on the runner: subclasses give `parse` and `codec`, and may extend
+    `admit`; `error_body` and `error_event` are OpenAI's unless they say otherwise (as
+    `errors` is).
     """
 
+    error_body = staticmethod(openai_error_body)
     #: The caller's dialect's error event, ending a stream that broke.
-    error_event: ErrorEvent
+    error_event: ErrorEvent = staticmethod(stream_error_event)
 
     def codec(self, request: Any, parsed: Any, target: Target) -> ICodec:
         """The codec of a call to ``target``; raises a `Refusal` when it cannot serve it."""
@@ -287,12 +309,20 @@ async def _call(endpoint: CallEndpoint, request: Any, tally: Tally, parsed: Any,
     response = await call.send(target.provider.agent, upstream)
     content_type = response.headers.getRawHeaders(b"content-type", [b""])[0]
     keeping = IKeepingCodec(codec, None)
-    if parsed.stream and response.code == 200 and content_type.startswith(codec.stream_type):
-        start_event_stream(request)
+    streamed = parsed.stream and content_type.startswith(codec.stream_type)
+    passed = not streamed and b"json" not in content_type and IPassingCodec.providedBy(codec)
+    if response.code == 200 and (streamed or passed):
         tally.status = 200
-        relay = Relay(gateway, request, tally, call,
-                      endpoint.error_event if keeping is None else keeping.error_event,
-                      codec.transcoder(parsed), size, None if keeping is None else keeping.kept)
+        prompt = endpoint.prompt_size(parsed, size)
+        if streamed:
+            start_event_stream(request)
+            relay = Relay(gateway, request, tally, call,
+                          endpoint.error_event if keeping is None else keeping.error_event,
+                          codec.transcoder(parsed), prompt,
+                          None if keeping is None else keeping.kept)
+        else:  # as the upstream wrote it: a break drops the client's connection
+            start_relayed(request, response)
+            relay = Relay(gateway, request, tally, call, None, Bytes(), prompt)
         call.deliver(response, relay)
         await relay.done
         return
@@ -346,6 +376,11 @@ async def admit_request(gateway: Any, request: Any, exchange: Exchange, model: s
         raise
     record_caller(request, exchange, admitted.caller)
     return admitted
+
+
+def asked(exchange: Exchange, parsed: Any) -> None:
+    """What the caller asked for (its ``model``, whether it streams), kept for accounting."""
+    exchange.model, exchange.stream = parsed.model, parsed.stream
 
 
 def record_caller(request: Any, exchange: Exchange, caller: Caller) -> None:

@@ -39,8 +39,8 @@ from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
+from txgateway.admission import Refusal
 from txgateway.dialects.openai import BadRequest
-from txgateway.web.proxy import Refusal
 
 Splice = tuple[int, int, bytes]
 """Bytes ``start:end`` of the body replaced by the third item (a rewritten field)."""
