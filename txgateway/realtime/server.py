@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 from twisted.web.http import RESPONSES
 from zope.interface import implementer
 
+from txgateway.accounting import Outcome
 from txgateway.admission import Refusal, admit, said
 from txgateway.dialects.errors import OPENAI
 from txgateway.dialects.openai import error_body
@@ -91,15 +92,11 @@ class RealtimeServerProtocol(WebSocketLeg, WebSocketServerProtocol):  # type: ig
         """A refused upgrade is logged and counted like any refused request."""
         accountant = self.gateway.accountant
         exchange = accountant.start("realtime")
-        exchange.started = started
-        exchange.status = refused.status
-        exchange.error = str(refused)
-        exchange.model = refused.model
-        exchange.key_id = refused.key_id
-        if refused.provider is not None:
-            exchange.provider = refused.provider.name
-            exchange.provider_kind = refused.provider.kind
-        accountant.finish(exchange)
+        exchange.started, exchange.model, exchange.key_id = started, refused.model, refused.key_id
+        provider = refused.provider
+        accountant.finish(exchange, Outcome(
+            refused.status, str(refused), provider="" if provider is None else provider.name,
+            provider_kind="" if provider is None else provider.kind))
 
     async def _admit(self, request: Any) -> str | None:
         gateway = self.gateway

@@ -11,6 +11,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+from txgateway.accounting import Outcome
 from txgateway.dialects.openai import error_body
 from txgateway.web import overload
 
@@ -125,9 +126,8 @@ class Root(JSONResource):
         self._account(request.path, status, message)
 
     def _account(self, path: bytes, status: int, message: str) -> None:
-        exchange = self._accountant.start(route_of(self, path))
-        exchange.status, exchange.error = status, message
-        self._accountant.finish(exchange)
+        self._accountant.finish(self._accountant.start(route_of(self, path)),
+                                Outcome(status, message))
 
 
 def route_of(root: Resource, path: bytes) -> str:
