@@ -16,13 +16,13 @@ from typing import Any
 
 import orjson
 
+from txgateway.admission import Refusal
 from txgateway.dialects.openai import parse_object
 from txgateway.gateway import Gateway
 from txgateway.web.batch_lines import BATCH, FILE
 from txgateway.web.files import relay_content
 from txgateway.web.native_objects import NativeCall, listed, run
 from txgateway.web.openapi import Endpoint, Operation
-from txgateway.web.proxy import Refusal, within_limits
 from txgateway.web.resource import JSONResource, NotFound
 
 #: Statuses of a batch that has ended: its output file (when it has one) is final.
@@ -66,7 +66,7 @@ async def _create(call: NativeCall) -> None:
         raise Refusal(400, f"the file {file_id} was not uploaded with purpose 'batch'",
                       "invalid_input_file", "input_file_id")
     provider = call.provider(held)
-    await within_limits(call.gateway, call.request, call.exchange, call.principal, 0)
+    await call.limited(0)
     response = await call.send(provider, "batches", b"POST", body=raw)
     status, body = await call.answer_of(response)
     if status == 200:

@@ -17,13 +17,12 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults
 
-from txgateway.admission import key_refused
+from txgateway.admission import Refusal, key_refused
 from txgateway.auth import caller_key
 from txgateway.dialects.openai import BadRequest, error_body, parse_object
 from txgateway.gateway import Gateway
 from txgateway.translate.responses_to_chat import new_id, stored_items
 from txgateway.web.openapi import Endpoint, Operation
-from txgateway.web.proxy import Refusal
 from txgateway.web.resource import JSONResource, answer_later, openai_error
 
 CONVERSATION = "conversation"

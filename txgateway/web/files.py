@@ -24,12 +24,13 @@ from typing import Any
 import orjson
 from twisted.internet.defer import Deferred
 
+from txgateway.admission import Refusal
 from txgateway.dialects.multipart import FormParser, PartHead, boundary_of
 from txgateway.gateway import Gateway
 from txgateway.web.batch_lines import BATCH_USAGE, FILE, BatchInput, BatchOutput, enter_usage
 from txgateway.web.native_objects import NativeCall, argument, listed, run
 from txgateway.web.openapi import Endpoint, Operation
-from txgateway.web.proxy import Refusal
+from txgateway.web.relay import Bytes
 from txgateway.web.resource import JSONResource, NotFound
 from txgateway.web.upload import Upload
 
@@ -164,7 +165,6 @@ async def _upload(call: NativeCall) -> None:
             raise Refusal(400, "name the provider to hold the file with ?provider= (those "
                           f"serving files: {names})", "provider_required", "provider")
         provider = serving[0]
-    call.exchange.provider, call.exchange.provider_kind = provider.name, provider.kind
     response = await call.send(provider, "files", b"POST", body=upload.producer(),
                                content_type=content_type)
     status, answer = await call.answer_of(response)
@@ -242,19 +242,25 @@ async def relay_content(call: NativeCall, response: Any, batch_id: str | None) -
     if batch_id is not None and await call.gateway.store.get_object(BATCH_USAGE,
                                                                     batch_id) is None:
         reader = UsageReader(call, batch_id)
-    await call.relay(response, reader)
+        await call.relay(response, reader, reader.ended)
+        return
+    await call.relay(response)
 
 
-class UsageReader:
-    """Reads a batch's output file as it is relayed; enters its usage at the end."""
+class UsageReader(Bytes):
+    """
+    The meter of a batch's output file as it is relayed (its bytes as they came): enters its
+    usage at the end.
+    """
 
     def __init__(self, call: NativeCall, batch_id: str) -> None:
         self._call = call
         self._batch_id = batch_id
         self._output = BatchOutput()
 
-    def feed(self, chunk: bytes) -> None:
-        self._output.feed(chunk)
+    def feed(self, data: bytes) -> bytes:
+        self._output.feed(data)
+        return data
 
     def ended(self) -> Deferred[None]:
         self._output.finish()

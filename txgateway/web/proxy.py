@@ -13,8 +13,7 @@ from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 
 from txgateway.accounting import Exchange
-from txgateway.admission import Refusal, limited
-from txgateway.auth import Principal
+from txgateway.admission import Refusal
 from txgateway.dialects.errors import upstream_error
 from txgateway.dialects.openai import BadRequest
 from txgateway.dialects.openai import error_body as openai_error_body
@@ -31,7 +30,6 @@ from txgateway.web.runner import (
     attempt,
     finish,
     pass_retry_after,
-    record_caller,
 )
 
 log = Logger()
@@ -105,17 +103,6 @@ async def answered(gateway: Gateway, request: Any, exchange: Exchange, call: Ups
         fail(500, "the gateway failed to answer", "internal_error")
     finally:
         gateway.accountant.finish(exchange)
-
-
-async def within_limits(gateway: Gateway, request: Any, exchange: Exchange,
-                        principal: Principal, tokens: int) -> None:
-    """The limits step alone (`txgateway.admission.limited`), for calls that name no model."""
-    try:
-        caller = await limited(gateway, principal, tokens)
-    except Refusal as refusal:
-        record_caller(request, exchange, refusal.caller)
-        raise
-    record_caller(request, exchange, caller)
 
 
 def is_event_stream(response: Any, provider: Any = None) -> bool:
