@@ -24,7 +24,8 @@ ADMIN = "admin-secret"
 NOT_ENDPOINTS = {"Root", "TracedRoot", "JSONResource", "NotFound", "ProxyEndpoint",
                  "ModelEndpoint", "CallEndpoint",
                  "RestEndpoint", "FormEndpoint", "_AnthropicEndpoint", "_ResponsesInput",
-                 "StaticFiles", "_Refusal", "_Traced", "Overloaded"}
+                 "StaticFiles", "_Refusal", "_Traced", "Overloaded", "GatewayResource",
+                 "Collection", "Item", "StoredObject"}
 
 
 def _subclasses(cls: type) -> set[type]:

@@ -10,7 +10,7 @@ key's id answers 404, as an unknown id does.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import attrs
@@ -29,6 +29,7 @@ from txgateway.providers import ApiCall, IProvider, UpstreamRequest
 from txgateway.routing import Target
 from txgateway.upstream import UpstreamCall
 from txgateway.web.relay import Bytes, Relay
+from txgateway.web.resource import Item, NotFound
 from txgateway.web.rest import start_relayed
 from txgateway.web.runner import attempt, finish, record_caller, settle
 
@@ -160,6 +161,21 @@ async def _work(gateway: Gateway, request: Any, exchange: Exchange, tally: Tally
         raise Refusal(401, key_refused(key is not None), "invalid_api_key")
     record_caller(request, exchange, Caller(principal.key_id))
     await work(NativeCall(gateway, request, exchange, tally, principal, call))
+
+
+class StoredObject(Item):
+    """
+    A recorded object (``/v1/files/{id}``, ``/v1/batches/{id}``...): a method's work chosen by
+    the path below the object (``b""`` for the object itself), unknown paths answered 404.
+    """
+
+    route = ""
+
+    def serve(self, request: Any, works: Mapping[bytes, Work]) -> Any:
+        work = works.get(b"/".join(request.postpath))
+        if work is None:
+            return NotFound().render(request)
+        return run(self._gateway, request, self.route, work)
 
 
 async def listed(call: NativeCall, kind: str, member: str, default_limit: int,

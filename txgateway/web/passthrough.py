@@ -42,7 +42,7 @@ from txgateway.upstream import UpstreamCall
 from txgateway.usage import Usage, estimate_tokens
 from txgateway.web.openapi import Endpoint, Operation
 from txgateway.web.relay import Bytes, Relay
-from txgateway.web.resource import JSONResource
+from txgateway.web.resource import GatewayResource
 from txgateway.web.runner import admit_request, attempt, settle
 
 #: Headers of one connection only (RFC 9110 section 7.6.1), never forwarded either way.
@@ -66,17 +66,13 @@ GZIP = frozenset({b"gzip", b"x-gzip"})
 INFLATE_LIMIT, INFLATE_STEP = 64 * USAGE_PEEK_LIMIT, 64 * 1024
 
 
-class Passthrough(JSONResource):
+class Passthrough(GatewayResource):
     openapi = Endpoint("Passthrough", below={"{provider}/{path}": {
         method: Operation(f"{method} the provider's own API, with the gateway's credentials",
                           None if method in ("GET", "DELETE") else "Object")
         for method in ("GET", "POST", "PUT", "PATCH", "DELETE")}})
     isLeaf = True
     route = "passthrough"
-
-    def __init__(self, gateway: Gateway) -> None:
-        super().__init__()
-        self._gateway = gateway
 
     def render(self, request: Any) -> Any:
         gateway = self._gateway

@@ -1,38 +1,26 @@
 """
 The endpoints not yet on the call pipeline (`txgateway.web.runner`): each runs its call in
-its own `ProxyEndpoint.proxy`, within this module's attempt loop and `answered`.  It goes
+its own `ProxyEndpoint.proxy`, within the runner's `attempt` and `settle`.  It goes
 once the last family has a codec.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-from twisted.internet.defer import CancelledError
-from twisted.logger import Logger
-
 from txgateway.accounting import Exchange
-from txgateway.admission import Refusal
+from txgateway.admission import Refusal  # noqa: F401 (still imported from here)
 from txgateway.dialects.errors import upstream_error
-from txgateway.dialects.openai import BadRequest
-from txgateway.dialects.openai import error_body as openai_error_body
-from txgateway.gateway import Gateway
 from txgateway.providers import ITranslatingProvider
 from txgateway.routing import Target
-from txgateway.upstream import (
-    UpstreamCall,
-    UpstreamError,
-)
-from txgateway.web.relay import CLIENT_CLOSED
+from txgateway.upstream import UpstreamCall
 from txgateway.web.runner import (
     ModelEndpoint,
     attempt,
     finish,
     pass_retry_after,
+    settle,
 )
-
-log = Logger()
 
 
 class ProxyEndpoint(ModelEndpoint):
@@ -64,45 +52,8 @@ class ProxyEndpoint(ModelEndpoint):
             await attempt(self._gateway, request, exchange, plan, call,
                           lambda target: self.proxy(request, exchange, parsed, target, call))
 
-        await answered(self._gateway, request, exchange, call, work(), self.error_body)
-
-
-async def answered(gateway: Gateway, request: Any, exchange: Exchange, call: UpstreamCall,
-                   work: Awaitable[None],
-                   error_body: Callable[..., bytes] = openai_error_body) -> None:
-    """
-    Await ``work``, which answers the request, and finish the exchange.  What it raises is
-    answered in ``error_body``'s dialect: a refusal or bad input with its status, an upstream
-    fault with its own, a bug with 500 (logged); a client that left gets nothing, and an answer
-    already begun is ended as it stands.
-    """
-
-    def fail(status: int, message: str, code: str | None, param: str | None = None) -> None:
-        exchange.status, exchange.error = status, message
-        if call.aborted or request.finished:
-            return
-        if request.startedWriting:
-            request.finish()
-        else:
-            finish(request, call, status, error_body(status, message, code, param))
-
-    try:
-        await work
-    except Refusal as refusal:
-        fail(refusal.status, str(refusal), refusal.code, refusal.param)
-    except BadRequest as error:
-        fail(400, str(error), None, error.param)
-    except CancelledError:
-        exchange.status = CLIENT_CLOSED
-        exchange.error = "the client disconnected"
-    except UpstreamError as error:
-        fail(error.status, str(error), error.code)
-    except Exception:
-        log.failure("{route} for {model} via {provider} failed", route=exchange.route,
-                    model=exchange.model, provider=exchange.provider)
-        fail(500, "the gateway failed to answer", "internal_error")
-    finally:
-        gateway.accountant.finish(exchange)
+        await settle(self._gateway, request, exchange, call, exchange, work(),
+                     self.error_body)
 
 
 def is_event_stream(response: Any, provider: Any = None) -> bool:

@@ -185,10 +185,11 @@ async def run(endpoint: CallEndpoint, request: Any, exchange: Exchange, parsed: 
 
 
 async def settle(gateway: Any, request: Any, exchange: Exchange, call: UpstreamCall,
-                 tally: Tally, work: Awaitable[None],
+                 tally: Tally | Exchange, work: Awaitable[None],
                  error_body: Callable[..., bytes]) -> Outcome:
     """
-    Await ``work``, which answers the request and keeps ``tally``, then account for it once:
+    Await ``work``, which answers the request and keeps ``tally`` (the exchange itself for
+    endpoints not on the runner yet), then account for it once:
     what it raises is answered in ``error_body``'s dialect (a refusal or bad input with its
     status, an upstream fault with its own, a bug with 500, logged); a client that left gets
     nothing, and an answer already begun is ended as it stands.
@@ -221,7 +222,7 @@ async def settle(gateway: Any, request: Any, exchange: Exchange, call: UpstreamC
     except Exception:
         log.failure("{route} for {model} failed", route=exchange.route, model=exchange.model)
         fail(500, "the gateway failed to answer", "internal_error")
-    outcome = tally.outcome()
+    outcome = tally.outcome() if isinstance(tally, Tally) else Outcome.of(tally)
     gateway.accountant.finish(exchange, outcome)
     return outcome
 
