@@ -3,9 +3,10 @@ What the files and batches endpoints share: objects a provider holds (OpenAI's n
 and batches), reached through the gateway's record of each (kept in the store: which provider
 holds it, whose key made it).
 
-Each request runs as one exchange (`run`): the caller authenticated, the work done, errors
-answered in OpenAI's shape, one access log line.  A key sees only its own objects: another
-key's id answers 404, as an unknown id does.
+Each request runs as one exchange (`run`) on the runner's pieces: the caller authenticated,
+each upstream call its provider's one-target `txgateway.web.runner.attempt`, errors answered
+in OpenAI's shape (`txgateway.web.runner.settle`), one access log line from the `Tally`.  A
+key sees only its own objects: another key's id answers 404, as an unknown id does.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import attrs
 import orjson
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
-from twisted.web.server import NOT_DONE_YET
 
 from txgateway.accounting import Exchange, Tally
 from txgateway.admission import Caller, Refusal, key_refused, limited
@@ -31,7 +31,7 @@ from txgateway.upstream import UpstreamCall
 from txgateway.web.relay import Bytes, Relay
 from txgateway.web.resource import Item, NotFound
 from txgateway.web.rest import start_relayed
-from txgateway.web.runner import attempt, finish, record_caller, settle
+from txgateway.web.runner import attempt, finish, record_caller, serve
 
 log = Logger()
 
@@ -142,15 +142,8 @@ Work = Callable[[NativeCall], Awaitable[Any]]
 
 def run(gateway: Gateway, request: Any, route: str, work: Work) -> Any:
     """Do ``work`` for ``request`` as one exchange of ``route``; for ``render_*``."""
-    exchange = gateway.accountant.start(route)
-    request.setHeader(b"x-request-id", exchange.request_id.encode())
-    call = UpstreamCall(gateway.reactor, gateway.config.upstream)
-    request.notifyFinish().addErrback(lambda _: call.abort())
-    tally = Tally()
-    Deferred.fromCoroutine(settle(gateway, request, exchange, call, tally,
-                                  _work(gateway, request, exchange, tally, call, work),
-                                  error_body))
-    return NOT_DONE_YET
+    return serve(gateway, request, route, lambda exchange, tally, call:
+                 _work(gateway, request, exchange, tally, call, work), error_body)
 
 
 async def _work(gateway: Gateway, request: Any, exchange: Exchange, tally: Tally,

@@ -23,10 +23,8 @@ from urllib.parse import unquote
 
 import attrs
 import orjson
-from twisted.internet.defer import Deferred
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
-from twisted.web.server import NOT_DONE_YET
 
 from txgateway.accounting import Exchange, Tally
 from txgateway.admission import Refusal
@@ -43,7 +41,7 @@ from txgateway.usage import Usage, estimate_tokens
 from txgateway.web.openapi import Endpoint, Operation
 from txgateway.web.relay import Bytes, Relay
 from txgateway.web.resource import GatewayResource
-from txgateway.web.runner import admit_request, attempt, settle
+from txgateway.web.runner import admit_request, attempt, serve
 
 #: Headers of one connection only (RFC 9110 section 7.6.1), never forwarded either way.
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
@@ -75,15 +73,8 @@ class Passthrough(GatewayResource):
     route = "passthrough"
 
     def render(self, request: Any) -> Any:
-        gateway = self._gateway
-        exchange = gateway.accountant.start(self.route)
-        request.setHeader(b"x-request-id", exchange.request_id.encode())
-        call = UpstreamCall(gateway.reactor, gateway.config.upstream)
-        request.notifyFinish().addErrback(lambda _: call.abort())
-        tally = Tally()
-        Deferred.fromCoroutine(settle(gateway, request, exchange, call, tally,
-                                      self._pass(request, exchange, tally, call), error_body))
-        return NOT_DONE_YET
+        return serve(self._gateway, request, self.route, lambda exchange, tally, call:
+                     self._pass(request, exchange, tally, call), error_body)
 
     def _target(self, request: Any) -> tuple[Any, bytes]:
         """The provider and the upstream URL the request names, or a `Refusal`."""

@@ -184,15 +184,32 @@ async def run(endpoint: CallEndpoint, request: Any, exchange: Exchange, parsed: 
     return await settle(gateway, request, exchange, call, tally, work(), endpoint.error_body)
 
 
+def serve(gateway: Any, request: Any, route: str,
+          work: Callable[[Exchange, Tally, UpstreamCall], Awaitable[None]],
+          error_body: Callable[..., bytes]) -> Any:
+    """
+    For ``render_*``: ``work`` done as one exchange of ``route`` with its `Tally` and its
+    abortable upstream call, answered and accounted for by `settle`.
+    """
+    exchange = gateway.accountant.start(route)
+    request.setHeader(b"x-request-id", exchange.request_id.encode())
+    call = UpstreamCall(gateway.reactor, gateway.config.upstream)
+    request.notifyFinish().addErrback(lambda _: call.abort())
+    tally = Tally()
+    Deferred.fromCoroutine(settle(gateway, request, exchange, call, tally,
+                                  work(exchange, tally, call), error_body))
+    return NOT_DONE_YET
+
+
 async def settle(gateway: Any, request: Any, exchange: Exchange, call: UpstreamCall,
                  tally: Tally | Exchange, work: Awaitable[None],
                  error_body: Callable[..., bytes]) -> Outcome:
     """
     Await ``work``, which answers the request and keeps ``tally`` (the exchange itself for
-    endpoints not on the runner yet), then account for it once:
-    what it raises is answered in ``error_body``'s dialect (a refusal or bad input with its
-    status, an upstream fault with its own, a bug with 500, logged); a client that left gets
-    nothing, and an answer already begun is ended as it stands.
+    endpoints not on the runner yet), then account for it once.  What it raises is answered
+    in ``error_body``'s dialect (a refusal or bad input with its status, an upstream fault
+    with its own, a bug with 500, logged); a client that left gets nothing, and an answer
+    already begun is ended as it stands.
     """
 
     def fail(status: int, message: str, code: str | None, param: str | None = None) -> None:
