@@ -30,7 +30,7 @@ from tests.realtime_corpus import (
     start_raw_upstream,
 )
 from tests.realtime_harness import RealtimeTestCase, until
-from txgateway.realtime.events import append_audio_chars, masked_audio_chars
+from txgateway.realtime.events import append_audio_chars
 from txgateway.realtime.frames import OPEN, Relay, unmask
 from txgateway.realtime.tally import SessionTally
 
@@ -221,6 +221,14 @@ class ScannerTests(SynchronousTestCase):
 
 
 class MaskedAudioTests(SynchronousTestCase):
+    def test_unmasking_xors_each_byte_with_its_place_in_the_mask(self) -> None:
+        data, mask = os.urandom(1031), os.urandom(4)
+        for start, end, phase in ((0, 1031, 0), (3, 1000, 2), (7, 8, 3), (5, 5, 1)):
+            expected = bytes(byte ^ mask[(phase + i) % 4]
+                             for i, byte in enumerate(data[start:end]))
+            self.assertEqual(unmask(data, start, end, mask, phase), expected)
+        self.assertEqual(unmask(data, 2, 9, None), data[2:9])
+
     def test_masked_appends_measure_as_unmasked_ones(self) -> None:
         events = [
             b'{"type":"input_audio_buffer.append","audio":"' + AUDIO.encode() + b'"}',
@@ -233,11 +241,16 @@ class MaskedAudioTests(SynchronousTestCase):
             b'{"type":"input_audio_buffer.append"}' + b" " * 300,
         ]
         for payload in events:
+            plain = SessionTally(0.0)
+            plain.client_message(payload, 0, len(payload), False, None)
+            self.assertEqual(plain.audio_seconds_in,
+                             append_audio_chars(payload) * 3 // 4 / 48000, payload[:60])
             for _ in range(8):
                 mask = os.urandom(4)
                 frame = b"\x00" * 3 + unmask(payload, 0, len(payload), mask) + b"\x00"
-                self.assertEqual(masked_audio_chars(frame, 3, 3 + len(payload), mask),
-                                 append_audio_chars(payload), payload[:60])
+                masked = SessionTally(0.0)
+                masked.client_message(frame, 3, 3 + len(payload), False, mask)
+                self.assertEqual(masked.audio_seconds_in, plain.audio_seconds_in, payload[:60])
 
 
 class CorpusTests(RealtimeTestCase):

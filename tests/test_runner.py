@@ -74,6 +74,15 @@ models:
         [record] = self.access_records()
         self.assertEqual(record["status"], 429)
 
+    async def test_the_responses_api_gives_the_upstreams_retry_after_too(self) -> None:
+        """The same for ``/v1/responses``, now on the runner (its own loop dropped it)."""
+        with self.assertRaises(openai.RateLimitError) as caught:
+            await self.sdk(self.client.with_options(max_retries=0).responses.create,
+                           model="error-429", input="hi")
+        self.assertEqual(caught.exception.response.headers["retry-after"], "7")
+        [record] = self.access_records()
+        self.assertEqual(record["status"], 429)
+
     async def test_a_passthrough_call_is_retried_the_same_way(self) -> None:
         """Its one target is attempted as a route's are: the Retry-After waited for."""
         started = reactor.seconds()

@@ -17,6 +17,7 @@ from txgateway.gateway import build_gateway
 from txgateway.http.server import HTTPServer
 from txgateway.limits import ILimiter
 from txgateway.logs import AccessLog
+from txgateway.polling import poll_without_log_context
 from txgateway.providers import IProviderPlugin
 from txgateway.providers.registry import find_plugins
 from txgateway.web.root import build_root
@@ -112,6 +113,7 @@ class GatewayService(MultiService):
             part.setServiceParent(self)
 
     def startService(self) -> None:
+        poll_without_log_context(self._reactor)
         Service.startService(self)  # the parts one by one, below
         started = Deferred.fromCoroutine(self._start())
         started.addErrback(self._failed_to_start)

@@ -11,7 +11,6 @@ from typing import Any
 import orjson
 
 from txgateway.dialects.openai import loads_object
-from txgateway.realtime.frames import unmask
 
 #: Server events whose whole body the tally reads (GA and beta names).
 ACCOUNTED = frozenset({
@@ -39,8 +38,6 @@ AUDIO_DELTA_STARTS = (
     b'{"type":"session.output_audio.delta"', b'{"type": "session.output_audio.delta"',
 )
 
-#: The characters of base64 (as ``bytes.translate`` deletes them).
-BASE64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
 _TYPE = re.compile(rb'"type"\s*:\s*"([A-Za-z0-9_.]{1,100})"')
 #: How far into a frame the top-level ``type`` is looked for before parsing the whole frame.
 _PREFIX = 256
@@ -97,31 +94,6 @@ def append_audio_chars(payload: bytes) -> int:
             and event_type(payload)[0] in APPENDS):
         return base64_length(payload, b'"audio"')
     return 0
-
-
-def masked_audio_chars(frame: bytes, start: int, end: int, mask: bytes | None) -> int:
-    """
-    `append_audio_chars` of a caller's frame at ``frame[start:end]``, still masked.  An append
-    as the SDKs write it (``type``, then ``audio``, last) is measured from its first 256 and
-    last 16 bytes, unmasked alone; any other event is unmasked whole only when it may be one.
-    """
-    if mask is None:
-        return append_audio_chars(frame[start:end])
-    head = unmask(frame, start, min(end, start + _PREFIX), mask)
-    if end - start <= _PREFIX:
-        return append_audio_chars(head)
-    if not head.startswith(APPEND_STARTS):
-        if head.find(b"input_audio_buffer.append") == -1:
-            return 0
-        return append_audio_chars(unmask(frame, start, end, mask))
-    key = head.find(b'"audio"')
-    opening = -1 if key == -1 else head.find(b'"', key + 7)
-    tail_at = end - 16
-    tail = unmask(frame, tail_at, end, mask, (tail_at - start) & 3)
-    if (opening == -1 or head.find(b'"', opening + 1) != -1 or not tail.endswith(b'"}')
-            or tail[:-2].translate(None, BASE64)):
-        return append_audio_chars(unmask(frame, start, end, mask))
-    return end - start - 2 - opening - 1
 
 
 def decoded_size(base64_chars: int) -> int:

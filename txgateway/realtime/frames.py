@@ -18,6 +18,11 @@ from typing import Any
 
 from autobahn.websocket.protocol import WebSocketProtocol
 
+try:  # websockets' C (SIMD) masking: a 1.3 kB audio frame in 0.4 µs, 5 µs in Python
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover (a platform its wheels do not cover)
+    from websockets.utils import apply_mask
+
 OPEN = WebSocketProtocol.STATE_OPEN
 PING_PONG = (9, 10)
 
@@ -30,14 +35,11 @@ Meter = Callable[[bytes, int, int, bool, "bytes | None"], bool]
 
 def unmask(data: bytes, start: int, end: int, mask: bytes | None, phase: int = 0) -> bytes:
     """``data[start:end]`` unmasked, its first byte at ``phase`` of the mask."""
-    size = end - start
-    if mask is None or not size:
+    if mask is None or start == end:
         return data[start:end]
     if phase:
         mask = mask[phase:] + mask[:phase]
-    key = (mask * (size // 4 + 1))[:size]
-    return (int.from_bytes(data[start:end], "little")
-            ^ int.from_bytes(key, "little")).to_bytes(size, "little")
+    return apply_mask(data[start:end], mask)
 
 
 def writer(transport: Any) -> Callable[[bytes], None]:

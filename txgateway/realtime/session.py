@@ -153,10 +153,10 @@ class Session:
         self.tally.client_message(frame, start, end, is_binary, mask)
         if is_binary or not self._budgeted:
             return False
-        head = unmask(frame, start, min(end, start + 256), mask)
-        return (not head.startswith(APPEND_STARTS) and head.find(b'"response.create"') != -1
-                and event_type(unmask(frame, start, end, mask))[0] == "response.create"
-                and self._spent())
+        payload = unmask(frame, start, end, mask)
+        return (not payload.startswith(APPEND_STARTS)
+                and payload.find(b'"response.create"', 0, 256) != -1
+                and event_type(payload)[0] == "response.create" and self._spent())
 
     def _upstream_message(self, frame: bytes, start: int, end: int, is_binary: bool,
                           mask: bytes | None) -> bool:

@@ -18,11 +18,12 @@ import attrs
 from txgateway.realtime.events import (
     AUDIO_DELTA_STARTS,
     AUDIO_DELTAS,
+    append_audio_chars,
     base64_length,
     decoded_size,
     event_type,
-    masked_audio_chars,
 )
+from txgateway.realtime.frames import unmask
 
 #: Bytes per second of each audio format (GA format types and beta names); pcm is 24 kHz.
 AUDIO_RATES = {"audio/pcm": 48000, "pcm16": 48000, "audio/pcmu": 8000, "audio/pcma": 8000,
@@ -203,7 +204,7 @@ class SessionTally:
         self.bytes_in += end - start
         self.frames_in += 1
         if not is_binary:
-            size = decoded_size(masked_audio_chars(frame, start, end, mask))
+            size = decoded_size(append_audio_chars(unmask(frame, start, end, mask)))
             if size:
                 self.audio_seconds_in += size / self._rate_in
 

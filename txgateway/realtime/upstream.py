@@ -84,6 +84,8 @@ class _DialFactory(WebSocketClientFactory):
     """Dials one upstream leg, and fires ``opened`` with it once its handshake is through."""
 
     opened: Deferred[ILeg] | None = None
+    #: One factory a session: its start and stop are no news worth two log lines each.
+    noisy = False
 
 
 def dial(reactor: Any, target: RealtimeTarget, listener: IUpstreamListener,

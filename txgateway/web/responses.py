@@ -30,21 +30,29 @@ from typing import Any
 import attrs
 import orjson
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.logger import Logger
+from zope.interface import implementer
 
 from txgateway.accounting import Exchange
-from txgateway.admission import key_refused
+from txgateway.admission import Refusal, key_refused
 from txgateway.auth import caller_key
 from txgateway.dialects.errors import OPENAI, upstream_error
 from txgateway.dialects.openai import (
     BadRequest,
     error_body,
+    loads_object,
     model_of,
     parse_object,
 )
 from txgateway.dialects.shapes import WrongShape
 from txgateway.gateway import Gateway
-from txgateway.providers import OPENAI_WIRE, ApiCall, UpstreamRequest, speaks, translating
+from txgateway.providers import (
+    OPENAI_WIRE,
+    ApiCall,
+    ITranslatingProvider,
+    UpstreamRequest,
+    speaks,
+    translating,
+)
 from txgateway.routing import Target
 from txgateway.streams import EventSplitter, data_of, events
 from txgateway.translate.chain import ChainedStream
@@ -66,12 +74,8 @@ from txgateway.upstream import UpstreamCall, UpstreamError
 from txgateway.usage import Usage
 from txgateway.web import conversations
 from txgateway.web.openapi import Endpoint, Operation
-from txgateway.web.proxy import ProxyEndpoint, Refusal, is_event_stream
-from txgateway.web.relay import Relay, start_event_stream
 from txgateway.web.resource import JSONResource, answer_later, openai_error
-from txgateway.web.runner import finish
-
-log = Logger()
+from txgateway.web.runner import CallEndpoint, ICodec, IKeepingCodec, stream_type
 
 #: Store kinds: a response the gateway made (translated), each of its input and output items
 #: (for ``item_reference``), and which provider made a native one.
@@ -84,9 +88,9 @@ ENDED_WELL = ("completed", "incomplete")
 class ResponsesRequest:
     """
     A Responses request, parsed once.  Changed only when it is admitted (the caller's key is
-    known then): ``history`` set to the items of the gateway-held chain
-    ``previous_response_id`` names, or of the ``conversation`` (its id); and the input's
-    references to items the gateway holds resolved (`with_input`).
+    known then): ``owner`` set to that key's id; ``history`` set to the items of the
+    gateway-held chain ``previous_response_id`` names, or of the ``conversation`` (its id);
+    and the input's references to items the gateway holds resolved (`with_input`).
     """
 
     raw: bytes
@@ -95,6 +99,8 @@ class ResponsesRequest:
     stream: bool
     store: bool
     conversation: str | None = None
+    #: The caller's key id, who owns what the call leaves behind.
+    owner: str | None = None
     history: list[dict[str, Any]] | None = None
 
     def with_input(self, items: list[dict[str, Any]]) -> None:
@@ -139,16 +145,29 @@ def native_responses(target: Target) -> bool:
     return "responses" in provider.apis and speaks(provider, OPENAI_WIRE, target.model)
 
 
-class Responses(ProxyEndpoint):
+def _stream_error(status: int, message: str, code: str) -> bytes:
+    """A Responses ``error`` event: the openai SDK raises ``APIError`` when it reads one."""
+    event = {"type": "error", "code": code, "message": message, "param": None,
+             "sequence_number": 0}
+    return b"event: error\ndata: " + orjson.dumps(event) + b"\n\n"
+
+
+class Responses(CallEndpoint):
     isLeaf = False  # the stored responses hang below it
     openapi = Endpoint("OpenAI", {"POST": Operation(
         "Create a response", "ResponseRequest", "Response")}, item="{response_id}")
     route = "responses"
     parse = staticmethod(parse_responses)
     error_body = staticmethod(error_body)
+    error_event = staticmethod(_stream_error)
 
     def getChild(self, path: bytes, request: Any) -> Any:
         return StoredResponse(self._gateway, path.decode("utf-8", "replace"))
+
+    def codec(self, request: Any, parsed: ResponsesRequest, target: Target) -> ICodec:
+        if native_responses(target):
+            return NativeResponses(self._gateway, parsed, target)
+        return ResponsesOverChat(self._gateway, parsed, target)
 
     async def admit(self, request: Any, exchange: Exchange, parsed: ResponsesRequest,
                     size: int) -> list[Target]:
@@ -157,18 +176,18 @@ class Responses(ProxyEndpoint):
         call or lends its history; references to items the gateway holds are resolved.
         """
         plan = await super().admit(request, exchange, parsed, size)
-        plan = await self._lend_history(plan, exchange, parsed)
+        parsed.owner = exchange.key_id
+        plan = await self._lend_history(plan, parsed)
         inputs = parsed.parsed.get("input")
         if isinstance(inputs, list) and any(map(reference_of, inputs)):
-            await self._resolve_references(parsed, inputs, exchange.key_id)
+            await self._resolve_references(parsed, inputs)
         return plan
 
-    async def _lend_history(self, plan: list[Target], exchange: Exchange,
-                            parsed: ResponsesRequest) -> list[Target]:
+    async def _lend_history(self, plan: list[Target], parsed: ResponsesRequest) -> list[Target]:
         """The ``plan``, pinned to a previous response's provider; the history set."""
         store = self._gateway.store
         if parsed.conversation is not None:
-            if await conversations.find(store, parsed.conversation, exchange.key_id) is None:
+            if await conversations.find(store, parsed.conversation, parsed.owner) is None:
                 raise conversations.not_found(parsed.conversation)
             parsed.history = await conversations.history(store, parsed.conversation)
             return plan
@@ -176,11 +195,11 @@ class Responses(ProxyEndpoint):
         if not previous:
             return plan
         held = await store.get_object(RESPONSE, previous)
-        if held is not None and held["owner"] == exchange.key_id:
+        if held is not None and held["owner"] == parsed.owner:
             parsed.history = chain_items(held)
             return plan
         route = await store.get_object(ROUTE, previous)
-        if route is None or route["owner"] != exchange.key_id:
+        if route is None or route["owner"] != parsed.owner:
             return plan  # not one the gateway knows: the upstream judges it
         pinned = [target for target in plan if target.provider.name == route["provider"]]
         if not pinned:
@@ -189,8 +208,7 @@ class Responses(ProxyEndpoint):
                           "not route to", "invalid_previous_response", "previous_response_id")
         return pinned
 
-    async def _resolve_references(self, parsed: ResponsesRequest, inputs: list[Any],
-                                  owner: str | None) -> None:
+    async def _resolve_references(self, parsed: ResponsesRequest, inputs: list[Any]) -> None:
         """
         Each input ``item_reference`` to an item of the history, or of a response the gateway
         made for the same key, replaced by a copy of the item (without its id and status: it
@@ -201,178 +219,206 @@ class Responses(ProxyEndpoint):
                  if item.get("id") in wanted}
         for reference in wanted - found.keys():
             held = await self._gateway.store.get_object(RESPONSE_ITEM, reference)
-            if held is not None and held["owner"] == owner:
+            if held is not None and held["owner"] == parsed.owner:
                 found[reference] = held["item"]
         if found:
             references = map(reference_of, inputs)
             parsed.with_input([_without_id(found[reference]) if reference in found else item
                                for item, reference in zip(inputs, references, strict=True)])
 
-    async def proxy(self, request: Any, exchange: Exchange, parsed: ResponsesRequest,
-                    target: Target, call: UpstreamCall) -> None:
-        if native_responses(target):
-            await self._native(request, exchange, parsed, target, call)
-        else:
-            await self._translated(request, exchange, parsed, target, call)
 
-    async def _native(self, request: Any, exchange: Exchange, parsed: ResponsesRequest,
-                      target: Target, call: UpstreamCall) -> None:
-        provider = target.provider
-        response = await call.send(provider.agent, self._native_request(parsed, target))
-        if parsed.stream and response.code == 200 and is_event_stream(response, provider):
-            start_event_stream(request)
-            exchange.status = 200
-            events_out = ResponsesEvents(conversation_reference(parsed.conversation))
+@implementer(ICodec)
+class NativeCall:
+    """
+    The identity codec of the Responses API and of the calls below it (``path``:
+    ``/input_tokens``, ``/compact``), to a provider that serves it: the caller's body upstream
+    (`_native_body`), the answer and the stream's events back as they came, usage read on the
+    side.
+    """
 
-            def keep() -> Deferred[Any] | None:
-                if events_out.response is None:
-                    return None
-                return self._keep(exchange, parsed, events_out.response, provider)
+    def __init__(self, target: Target, path: bytes = b"") -> None:
+        self._path = path
+        self.stream_type = stream_type(target.provider)
 
-            relay = Relay(self._gateway, request,
-                          exchange, call, _stream_error, events_out, len(parsed.raw), keep)
-            call.deliver(response, relay)
-            await relay.done
-            return
-        exchange.first_byte = self._gateway.reactor.seconds()
-        body = await call.read(response)
-        if response.code == 200:
-            answer = _loads(body)
-            if not isinstance(answer, dict):
-                raise UpstreamError("the upstream's answer could not be read")
-            exchange.usage = Usage.from_responses(answer.get("usage"))
-            if parsed.conversation is not None:
-                answer["conversation"] = conversation_reference(parsed.conversation)
-                body = orjson.dumps(answer)
-            await self._keep(exchange, parsed, answer, provider)
-        self._answer(request, exchange, response, call, body)
+    def request(self, parsed: ResponsesRequest, target: Target) -> UpstreamRequest:
+        return native_request(parsed, target, self._path)
 
-    def _native_request(self, parsed: ResponsesRequest, target: Target,
-                        path: bytes = b"") -> UpstreamRequest:
-        """The call on the provider's own ``/responses`` (or a ``path`` below it)."""
-        try:
-            body = _native_body(parsed, target.model)
-        except UntranslatableRequest as error:
-            raise Refusal(400, str(error), None, error.param) from None
-        upstream = target.provider.build_request(ApiCall(
-            api="responses", body=body, parsed=parsed.parsed, model=target.model,
-            stream=parsed.stream))
-        if not path:
-            return upstream
-        url, mark, query = upstream.url.partition(b"?")
-        return attrs.evolve(upstream, url=url + path + mark + query)
+    def answer(self, body: bytes) -> tuple[bytes, Usage | None]:
+        return body, Usage.from_responses(_answer_object(body).get("usage"))
 
-    async def _translated(self, request: Any, exchange: Exchange, parsed: ResponsesRequest,
-                          target: Target, call: UpstreamCall) -> None:
-        provider = target.provider
-        chat = self._chat(parsed, target, chat_request)
-        translator_of = translating(provider, OPENAI_WIRE, target.model)
-        response = await call.send(provider.agent, provider.build_request(ApiCall(
-            api="chat", body=orjson.dumps(chat), parsed=chat, model=target.model,
-            stream=parsed.stream)))
-        response_id = new_id("resp")
-        if parsed.stream and response.code == 200 and is_event_stream(response, provider):
-            start_event_stream(request)
-            exchange.status = 200
-            events_out = ChatToResponsesStream(parsed.parsed, response_id, target.model)
-            translator: Any = events_out
-            if translator_of is not None:
-                translator = ChainedStream(translator_of.stream_translator(True), events_out)
+    def error(self, status: int, body: bytes) -> bytes:
+        return body
 
-            def save() -> Deferred[Any] | None:
-                if events_out.response is None:
-                    return None
-                return self._keep(exchange, parsed, events_out.response)
+    def transcoder(self, parsed: ResponsesRequest) -> Any:
+        return ResponsesEvents(None)
 
-            relay = Relay(self._gateway, request,
-                          exchange, call, events_out.error_event, translator, len(parsed.raw),
-                          save)
-            call.deliver(response, relay)
-            await relay.done
-            return
-        completion = await self._chat_completion(request, exchange, response, call, target)
-        if completion is None:
-            return
-        try:
-            answer, exchange.usage = response_from_chat(
-                parsed.parsed, completion, response_id, target.model)
-        except (ValueError, TypeError, AttributeError, KeyError):
-            raise UpstreamError("the upstream's answer could not be read") from None
-        await self._keep(exchange, parsed, answer)
-        exchange.status = 200
-        finish(request, call, 200, orjson.dumps(answer))
 
-    def _chat(self, parsed: ResponsesRequest, target: Target,
-              translate: Callable[[dict[str, Any], list[dict[str, Any]], str], dict[str, Any]]
-              ) -> dict[str, Any]:
-        """The chat request ``translate`` makes of the call, or a 400 `Refusal`."""
-        provider = target.provider
-        if "chat" not in provider.apis:
-            raise Refusal(400, f"the model `{parsed.model}` is served by the provider "
-                          f"`{provider.name}`, which offers neither the responses nor the "
-                          "chat API", "unsupported_api", "model")
-        try:
-            return translate(parsed.parsed, parsed.history or [], target.model)
-        except UntranslatableRequest as error:
-            raise Refusal(400, str(error), "unsupported_parameter", error.param) from None
+class _Keeping:
+    """
+    What the codecs of ``/v1/responses`` share: the response they made (`_made`, or their
+    stream's once it ended) kept (`keep`) before the caller has the answer's end.
+    """
 
-    async def _chat_completion(self, request: Any, exchange: Exchange, response: Any,
-                               call: UpstreamCall, target: Target) -> dict[str, Any] | None:
-        """A whole chat answer in OpenAI's format; None when it was an error, answered."""
-        provider = target.provider
-        translator_of = translating(provider, OPENAI_WIRE, target.model)
-        exchange.first_byte = self._gateway.reactor.seconds()
-        body = await call.read(response)
-        if response.code != 200:
-            if translator_of is not None:
-                body = translator_of.translate_error(response.code, body) or body
-            self._answer(request, exchange, response, call, body)
+    _gateway: Gateway
+    _parsed: ResponsesRequest
+    #: The provider holding the response (a native one), None when the gateway made it.
+    _provider: Any = None
+    _made: dict[str, Any] | None = None
+    #: The stream's transcoder, which shows the response it made once it ended.
+    _events: Any = None
+
+    def kept(self) -> Deferred[Any] | None:
+        made = self._made if self._events is None else self._events.response
+        if made is None:
             return None
-        try:
-            if translator_of is not None:
-                body = translator_of.translate_response(body)[0]
-            completion = orjson.loads(body)
-        except (ValueError, TypeError, AttributeError, KeyError):
-            raise UpstreamError("the upstream's answer could not be read") from None
-        if not isinstance(completion, dict):
-            raise UpstreamError("the upstream's answer could not be read")
-        return completion
+        return keep(self._gateway, self._parsed, made, self._provider)
 
-    def _keep(self, exchange: Exchange, parsed: ResponsesRequest, answer: dict[str, Any],
-              provider: Any = None) -> Deferred[Any]:
-        """
-        What a response leaves behind: the response itself and each of its items when the
-        gateway made it (no ``provider``), or which provider did; and, once it ended well, its
-        turn (input and output items) in its conversation.
-        """
-        store, owner = self._gateway.store, exchange.key_id
-        now = self._gateway.reactor.seconds()
-        inputs = stored_items(input_items(parsed.parsed.get("input")))
-        savings = []
-        if parsed.store and answer.get("id"):
-            if provider is None:
-                document = {"owner": owner, "response": answer, "input": inputs,
-                            "history": parsed.history or []}
-                savings.append(store.put_object(RESPONSE, answer["id"], owner, document,
-                                                answer["created_at"]))
-                savings += [store.put_object(RESPONSE_ITEM, item["id"], owner,
-                                             {"owner": owner, "item": item}, now)
-                            for item in response_items(document)]
-            else:
-                savings.append(store.put_object(ROUTE, answer["id"], owner,
-                                                {"provider": provider.name, "owner": owner}, now))
-        if parsed.conversation is not None and answer.get("status") in ENDED_WELL:
-            turn = [*inputs, *stored_items(answer.get("output") or [])]
-            savings.append(conversations.append(store, parsed.conversation, owner, turn, now))
-        return gatherResults(savings, consumeErrors=True)
 
-    def _answer(self, request: Any, exchange: Exchange, response: Any, call: UpstreamCall,
-                body: bytes) -> None:
-        if response.code != 200:
-            self.answer_error(request, exchange, response, call, body)
-            return
-        exchange.status = 200
-        finish(request, call, 200, body)
+@implementer(IKeepingCodec)
+class NativeResponses(_Keeping, NativeCall):
+    """
+    `NativeCall` of ``/v1/responses``: a gateway-held conversation shown in the answer and the
+    stream (the upstream never saw it), and which provider made the response remembered.
+    """
+
+    #: The upstream numbers its stream's events; a break the gateway says is numbered 0.
+    error_event = staticmethod(_stream_error)
+
+    def __init__(self, gateway: Gateway, parsed: ResponsesRequest, target: Target) -> None:
+        super().__init__(target)
+        self._gateway = gateway
+        self._parsed = parsed
+        self._provider = target.provider
+
+    def answer(self, body: bytes) -> tuple[bytes, Usage | None]:
+        answer = self._made = _answer_object(body)
+        if self._parsed.conversation is not None:
+            answer["conversation"] = conversation_reference(self._parsed.conversation)
+            body = orjson.dumps(answer)
+        return body, Usage.from_responses(answer.get("usage"))
+
+    def transcoder(self, parsed: ResponsesRequest) -> Any:
+        self._events = ResponsesEvents(conversation_reference(parsed.conversation))
+        return self._events
+
+
+@implementer(IKeepingCodec)
+class ResponsesOverChat(_Keeping):
+    """
+    The codec of ``/v1/responses`` to any other provider: through OpenAI chat completions, the
+    internal shape (a provider of a third dialect translates that in turn); the response the
+    gateway made is kept in its store.
+    """
+
+    def __init__(self, gateway: Gateway, parsed: ResponsesRequest, target: Target) -> None:
+        self._gateway = gateway
+        self._parsed = parsed
+        self._model = target.model
+        self._translator = translating(target.provider, OPENAI_WIRE, target.model)
+        self._id = new_id("resp")
+        self.stream_type = stream_type(target.provider)
+
+    def request(self, parsed: ResponsesRequest, target: Target) -> UpstreamRequest:
+        chat = chat_of(parsed, target, chat_request)
+        return target.provider.build_request(ApiCall(
+            api="chat", body=orjson.dumps(chat), parsed=chat, model=target.model,
+            stream=parsed.stream))
+
+    def answer(self, body: bytes) -> tuple[bytes, Usage | None]:
+        self._made, usage = response_from_chat(
+            self._parsed.parsed, chat_completion(self._translator, body), self._id, self._model)
+        return orjson.dumps(self._made), usage
+
+    def error(self, status: int, body: bytes) -> bytes:
+        return chat_error(self._translator, status, body)
+
+    def transcoder(self, parsed: ResponsesRequest) -> Any:
+        events = self._events = ChatToResponsesStream(parsed.parsed, self._id, self._model)
+        if self._translator is None:
+            return events
+        return ChainedStream(self._translator.stream_translator(True), events)
+
+    def error_event(self, status: int, message: str, code: str) -> bytes:
+        """The break's ``error`` event, numbered next in the stream the gateway made."""
+        numbered: bytes = self._events.error_event(status, message, code)
+        return numbered
+
+
+def native_request(parsed: ResponsesRequest, target: Target,
+                   path: bytes = b"") -> UpstreamRequest:
+    """The call on the provider's own ``/responses`` (or a ``path`` below it)."""
+    try:
+        body = _native_body(parsed, target.model)
+    except UntranslatableRequest as error:
+        raise Refusal(400, str(error), None, error.param) from None
+    upstream = target.provider.build_request(ApiCall(
+        api="responses", body=body, parsed=parsed.parsed, model=target.model,
+        stream=parsed.stream))
+    if not path:
+        return upstream
+    url, mark, query = upstream.url.partition(b"?")
+    return attrs.evolve(upstream, url=url + path + mark + query)
+
+
+def chat_of(parsed: ResponsesRequest, target: Target,
+            translate: Callable[[dict[str, Any], list[dict[str, Any]], str], dict[str, Any]]
+            ) -> dict[str, Any]:
+    """The chat request ``translate`` makes of the call, or a 400 `Refusal`."""
+    provider = target.provider
+    if "chat" not in provider.apis:
+        raise Refusal(400, f"the model `{parsed.model}` is served by the provider "
+                      f"`{provider.name}`, which offers neither the responses nor the "
+                      "chat API", "unsupported_api", "model")
+    try:
+        return translate(parsed.parsed, parsed.history or [], target.model)
+    except UntranslatableRequest as error:
+        raise Refusal(400, str(error), "unsupported_parameter", error.param) from None
+
+
+def chat_completion(translator: ITranslatingProvider | None, body: bytes) -> dict[str, Any]:
+    """
+    A whole chat answer in OpenAI's format, translated first from a ``translator``'s dialect;
+    `ValueError` when it is no JSON object.
+    """
+    if translator is not None:
+        body = translator.translate_response(body)[0]
+    return _answer_object(body)
+
+
+def chat_error(translator: ITranslatingProvider | None, status: int, body: bytes) -> bytes:
+    """A chat call's error answer, translated first from a ``translator``'s dialect."""
+    if translator is None:
+        return body
+    return translator.translate_error(status, body) or body
+
+
+def keep(gateway: Gateway, parsed: ResponsesRequest, answer: dict[str, Any],
+         provider: Any = None) -> Deferred[Any]:
+    """
+    What a response leaves behind: the response itself and each of its items when the
+    gateway made it (no ``provider``), or which provider did; and, once it ended well, its
+    turn (input and output items) in its conversation.
+    """
+    store, owner = gateway.store, parsed.owner
+    now = gateway.reactor.seconds()
+    inputs = stored_items(input_items(parsed.parsed.get("input")))
+    savings = []
+    if parsed.store and answer.get("id"):
+        if provider is None:
+            document = {"owner": owner, "response": answer, "input": inputs,
+                        "history": parsed.history or []}
+            savings.append(store.put_object(RESPONSE, answer["id"], owner, document,
+                                            answer["created_at"]))
+            savings += [store.put_object(RESPONSE_ITEM, item["id"], owner,
+                                         {"owner": owner, "item": item}, now)
+                        for item in response_items(document)]
+        else:
+            savings.append(store.put_object(ROUTE, answer["id"], owner,
+                                            {"provider": provider.name, "owner": owner}, now))
+    if parsed.conversation is not None and answer.get("status") in ENDED_WELL:
+        turn = [*inputs, *stored_items(answer.get("output") or [])]
+        savings.append(conversations.append(store, parsed.conversation, owner, turn, now))
+    return gatherResults(savings, consumeErrors=True)
 
 
 def response_items(document: dict[str, Any]) -> list[dict[str, Any]]:
@@ -410,18 +456,12 @@ def _native_body(parsed: ResponsesRequest, upstream_model: str) -> bytes:
                          if key not in inlined})
 
 
-def _stream_error(status: int, message: str, code: str) -> bytes:
-    """A Responses ``error`` event: the openai SDK raises ``APIError`` when it reads one."""
-    event = {"type": "error", "code": code, "message": message, "param": None,
-             "sequence_number": 0}
-    return b"event: error\ndata: " + orjson.dumps(event) + b"\n\n"
-
-
-def _loads(body: bytes) -> Any:
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
+def _answer_object(body: bytes) -> dict[str, Any]:
+    """A 200's body, which must be a JSON object (`ValueError` otherwise)."""
+    answer = loads_object(body)
+    if answer is None:
+        raise ValueError("not a JSON object")
+    return answer
 
 
 def _with_data(event: bytes, data: bytes) -> bytes:
@@ -461,8 +501,8 @@ class ResponsesEvents:
     def _look_into(self, run: bytes) -> bytes:
         out = []
         for event in events(run):
-            payload = _loads(data_of(event))
-            if isinstance(payload, dict) and isinstance(payload.get("response"), dict):
+            payload = loads_object(data_of(event))
+            if payload is not None and isinstance(payload.get("response"), dict):
                 response = self.response = payload["response"]
                 usage = Usage.from_responses(response.get("usage"))
                 if usage is not None:

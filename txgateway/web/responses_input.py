@@ -16,11 +16,10 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+from zope.interface import implementer
 
-from txgateway.accounting import Exchange
-from txgateway.dialects.openai import loads_object
 from txgateway.gateway import Gateway
-from txgateway.providers import ApiCall
+from txgateway.providers import OPENAI_WIRE, ApiCall, UpstreamRequest, translating
 from txgateway.routing import Target
 from txgateway.tokens import estimate_messages_tokens
 from txgateway.translate.chat_to_messages import messages_request
@@ -32,35 +31,38 @@ from txgateway.translate.responses_to_chat import (
     new_id,
     responses_usage,
 )
-from txgateway.upstream import UpstreamCall, UpstreamError
+from txgateway.upstream import UpstreamError
 from txgateway.usage import Usage
 from txgateway.web.openapi import Endpoint, Operation
 from txgateway.web.responses import (
+    NativeCall,
     Responses,
     ResponsesRequest,
+    chat_completion,
+    chat_error,
+    chat_of,
     native_responses,
 )
-from txgateway.web.runner import finish
+from txgateway.web.runner import ICodec, stream_type
 
 
 class _ResponsesInput(Responses):
-    """Parsed and admitted as ``/v1/responses`` is; a native call goes to a path below it."""
+    """
+    Parsed and admitted as ``/v1/responses`` is; a native call goes to its ``path`` below the
+    provider's own, the others to the endpoint's `translated` codec.
+    """
 
     isLeaf = True
     path = b""
 
-    async def _forward(self, request: Any, exchange: Exchange, parsed: ResponsesRequest,
-                       target: Target, call: UpstreamCall) -> None:
-        response = await call.send(target.provider.agent,
-                                   self._native_request(parsed, target, self.path))
-        exchange.first_byte = self._gateway.reactor.seconds()
-        body = await call.read(response)
-        if response.code == 200:
-            answer = loads_object(body)
-            if answer is None:
-                raise UpstreamError("the upstream's answer could not be read")
-            exchange.usage = Usage.from_responses(answer.get("usage"))
-        self._answer(request, exchange, response, call, body)
+    def codec(self, request: Any, parsed: ResponsesRequest, target: Target) -> ICodec:
+        if native_responses(target):
+            return NativeCall(target, self.path)
+        return self.translated(parsed, target)
+
+    def translated(self, parsed: ResponsesRequest, target: Target) -> ICodec:
+        """The codec of the call to a provider that does not serve the Responses API."""
+        raise NotImplementedError
 
 
 class InputTokens(_ResponsesInput):
@@ -71,16 +73,9 @@ class InputTokens(_ResponsesInput):
     route = "responses_input_tokens"
     path = b"/input_tokens"
 
-    async def proxy(self, request: Any, exchange: Exchange, parsed: ResponsesRequest,
-                    target: Target, call: UpstreamCall) -> None:
-        if native_responses(target):
-            await self._forward(request, exchange, parsed, target, call)
-            return
-        chat = self._chat(parsed, target, chat_request)
-        count = estimate_messages_tokens(messages_request(chat, target.model, 1))
-        exchange.status = 200
-        finish(request, call, 200, orjson.dumps(
-            {"object": "response.input_tokens", "input_tokens": count}))
+    def translated(self, parsed: ResponsesRequest, target: Target) -> ICodec:
+        chat = chat_of(parsed, target, chat_request)
+        return InputEstimate(estimate_messages_tokens(messages_request(chat, target.model, 1)))
 
 
 class Compact(_ResponsesInput):
@@ -91,33 +86,73 @@ class Compact(_ResponsesInput):
     route = "responses_compact"
     path = b"/compact"
 
-    async def proxy(self, request: Any, exchange: Exchange, parsed: ResponsesRequest,
-                    target: Target, call: UpstreamCall) -> None:
-        if native_responses(target):
-            await self._forward(request, exchange, parsed, target, call)
-            return
-        provider = target.provider
-        chat = self._chat(parsed, target, compaction_request)
-        response = await call.send(provider.agent, provider.build_request(ApiCall(
+    def translated(self, parsed: ResponsesRequest, target: Target) -> ICodec:
+        return CompactOverChat(self._gateway.reactor, parsed, target)
+
+
+@implementer(ICodec)
+class InputEstimate:
+    """The codec of a count no upstream makes: the local estimate, answered at once."""
+
+    stream_type = b""
+
+    def __init__(self, count: int) -> None:
+        self._count = count
+
+    def request(self, parsed: ResponsesRequest, target: Target) -> None:
+        return None
+
+    def answer(self, body: bytes) -> tuple[bytes, None]:
+        # A count uses no tokens: the call records none.
+        return orjson.dumps({"object": "response.input_tokens", "input_tokens": self._count}), None
+
+    def error(self, status: int, body: bytes) -> bytes:
+        return body
+
+    def transcoder(self, parsed: ResponsesRequest) -> Any:
+        raise NotImplementedError("a count is never streamed")
+
+
+@implementer(ICodec)
+class CompactOverChat:
+    """
+    The codec of a compaction by a provider that does not serve the Responses API: a chat
+    call that summarises the conversation (never streamed), its summary answered as the
+    compacted output.
+    """
+
+    def __init__(self, clock: Any, parsed: ResponsesRequest, target: Target) -> None:
+        self._clock = clock
+        self._parsed = parsed
+        self._translator = translating(target.provider, OPENAI_WIRE, target.model)
+        self.stream_type = stream_type(target.provider)
+
+    def request(self, parsed: ResponsesRequest, target: Target) -> UpstreamRequest:
+        chat = chat_of(parsed, target, compaction_request)
+        return target.provider.build_request(ApiCall(
             api="chat", body=orjson.dumps(chat), parsed=chat, model=target.model,
-            stream=False)))
-        completion = await self._chat_completion(request, exchange, response, call, target)
-        if completion is None:
-            return
+            stream=False))
+
+    def answer(self, body: bytes) -> tuple[bytes, Usage | None]:
+        completion = chat_completion(self._translator, body)
         try:
             summary = completion["choices"][0]["message"]["content"]
         except (LookupError, TypeError):
             raise UpstreamError("the upstream's answer could not be read") from None
         if not isinstance(summary, str) or not summary:
             raise UpstreamError("the model wrote no summary of the conversation")
-        exchange.usage = Usage.from_openai(completion.get("usage"))
-        items = [*(parsed.history or []), *input_items(parsed.parsed.get("input"))]
-        answer = {"id": new_id("resp"), "object": "response.compaction",
-                  "created_at": int(self._gateway.reactor.seconds()),
-                  "output": compacted_output(items, summary),
-                  "usage": responses_usage(exchange.usage)}
-        exchange.status = 200
-        finish(request, call, 200, orjson.dumps(answer))
+        usage = Usage.from_openai(completion.get("usage"))
+        items = [*(self._parsed.history or []), *input_items(self._parsed.parsed.get("input"))]
+        return orjson.dumps({"id": new_id("resp"), "object": "response.compaction",
+                             "created_at": int(self._clock.seconds()),
+                             "output": compacted_output(items, summary),
+                             "usage": responses_usage(usage)}), usage
+
+    def error(self, status: int, body: bytes) -> bytes:
+        return chat_error(self._translator, status, body)
+
+    def transcoder(self, parsed: ResponsesRequest) -> Any:
+        raise NotImplementedError("a compaction is never streamed")
 
 
 def responses_tree(gateway: Gateway) -> Responses:

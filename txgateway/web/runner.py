@@ -68,6 +68,21 @@ class ICodec(Interface):
         """The relay's transcoder of a stream, for this request."""
 
 
+class IKeepingCodec(ICodec):
+    """
+    The codec of one call whose success leaves something behind (the Responses API's stored
+    response, its conversation's turn): kept once the answer is made and before the caller
+    has its end, so that a follow-up sent at once finds it.  Its stream may number its
+    events, so a stream broken under it ends with the codec's own error event.
+    """
+
+    def error_event(status: int, message: str, code: str) -> bytes:  # noqa: N805
+        """The event that ends this call's stream when it broke (an `ErrorEvent`)."""
+
+    def kept() -> Deferred[Any] | None:  # noqa: N805
+        """Keep what the answer (or the stream, ended well) made; None when it made nothing."""
+
+
 def retry_wait(settings: RoutingSettings, retry: int, error: Exception,
                jitter: Callable[[], float] = random.random) -> float | None:
     """
@@ -303,11 +318,13 @@ async def _call(endpoint: CallEndpoint, request: Any, tally: Tally, parsed: Any,
         return
     response = await call.send(target.provider.agent, upstream)
     content_type = response.headers.getRawHeaders(b"content-type", [b""])[0]
+    keeping = IKeepingCodec(codec, None)
     if parsed.stream and response.code == 200 and content_type.startswith(codec.stream_type):
         start_event_stream(request)
         tally.status = 200
-        relay = Relay(gateway, request, tally, call, endpoint.error_event,
-                      codec.transcoder(parsed), size)
+        relay = Relay(gateway, request, tally, call,
+                      endpoint.error_event if keeping is None else keeping.error_event,
+                      codec.transcoder(parsed), size, None if keeping is None else keeping.kept)
         call.deliver(response, relay)
         await relay.done
         return
@@ -318,6 +335,9 @@ async def _call(endpoint: CallEndpoint, request: Any, tally: Tally, parsed: Any,
             body, tally.usage = codec.answer(body)
         except (ValueError, TypeError, AttributeError, KeyError):
             raise UpstreamError("the upstream's answer could not be read") from None
+        keeping_done = None if keeping is None else keeping.kept()
+        if keeping_done is not None:
+            await keeping_done
         tally.status = 200
         finish(request, call, 200, body)
         return
