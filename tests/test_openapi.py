@@ -21,10 +21,11 @@ from txgateway.web.openapi import SCHEMAS, routes, served_methods
 ADMIN = "admin-secret"
 
 #: Resource classes that are bases or plumbing, not endpoints served at a path of their own.
-NOT_ENDPOINTS = {"Root", "TracedRoot", "JSONResource", "NotFound", "ProxyEndpoint",
+NOT_ENDPOINTS = {"Root", "TracedRoot", "JSONResource", "NotFound",
                  "ModelEndpoint", "CallEndpoint",
-                 "RestEndpoint", "FormEndpoint", "_AnthropicEndpoint", "_ResponsesInput",
-                 "StaticFiles", "_Refusal", "_Traced", "Overloaded"}
+                 "FormEndpoint", "_AnthropicEndpoint", "_ResponsesInput",
+                 "StaticFiles", "_Refusal", "_Traced", "Overloaded", "GatewayResource",
+                 "Collection", "Item", "StoredObject"}
 
 
 def _subclasses(cls: type) -> set[type]:

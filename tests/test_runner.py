@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import openai
+import orjson
+import treq
 from twisted.internet import reactor
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -80,3 +82,18 @@ models:
         self.assertEqual(caught.exception.response.headers["retry-after"], "7")
         [record] = self.access_records()
         self.assertEqual(record["status"], 429)
+
+    async def test_a_passthrough_call_is_retried_the_same_way(self) -> None:
+        """Its one target is attempted as a route's are: the Retry-After waited for."""
+        started = reactor.seconds()
+        response = await treq.post(
+            self.base_url + "/p/fake/chat/completions",
+            orjson.dumps({"model": "busy-once", "messages": [{"role": "user", "content": "hi"}]}),
+            headers={b"content-type": [b"application/json"]}, pool=self.pool)
+        self.assertEqual(response.code, 200)
+        await treq.content(response)
+        self.assertGreaterEqual(reactor.seconds() - started, 1.0)
+        self.assertEqual(len(self.fake.requests), 2)
+        [record] = self.access_records()
+        self.assertEqual((record["route"], record["status"], record["attempts"],
+                          record["model"]), ("passthrough", 200, 2, "busy-once"))

@@ -6,6 +6,7 @@ nor in the store; including when an upstream echoes its key back in an error.
 
 from __future__ import annotations
 
+import gzip
 import os
 from typing import Any
 
@@ -46,9 +47,15 @@ class KeyEcho(Resource):
         request.setResponseCode(401)
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"x-echoed-key", sent.encode())
-        return orjson.dumps({"error": {"message": f"Incorrect API key provided: {sent}.",
+        body = orjson.dumps({"error": {"message": f"Incorrect API key provided: {sent}.",
                                        "type": "invalid_request_error", "code": "invalid_api_key",
                                        "param": None}})
+        if request.path.endswith(b"/gzip"):  # as a caller asking for gzip would have it
+            request.setHeader(b"content-encoding", b"gzip")
+            return gzip.compress(body)
+        if request.path.endswith(b"/brotli"):  # a coding the gateway cannot read
+            request.setHeader(b"content-encoding", b"br")
+        return body
 
 
 class SecretsTests(GatewayTestCase):
@@ -186,6 +193,27 @@ class SecretsTests(GatewayTestCase):
         self.check([ECHOED, TEAM_KEY], {
             "answers": "\n".join(self.seen), "log": "\n".join(self.logged),
             "store and access log": self.store_text()})
+
+
+    async def test_a_gzipped_error_quoting_the_key(self) -> None:
+        """
+        A passthrough error answered gzip'd is inflated to be scrubbed, and answered plain;
+        one in a coding the gateway cannot read is not relayed at all.
+        """
+        self.seen = []
+        answer = await self.call(b"GET", b"/p/echoer/gzip", authorization=f"Bearer {TEAM_KEY}",
+                                 accept_encoding="gzip")
+        self.assertEqual(answer.status, 401)
+        self.assertNotIn(b"content-encoding", answer.headers)
+        self.assertIn(b"Incorrect API key provided: Bearer ", answer.body)
+        self.assertEqual(int(answer.headers[b"content-length"]), len(answer.body))
+        unread = await self.call(b"GET", b"/p/echoer/brotli",
+                                 authorization=f"Bearer {TEAM_KEY}", accept_encoding="br")
+        self.assertEqual(unread.status, 401)
+        self.assertNotIn(b"content-encoding", unread.headers)
+        self.assertEqual(orjson.loads(unread.body)["error"]["code"], "upstream_error")
+        self.assertNotIn(ECHOED.encode(), unread.body)
+        self.check([ECHOED, TEAM_KEY], {"answers": "\n".join(self.seen)})
 
 
 class SecretsOnPostgreSQL(OnPostgreSQL, SecretsTests):

@@ -85,6 +85,10 @@ class Tally:
     target: Any = None
     #: Attempts that failed before the last one (fallbacks and retries).
     attempts: int = 0
+    #: The model and whether it streamed, as the call learned them where the request did not
+    #: say (a passthrough's request and answer).
+    model: str = ""
+    stream: bool = False
 
     def attempting(self, target: Any) -> None:
         """A new attempt, at ``target``: what the last one saw is forgotten."""
@@ -94,10 +98,10 @@ class Tally:
         target = self.target
         if target is None:
             return Outcome(self.status, self.error, self.usage, self.first_byte,
-                           attempts=self.attempts)
+                           attempts=self.attempts, model=self.model, stream=self.stream)
         return Outcome(self.status, self.error, self.usage, self.first_byte,
                        target.provider.name, target.provider.kind, target.model,
-                       self.attempts)
+                       self.attempts, self.model, self.stream)
 
 
 @attrs.frozen
@@ -112,6 +116,9 @@ class Outcome:
     provider_kind: str = ""
     upstream_model: str = ""
     attempts: int = 0
+    #: The model and streaming the call learned, for an exchange whose request did not say.
+    model: str = ""
+    stream: bool = False
 
     @classmethod
     def of(cls, exchange: Exchange) -> Outcome:
@@ -177,6 +184,8 @@ class Accountant:
                 waiter.callback(None)
         if outcome is None:
             outcome = Outcome.of(exchange)
+        exchange.model = exchange.model or outcome.model
+        exchange.stream = exchange.stream or outcome.stream
         duration = self._clock.seconds() - exchange.started
         ttft = None if outcome.first_byte is None else outcome.first_byte - exchange.started
         usage = outcome.usage or Usage()

@@ -2,7 +2,7 @@
 Model routing: the model a caller names, to the providers and upstream models that serve it.
 
 A route has one target or several.  Several are balanced by weight among those of the same
-priority, and tried in turn when one fails (see `txgateway.web.proxy`); a target that keeps
+priority, and tried in turn when one fails (see `txgateway.web.runner`); a target that keeps
 failing cools down, so calls stop waiting on it, and after the cooldown one call probes it.
 """
 

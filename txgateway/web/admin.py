@@ -22,15 +22,22 @@ from txgateway.gateway import Gateway
 from txgateway.web.admin_keys import Keys
 from txgateway.web.dashboard import DashboardPage, LiveSessions, Providers
 from txgateway.web.openapi import Endpoint, Operation
-from txgateway.web.resource import JSONResource, answer_later, openai_error, write_json
+from txgateway.web.resource import (
+    Collection,
+    GatewayResource,
+    Item,
+    JSONResource,
+    answer_later,
+    openai_error,
+    write_json,
+)
 
 
-class Admin(JSONResource):
+class Admin(GatewayResource):
     """Checks the admin token for everything below it."""
 
     def __init__(self, gateway: Gateway) -> None:
-        super().__init__()
-        self._gateway = gateway
+        super().__init__(gateway)
         realtime = JSONResource()
         realtime.putChild(b"sessions", RealtimeSessions(gateway))
         realtime.putChild(b"stream", LiveSessions(gateway))
@@ -55,34 +62,8 @@ class Admin(JSONResource):
         return super().getChildWithDefault(path, request)
 
 
-class RealtimeSessions(JSONResource):
-    """Active and recently ended realtime sessions, each with its tally (of every worker)."""
-
-    openapi = Endpoint("Admin", {"GET": Operation("List realtime sessions")},
-                       item="{session_id}")
-
-    def __init__(self, gateway: Gateway) -> None:
-        super().__init__()
-        self._gateway = gateway
-
-    def getChild(self, path: bytes, request: Any) -> Resource:
-        return _OneSession(self._gateway, path.decode("ascii", "replace"))
-
-    def render_GET(self, request: Any) -> Any:
-        return answer_later(request, self._list())
-
-    async def _list(self) -> tuple[int, Any]:
-        return 200, await self._gateway.view.sessions()
-
-
-class _OneSession(JSONResource):
+class _OneSession(Item):
     openapi = Endpoint("Admin", {"GET": Operation("Retrieve a realtime session")})
-    isLeaf = True
-
-    def __init__(self, gateway: Gateway, session_id: str) -> None:
-        super().__init__()
-        self._gateway = gateway
-        self._id = session_id
 
     def render_GET(self, request: Any) -> Any:
         session = self._gateway.realtime.find(self._id)
@@ -98,6 +79,20 @@ class _OneSession(JSONResource):
         return 404, error_body(404, f"No realtime session {self._id!r}.", "session_not_found")
 
 
+class RealtimeSessions(Collection):
+    """Active and recently ended realtime sessions, each with its tally (of every worker)."""
+
+    openapi = Endpoint("Admin", {"GET": Operation("List realtime sessions")},
+                       item="{session_id}")
+    item = _OneSession
+
+    def render_GET(self, request: Any) -> Any:
+        return answer_later(request, self._list())
+
+    async def _list(self) -> tuple[int, Any]:
+        return 200, await self._gateway.view.sessions()
+
+
 class _Refusal(Resource):
     isLeaf = True
 
@@ -111,7 +106,7 @@ class _Refusal(Resource):
         return openai_error(request, self._status, self._message, self._code)
 
 
-class UsageReport(JSONResource):
+class UsageReport(GatewayResource):
     """
     ``GET /admin/usage?group_by=key|model|provider&from=&to=&bucket=hour|day``: the ledger's
     sums.  ``from`` and ``to`` are unix seconds or ISO 8601 times (UTC unless they say).
@@ -125,10 +120,6 @@ class UsageReport(JSONResource):
         "to": "unix seconds or an ISO 8601 time, excluded"})})
 
     isLeaf = True
-
-    def __init__(self, gateway: Gateway) -> None:
-        super().__init__()
-        self._gateway = gateway
 
     def render_GET(self, request: Any) -> Any:
         args = {name.decode(): values[-1].decode() for name, values in request.args.items()}
@@ -170,16 +161,12 @@ def _time(value: str | None) -> float | None:
     return moment.timestamp()
 
 
-class Reload(JSONResource):
+class Reload(GatewayResource):
     """``POST /admin/reload``: serve the config file as it is now, or say why not."""
 
     openapi = Endpoint("Admin", {"POST": Operation("Reload the config file")})
 
     isLeaf = True
-
-    def __init__(self, gateway: Gateway) -> None:
-        super().__init__()
-        self._gateway = gateway
 
     def render_POST(self, request: Any) -> Any:
         return answer_later(request, self._reload())

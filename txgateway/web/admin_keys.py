@@ -16,11 +16,10 @@ import orjson
 from txgateway.auth import declared_record
 from txgateway.config import ConfigError, structure
 from txgateway.dialects.openai import error_body
-from txgateway.gateway import Gateway
 from txgateway.limits import Limits
 from txgateway.store import KeyRecord
 from txgateway.web.openapi import Endpoint, Operation
-from txgateway.web.resource import JSONResource, answer_later
+from txgateway.web.resource import Collection, Item, answer_later
 
 
 @attrs.frozen
@@ -83,50 +82,12 @@ def _guard(request: Any, work: Any) -> Any:
     return answer_later(request, guarded())
 
 
-class Keys(JSONResource):
-    openapi = Endpoint("Admin", {"GET": Operation("List virtual keys", None, "List"),
-                                 "POST": Operation("Create a key (its secret is shown once)",
-                                                   "KeyFields", "Key")}, item="{key_id}")
-    def __init__(self, gateway: Gateway) -> None:
-        super().__init__()
-        self._gateway = gateway
-
-    def getChild(self, path: bytes, request: Any) -> Any:
-        return _OneKey(self._gateway, path.decode("ascii", "replace"))
-
-    def render_GET(self, request: Any) -> Any:
-        async def listed() -> tuple[int, Any]:
-            declared = [dict(declared_record(key).to_json(), source="config")
-                        for key in self._gateway.config.keys]
-            stored = [dict(record.to_json(), source="store")
-                      for record in await self._gateway.store.list_keys()]
-            return 200, {"object": "list", "data": declared + stored}
-
-        return _guard(request, listed)
-
-    def render_POST(self, request: Any) -> Any:
-        async def created() -> tuple[int, Any]:
-            fields = _fields(request)
-            secret, record = KeyRecord.new_key(**fields.changes())
-            await self._gateway.store.put_key(record)
-            self._gateway.authenticator.key_created()
-            return 201, dict(record.to_json(), key=secret)
-
-        return _guard(request, created)
-
-
-class _OneKey(JSONResource):
+class _OneKey(Item):
     openapi = Endpoint("Admin", {
         "GET": Operation("Retrieve a key, with its spend", None, "Key"),
         "PATCH": Operation("Change a key's limits or budget", "KeyFields", "Key"),
         "POST": Operation("Change a key (as PATCH)", "KeyFields", "Key"),
         "DELETE": Operation("Revoke a key", None, "Key")})
-    isLeaf = True
-
-    def __init__(self, gateway: Gateway, key_id: str) -> None:
-        super().__init__()
-        self._gateway = gateway
-        self._id = key_id
 
     async def _record(self) -> KeyRecord:
         if self._id.startswith("cfg_"):
@@ -184,3 +145,30 @@ class _OneKey(JSONResource):
             return 200, dict(record.to_json(), deleted=True)
 
         return _guard(request, revoked)
+
+
+class Keys(Collection):
+    openapi = Endpoint("Admin", {"GET": Operation("List virtual keys", None, "List"),
+                                 "POST": Operation("Create a key (its secret is shown once)",
+                                                   "KeyFields", "Key")}, item="{key_id}")
+    item = _OneKey
+
+    def render_GET(self, request: Any) -> Any:
+        async def listed() -> tuple[int, Any]:
+            declared = [dict(declared_record(key).to_json(), source="config")
+                        for key in self._gateway.config.keys]
+            stored = [dict(record.to_json(), source="store")
+                      for record in await self._gateway.store.list_keys()]
+            return 200, {"object": "list", "data": declared + stored}
+
+        return _guard(request, listed)
+
+    def render_POST(self, request: Any) -> Any:
+        async def created() -> tuple[int, Any]:
+            fields = _fields(request)
+            secret, record = KeyRecord.new_key(**fields.changes())
+            await self._gateway.store.put_key(record)
+            self._gateway.authenticator.key_created()
+            return 201, dict(record.to_json(), key=secret)
+
+        return _guard(request, created)

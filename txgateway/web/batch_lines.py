@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 from twisted.logger import Logger
 
+from txgateway.admission import Refusal
 from txgateway.auth import Principal
 from txgateway.dialects.openai import loads_object
 from txgateway.dialects.openai_rest import usage_of
@@ -29,7 +30,6 @@ from txgateway.providers import OPENAI_WIRE, IProvider, speaks
 from txgateway.routing import Target
 from txgateway.store import UsageRecord
 from txgateway.usage import Usage
-from txgateway.web.proxy import Refusal
 
 log = Logger()
 

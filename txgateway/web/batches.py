@@ -16,40 +16,16 @@ from typing import Any
 
 import orjson
 
+from txgateway.admission import Refusal
 from txgateway.dialects.openai import parse_object
-from txgateway.gateway import Gateway
 from txgateway.web.batch_lines import BATCH, FILE
 from txgateway.web.files import relay_content
-from txgateway.web.native_objects import NativeCall, listed, run
+from txgateway.web.native_objects import NativeCall, StoredObject, listed, run
 from txgateway.web.openapi import Endpoint, Operation
-from txgateway.web.proxy import Refusal, within_limits
-from txgateway.web.resource import JSONResource, NotFound
+from txgateway.web.resource import Collection
 
 #: Statuses of a batch that has ended: its output file (when it has one) is final.
 ENDED = frozenset({"completed", "failed", "expired", "cancelled"})
-
-
-class Batches(JSONResource):
-    openapi = Endpoint("OpenAI", {"GET": Operation("List batches", None, "List"),
-                                  "POST": Operation("Create a batch", "Object")},
-                       item="{batch_id}")
-    """``/v1/batches``: create (POST) and the caller's batches (GET); ids below."""
-
-    route = "batches"
-
-    def __init__(self, gateway: Gateway) -> None:
-        super().__init__()
-        self._gateway = gateway
-
-    def getChild(self, path: bytes, request: Any) -> Any:
-        return StoredBatch(self._gateway, path.decode("utf-8", "replace"))
-
-    def render_GET(self, request: Any) -> Any:
-        return run(self._gateway, request, self.route,
-                   lambda call: listed(call, BATCH, "batch", 20, 100))
-
-    def render_POST(self, request: Any) -> Any:
-        return run(self._gateway, request, self.route, _create)
 
 
 async def _create(call: NativeCall) -> None:
@@ -66,7 +42,7 @@ async def _create(call: NativeCall) -> None:
         raise Refusal(400, f"the file {file_id} was not uploaded with purpose 'batch'",
                       "invalid_input_file", "input_file_id")
     provider = call.provider(held)
-    await within_limits(call.gateway, call.request, call.exchange, call.principal, 0)
+    await call.limited(0)
     response = await call.send(provider, "batches", b"POST", body=raw)
     status, body = await call.answer_of(response)
     if status == 200:
@@ -84,7 +60,7 @@ async def _save(call: NativeCall, held: dict[str, Any]) -> None:
                                         batch.get("created_at") or 0)
 
 
-class StoredBatch(JSONResource):
+class StoredBatch(StoredObject):
     openapi = Endpoint("OpenAI", {"GET": Operation("Retrieve a batch")}, below={
         "results": {"GET": Operation("Retrieve a batch's results", None,
                                      "application/jsonl")},
@@ -94,24 +70,13 @@ class StoredBatch(JSONResource):
     ``/v1/batches/{id}/results`` (GET).
     """
 
-    isLeaf = True
-
-    def __init__(self, gateway: Gateway, batch_id: str) -> None:
-        super().__init__()
-        self._gateway = gateway
-        self._id = batch_id
+    route = "batches"
 
     def render_GET(self, request: Any) -> Any:
-        if request.postpath in ([], [b""]):
-            return run(self._gateway, request, "batches", self._retrieve)
-        if request.postpath == [b"results"]:
-            return run(self._gateway, request, "batches", self._results)
-        return NotFound().render(request)
+        return self.serve(request, {b"": self._retrieve, b"results": self._results})
 
     def render_POST(self, request: Any) -> Any:
-        if request.postpath != [b"cancel"]:
-            return NotFound().render(request)
-        return run(self._gateway, request, "batches", self._cancel)
+        return self.serve(request, {b"cancel": self._cancel})
 
     async def _retrieve(self, call: NativeCall) -> None:
         await call.answer(*await self._refreshed(call, await self._owned(call)))
@@ -174,3 +139,20 @@ class StoredBatch(JSONResource):
             "owner": held["owner"], "provider": held["provider"],
             "provider_kind": held["provider_kind"], "file": made, "batch": self._id,
         }, made.get("created_at") or call.gateway.reactor.seconds())
+
+
+class Batches(Collection):
+    openapi = Endpoint("OpenAI", {"GET": Operation("List batches", None, "List"),
+                                  "POST": Operation("Create a batch", "Object")},
+                       item="{batch_id}")
+    """``/v1/batches``: create (POST) and the caller's batches (GET); ids below."""
+
+    route = "batches"
+    item = StoredBatch
+
+    def render_GET(self, request: Any) -> Any:
+        return run(self._gateway, request, self.route,
+                   lambda call: listed(call, BATCH, "batch", 20, 100))
+
+    def render_POST(self, request: Any) -> Any:
+        return run(self._gateway, request, self.route, _create)

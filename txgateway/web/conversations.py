@@ -17,14 +17,13 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults
 
-from txgateway.admission import key_refused
+from txgateway.admission import Refusal, key_refused
 from txgateway.auth import caller_key
 from txgateway.dialects.openai import BadRequest, error_body, parse_object
 from txgateway.gateway import Gateway
 from txgateway.translate.responses_to_chat import new_id, stored_items
 from txgateway.web.openapi import Endpoint, Operation
-from txgateway.web.proxy import Refusal
-from txgateway.web.resource import JSONResource, answer_later, openai_error
+from txgateway.web.resource import Collection, Item, answer_later, openai_error
 
 CONVERSATION = "conversation"
 #: OpenAI's limits: items one call may add, metadata pairs and their sizes.
@@ -107,39 +106,7 @@ def check_items(value: Any) -> list[dict[str, Any]]:
     return stored_items(value)
 
 
-class Conversations(JSONResource):
-    openapi = Endpoint("OpenAI", {"POST": Operation("Create a conversation", "Object")},
-                       item="{conversation_id}")
-    """``POST /v1/conversations``; each conversation below it."""
-
-    def __init__(self, gateway: Gateway) -> None:
-        super().__init__()
-        self._gateway = gateway
-
-    def getChild(self, path: bytes, request: Any) -> Any:
-        return Conversation(self._gateway, path.decode("utf-8", "replace"))
-
-    def render_POST(self, request: Any) -> Any:
-        return _answer(request, self._create(request))
-
-    async def _create(self, request: Any) -> tuple[int, Any]:
-        owner = await _owner(self._gateway, request)
-        raw = request.content.getvalue()
-        body = parse_object(raw) if raw.strip() else {}
-        metadata = check_metadata(body.get("metadata"))
-        items = check_items(body.get("items") or [])
-        now = self._gateway.reactor.seconds()
-        conversation_id = new_id("conv")
-        conversation = {"id": conversation_id, "object": "conversation",
-                        "created_at": int(now), "metadata": metadata}
-        store = self._gateway.store
-        await store.put_object(CONVERSATION, conversation_id, owner,
-                               {"conversation": conversation, "owner": owner}, now)
-        await append(store, conversation_id, owner, items, now)
-        return 200, conversation
-
-
-class Conversation(JSONResource):
+class Conversation(Item):
     openapi = Endpoint("OpenAI", {
         "GET": Operation("Retrieve a conversation"),
         "POST": Operation("Update a conversation's metadata", "Object"),
@@ -152,13 +119,6 @@ class Conversation(JSONResource):
     ``/v1/conversations/{id}`` (GET, POST to update its metadata, DELETE), its ``items``
     (GET a page, POST to add) and ``items/{item_id}`` (GET, DELETE), to its owner only.
     """
-
-    isLeaf = True
-
-    def __init__(self, gateway: Gateway, conversation_id: str) -> None:
-        super().__init__()
-        self._gateway = gateway
-        self._id = conversation_id
 
     def _route(self, request: Any, **handlers: Any) -> Any:
         path = [part.decode("utf-8", "replace") for part in request.postpath]
@@ -265,6 +225,33 @@ class Conversation(JSONResource):
         return 200, held["conversation"]
 
 
+class Conversations(Collection):
+    openapi = Endpoint("OpenAI", {"POST": Operation("Create a conversation", "Object")},
+                       item="{conversation_id}")
+    """``POST /v1/conversations``; each conversation below it."""
+
+    item = Conversation
+
+    def render_POST(self, request: Any) -> Any:
+        return _answer(request, self._create(request))
+
+    async def _create(self, request: Any) -> tuple[int, Any]:
+        owner = await _owner(self._gateway, request)
+        raw = request.content.getvalue()
+        body = parse_object(raw) if raw.strip() else {}
+        metadata = check_metadata(body.get("metadata"))
+        items = check_items(body.get("items") or [])
+        now = self._gateway.reactor.seconds()
+        conversation_id = new_id("conv")
+        conversation = {"id": conversation_id, "object": "conversation",
+                        "created_at": int(now), "metadata": metadata}
+        store = self._gateway.store
+        await store.put_object(CONVERSATION, conversation_id, owner,
+                               {"conversation": conversation, "owner": owner}, now)
+        await append(store, conversation_id, owner, items, now)
+        return 200, conversation
+
+
 async def _owner(gateway: Gateway, request: Any) -> str | None:
     """The caller's key id; a 401 `Refusal` for a bad key."""
     key = caller_key(request)
@@ -292,4 +279,3 @@ def _answer(request: Any, work: Coroutine[Any, Any, tuple[int, Any]]) -> Any:
 def _argument(request: Any, name: str) -> str | None:
     values = request.args.get(name.encode())
     return values[0].decode("utf-8", "replace") if values else None
-

@@ -24,13 +24,13 @@ from typing import Any
 import orjson
 from twisted.internet.defer import Deferred
 
+from txgateway.admission import Refusal
 from txgateway.dialects.multipart import FormParser, PartHead, boundary_of
-from txgateway.gateway import Gateway
 from txgateway.web.batch_lines import BATCH_USAGE, FILE, BatchInput, BatchOutput, enter_usage
-from txgateway.web.native_objects import NativeCall, argument, listed, run
+from txgateway.web.native_objects import NativeCall, StoredObject, argument, listed, run
 from txgateway.web.openapi import Endpoint, Operation
-from txgateway.web.proxy import Refusal
-from txgateway.web.resource import JSONResource, NotFound
+from txgateway.web.relay import Bytes
+from txgateway.web.resource import Collection
 from txgateway.web.upload import Upload
 
 
@@ -112,32 +112,6 @@ class FileForm:
             self.head.callback(None)
 
 
-class Files(JSONResource):
-    openapi = Endpoint("OpenAI", {"GET": Operation("List files", None, "List"),
-                                  "POST": Operation("Upload a file", "form")}, item="{file_id}")
-    """``/v1/files``: upload (POST) and the caller's files (GET); ids below."""
-
-    route = "files"
-    #: The site streams its bodies (`txgateway.web.upload`).
-    streams_upload = True
-
-    def __init__(self, gateway: Gateway) -> None:
-        super().__init__()
-        self._gateway = gateway
-
-    def getChild(self, path: bytes, request: Any) -> Any:
-        return StoredFile(self._gateway, path.decode("utf-8", "replace"))
-
-    def render_GET(self, request: Any) -> Any:
-        purpose = argument(request, b"purpose")
-        return run(self._gateway, request, self.route, lambda call: listed(
-            call, FILE, "file", 10_000, 10_000,
-            lambda held: purpose is None or held["file"].get("purpose") == purpose))
-
-    def render_POST(self, request: Any) -> Any:
-        return run(self._gateway, request, self.route, _upload)
-
-
 async def _upload(call: NativeCall) -> None:
     gateway, request = call.gateway, call.request
     content_type = request.getHeader(b"content-type") or b""
@@ -164,7 +138,6 @@ async def _upload(call: NativeCall) -> None:
             raise Refusal(400, "name the provider to hold the file with ?provider= (those "
                           f"serving files: {names})", "provider_required", "provider")
         provider = serving[0]
-    call.exchange.provider, call.exchange.provider_kind = provider.name, provider.kind
     response = await call.send(provider, "files", b"POST", body=upload.producer(),
                                content_type=content_type)
     status, answer = await call.answer_of(response)
@@ -180,7 +153,7 @@ async def _upload(call: NativeCall) -> None:
     await call.answer(status, answer)
 
 
-class StoredFile(JSONResource):
+class StoredFile(StoredObject):
     openapi = Endpoint("OpenAI", {
         "GET": Operation("Retrieve a file's description"),
         "DELETE": Operation("Delete a file")}, below={
@@ -188,24 +161,13 @@ class StoredFile(JSONResource):
                                      "application/octet-stream")}})
     """``/v1/files/{id}`` (GET, DELETE) and ``/v1/files/{id}/content`` (GET)."""
 
-    isLeaf = True
-
-    def __init__(self, gateway: Gateway, file_id: str) -> None:
-        super().__init__()
-        self._gateway = gateway
-        self._id = file_id
+    route = "files"
 
     def render_GET(self, request: Any) -> Any:
-        if request.postpath in ([], [b""]):
-            return run(self._gateway, request, "files", self._retrieve)
-        if request.postpath == [b"content"]:
-            return run(self._gateway, request, "files", self._content)
-        return NotFound().render(request)
+        return self.serve(request, {b"": self._retrieve, b"content": self._content})
 
     def render_DELETE(self, request: Any) -> Any:
-        if request.postpath not in ([], [b""]):
-            return NotFound().render(request)
-        return run(self._gateway, request, "files", self._delete)
+        return self.serve(request, {b"": self._delete})
 
     async def _retrieve(self, call: NativeCall) -> None:
         held = await call.owned(FILE, self._id, "File")
@@ -232,29 +194,54 @@ class StoredFile(JSONResource):
         await relay_content(call, response, held.get("batch"))
 
 
+class Files(Collection):
+    openapi = Endpoint("OpenAI", {"GET": Operation("List files", None, "List"),
+                                  "POST": Operation("Upload a file", "form")}, item="{file_id}")
+    """``/v1/files``: upload (POST) and the caller's files (GET); ids below."""
+
+    route = "files"
+    item = StoredFile
+    #: The site streams its bodies (`txgateway.web.upload`).
+    streams_upload = True
+
+    def render_GET(self, request: Any) -> Any:
+        purpose = argument(request, b"purpose")
+        return run(self._gateway, request, self.route, lambda call: listed(
+            call, FILE, "file", 10_000, 10_000,
+            lambda held: purpose is None or held["file"].get("purpose") == purpose))
+
+    def render_POST(self, request: Any) -> Any:
+        return run(self._gateway, request, self.route, _upload)
+
+
 async def relay_content(call: NativeCall, response: Any, batch_id: str | None) -> None:
     """
     A file's content relayed as it arrives; a batch's output read on the way, its usage
     entered once the whole file went through (before the client sees the end), unless it
     already was.
     """
-    reader = None
     if batch_id is not None and await call.gateway.store.get_object(BATCH_USAGE,
                                                                     batch_id) is None:
         reader = UsageReader(call, batch_id)
-    await call.relay(response, reader)
+        await call.relay(response, reader, reader.ended)
+        return
+    await call.relay(response)
 
 
-class UsageReader:
-    """Reads a batch's output file as it is relayed; enters its usage at the end."""
+class UsageReader(Bytes):
+    """
+    The meter of a batch's output file as it is relayed (its bytes as they came): enters its
+    usage at the end.
+    """
 
     def __init__(self, call: NativeCall, batch_id: str) -> None:
         self._call = call
         self._batch_id = batch_id
         self._output = BatchOutput()
 
-    def feed(self, chunk: bytes) -> None:
-        self._output.feed(chunk)
+    def feed(self, data: bytes) -> bytes:
+        self._output.feed(data)
+        return data
 
     def ended(self) -> Deferred[None]:
         self._output.finish()

@@ -9,9 +9,8 @@ from twisted.internet.defer import CancelledError, Deferred, gatherResults
 from twisted.logger import Logger
 from twisted.web.server import NOT_DONE_YET
 
-from txgateway.gateway import Gateway
 from txgateway.web.openapi import Endpoint, Operation
-from txgateway.web.resource import JSONResource, answer_later, write_json
+from txgateway.web.resource import GatewayResource, JSONResource, answer_later, write_json
 
 log = Logger()
 
@@ -25,7 +24,7 @@ class Health(JSONResource):
         return write_json(request, 200, b'{"status":"ok"}')
 
 
-class Ready(JSONResource):
+class Ready(GatewayResource):
     """
     200 when the gateway can do its work: it is not draining for a stop, it has providers
     and routes to send calls to, and its store answers.  Each check is listed, so an operator
@@ -39,10 +38,6 @@ class Ready(JSONResource):
     isLeaf = True
     #: How long the store and limiter probes may take before they count as down.
     probe_timeout = 2.0
-
-    def __init__(self, gateway: Gateway) -> None:
-        super().__init__()
-        self._gateway = gateway
 
     def render_GET(self, request: Any) -> Any:
         return answer_later(request, self._checks())
@@ -71,17 +66,13 @@ class Ready(JSONResource):
             return False
 
 
-class Metrics(JSONResource):
+class Metrics(GatewayResource):
     """The Prometheus text exposition of the whole gateway (every worker's, summed)."""
 
     openapi = Endpoint("Operations", {"GET": Operation("Prometheus metrics", None,
                                                        "text/plain")})
 
     isLeaf = True
-
-    def __init__(self, gateway: Gateway) -> None:
-        super().__init__()
-        self._gateway = gateway
 
     def render_GET(self, request: Any) -> Any:
         waiting = self._gateway.view.metrics()

@@ -3,32 +3,34 @@ What the files and batches endpoints share: objects a provider holds (OpenAI's n
 and batches), reached through the gateway's record of each (kept in the store: which provider
 holds it, whose key made it).
 
-Each request runs as one exchange (`run`): the caller authenticated, the work done, errors
-answered in OpenAI's shape, one access log line.  A key sees only its own objects: another
-key's id answers 404, as an unknown id does.
+Each request runs as one exchange (`run`) on the runner's pieces: the caller authenticated,
+each upstream call its provider's one-target `txgateway.web.runner.attempt`, errors answered
+in OpenAI's shape (`txgateway.web.runner.settle`), one access log line from the `Tally`.  A
+key sees only its own objects: another key's id answers 404, as an unknown id does.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 import attrs
 import orjson
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
-from twisted.web.server import NOT_DONE_YET
 
-from txgateway.accounting import Exchange
-from txgateway.admission import key_refused
+from txgateway.accounting import Exchange, Tally
+from txgateway.admission import Caller, Refusal, key_refused, limited
 from txgateway.auth import Principal, caller_key
 from txgateway.dialects.errors import OPENAI, upstream_error
+from txgateway.dialects.openai import error_body
 from txgateway.gateway import Gateway
-from txgateway.providers import ApiCall, IProvider, UpstreamRequest, prepare
+from txgateway.providers import ApiCall, IProvider, UpstreamRequest
+from txgateway.routing import Target
 from txgateway.upstream import UpstreamCall
-from txgateway.web.proxy import Refusal, answered
-from txgateway.web.relay import Bytes, Peeking, Relay, start_relayed
-from txgateway.web.runner import finish
+from txgateway.web.relay import Bytes, Relay, start_relayed
+from txgateway.web.resource import Item, NotFound
+from txgateway.web.runner import attempt, finish, record_caller, serve
 
 log = Logger()
 
@@ -40,6 +42,7 @@ class NativeCall:
     gateway: Gateway
     request: Any
     exchange: Exchange
+    tally: Tally
     principal: Principal
     call: UpstreamCall
 
@@ -60,57 +63,75 @@ class NativeCall:
         if provider is None:
             raise Refusal(502, f"the provider `{held['provider']}` that holds this object is "
                           "no longer configured", "unknown_provider")
-        self.exchange.provider = provider.name
-        self.exchange.provider_kind = provider.kind
+        self.tally.target = Target(provider, "")  # recorded even when the call goes no further
         return provider
+
+    async def limited(self, tokens: int) -> None:
+        """The limits step alone (`txgateway.admission.limited`): these calls name no model."""
+        try:
+            caller = await limited(self.gateway, self.principal, tokens)
+        except Refusal as refusal:
+            record_caller(self.request, self.exchange, refusal.caller)
+            raise
+        record_caller(self.request, self.exchange, caller)
 
     async def send(self, provider: IProvider, api: str, method: bytes, path: str = "",
                    body: Any = b"", content_type: bytes | None = None) -> Any:
         """
         ``method`` on the provider's own ``{api}{path}`` (``/files/file-abc/content``) with
-        its credentials; the response once its headers are in.
+        its credentials, as the runner's one-target `attempt` (a body streamed as it arrives
+        is sent once); the response once its headers are in.
         """
-        preparing = prepare(provider)
-        if preparing is not None:
-            await preparing
-        base = provider.build_request(ApiCall(api=api, body=b"", parsed={}, model="",
-                                              stream=False))
-        url, _, query = base.url.partition(b"?")
-        headers = base.headers
-        if content_type is not None:
-            headers = headers.copy()
-            headers.setRawHeaders(b"content-type", [content_type])
-        url += path.encode()
-        if query:
-            url += b"?" + query
-        return await self.call.send(provider.agent, UpstreamRequest(method, url, headers, body))
+        sent: list[Any] = []
+
+        async def sending(target: Target) -> None:
+            base = provider.build_request(ApiCall(api=api, body=b"", parsed={}, model="",
+                                                  stream=False))
+            url, _, query = base.url.partition(b"?")
+            headers = base.headers
+            if content_type is not None:
+                headers = headers.copy()
+                headers.setRawHeaders(b"content-type", [content_type])
+            url += path.encode()
+            if query:
+                url += b"?" + query
+            response = await self.call.send(provider.agent,
+                                            UpstreamRequest(method, url, headers, body))
+            self.tally.status = response.code
+            sent.append(response)
+
+        await attempt(self.gateway, self.request, self.tally, [Target(provider, "")],
+                      self.call, sending, None if isinstance(body, bytes) else 0)
+        return sent[-1]
 
     async def answer_of(self, response: Any) -> tuple[int, bytes]:
         """A whole JSON answer; an error made an OpenAI error object."""
-        self.exchange.first_byte = self.gateway.reactor.seconds()
+        self.tally.first_byte = self.gateway.reactor.seconds()
         body = await self.call.read(response)
         if response.code >= 300:
             return upstream_error(OPENAI, response.code, body, self.gateway.redactor)
         return response.code, body
 
-    async def relay(self, response: Any, reader: Reader | None = None) -> None:
-        """A 200's body relayed to the caller as it arrives, any other answered whole."""
+    async def relay(self, response: Any, meter: Bytes | None = None,
+                    save: Callable[[], Deferred[Any] | None] | None = None) -> None:
+        """
+        A 200's body relayed to the caller as it arrives, through ``meter`` when given (and
+        ``save`` run before its end reaches the caller); any other answered whole.
+        """
         if response.code != 200:
             await self.answer(*await self.answer_of(response))
             return
         start_relayed(self.request, response)
-        self.exchange.status = 200
-        relay = Relay(self.gateway, self.request,
-                      self.exchange, self.call, None,
-                      Bytes() if reader is None else Peeking(reader), None,
-                      None if reader is None else reader.ended)
+        self.tally.status = 200
+        relay = Relay(self.gateway, self.request, self.tally, self.call, None,
+                      meter or Bytes(), None, save)
         self.call.deliver(response, relay)
         await relay.done
 
     async def answer(self, status: int, body: bytes) -> None:
-        self.exchange.status = status
+        self.tally.status = status
         if status >= 400:
-            self.exchange.error = f"upstream status {status}"
+            self.tally.error = f"upstream status {status}"
         finish(self.request, self.call, status, body)
 
 
@@ -120,23 +141,33 @@ Work = Callable[[NativeCall], Awaitable[Any]]
 
 def run(gateway: Gateway, request: Any, route: str, work: Work) -> Any:
     """Do ``work`` for ``request`` as one exchange of ``route``; for ``render_*``."""
-    exchange = gateway.accountant.start(route)
-    request.setHeader(b"x-request-id", exchange.request_id.encode())
-    call = UpstreamCall(gateway.reactor, gateway.config.upstream)
-    request.notifyFinish().addErrback(lambda _: call.abort())
-    Deferred.fromCoroutine(answered(gateway, request, exchange, call,
-                                    _work(gateway, request, exchange, call, work)))
-    return NOT_DONE_YET
+    return serve(gateway, request, route, lambda exchange, tally, call:
+                 _work(gateway, request, exchange, tally, call, work), error_body)
 
 
-async def _work(gateway: Gateway, request: Any, exchange: Exchange, call: UpstreamCall,
-                work: Work) -> None:
+async def _work(gateway: Gateway, request: Any, exchange: Exchange, tally: Tally,
+                call: UpstreamCall, work: Work) -> None:
     key = caller_key(request)
     principal = await gateway.authenticator.authenticate(key)
     if principal is None:
         raise Refusal(401, key_refused(key is not None), "invalid_api_key")
-    exchange.key_id = principal.key_id
-    await work(NativeCall(gateway, request, exchange, principal, call))
+    record_caller(request, exchange, Caller(principal.key_id))
+    await work(NativeCall(gateway, request, exchange, tally, principal, call))
+
+
+class StoredObject(Item):
+    """
+    A recorded object (``/v1/files/{id}``, ``/v1/batches/{id}``...): a method's work chosen by
+    the path below the object (``b""`` for the object itself), unknown paths answered 404.
+    """
+
+    route = ""
+
+    def serve(self, request: Any, works: Mapping[bytes, Work]) -> Any:
+        work = works.get(b"/".join(request.postpath))
+        if work is None:
+            return NotFound().render(request)
+        return run(self._gateway, request, self.route, work)
 
 
 async def listed(call: NativeCall, kind: str, member: str, default_limit: int,
@@ -181,12 +212,3 @@ async def _not_yours(store: Any, kind: str, object_id: str, owner: str | None) -
 def argument(request: Any, name: bytes) -> str | None:
     values = request.args.get(name)
     return values[0].decode("utf-8", "replace") if values else None
-
-
-class Reader(Protocol):
-    """Reads a relayed body on the side: ``feed`` each piece, ``ended`` once it is whole."""
-
-    def feed(self, chunk: bytes) -> None: ...
-
-    def ended(self) -> Deferred[None]:
-        """Work done before the end reaches the client (which may then ask again)."""

@@ -23,26 +23,25 @@ from urllib.parse import unquote
 
 import attrs
 import orjson
-from twisted.internet.defer import Deferred
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
-from twisted.web.server import NOT_DONE_YET
 
-from txgateway.accounting import Exchange
+from txgateway.accounting import Exchange, Tally
+from txgateway.admission import Refusal
 from txgateway.dialects.multipart import SegmentsProducer
 from txgateway.dialects.openai import error_body
 from txgateway.dialects.openai_rest import usage_of
 from txgateway.dialects.redact import Redactor
 from txgateway.gateway import Gateway
 from txgateway.providers import IPassthroughProvider, UpstreamRequest
+from txgateway.routing import Target
 from txgateway.streams import EventSplitter, data_of, events
 from txgateway.upstream import UpstreamCall
 from txgateway.usage import Usage, estimate_tokens
 from txgateway.web.openapi import Endpoint, Operation
-from txgateway.web.proxy import Refusal, answered
-from txgateway.web.relay import Bytes, Peeking, Relay
-from txgateway.web.resource import JSONResource, write_json
-from txgateway.web.runner import admit_request
+from txgateway.web.relay import Bytes, Relay
+from txgateway.web.resource import GatewayResource
+from txgateway.web.runner import admit_request, attempt, serve
 
 #: Headers of one connection only (RFC 9110 section 7.6.1), never forwarded either way.
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
@@ -65,7 +64,7 @@ GZIP = frozenset({b"gzip", b"x-gzip"})
 INFLATE_LIMIT, INFLATE_STEP = 64 * USAGE_PEEK_LIMIT, 64 * 1024
 
 
-class Passthrough(JSONResource):
+class Passthrough(GatewayResource):
     openapi = Endpoint("Passthrough", below={"{provider}/{path}": {
         method: Operation(f"{method} the provider's own API, with the gateway's credentials",
                           None if method in ("GET", "DELETE") else "Object")
@@ -73,30 +72,9 @@ class Passthrough(JSONResource):
     isLeaf = True
     route = "passthrough"
 
-    def __init__(self, gateway: Gateway) -> None:
-        super().__init__()
-        self._gateway = gateway
-
     def render(self, request: Any) -> Any:
-        gateway = self._gateway
-        exchange = gateway.accountant.start(self.route)
-        request.setHeader(b"x-request-id", exchange.request_id.encode())
-        try:
-            provider, url = self._target(request)
-        except Refusal as refused:
-            exchange.status, exchange.error = refused.status, str(refused)
-            gateway.accountant.finish(exchange)
-            return write_json(request, refused.status,
-                              error_body(refused.status, str(refused), refused.code))
-        exchange.provider = provider.name
-        exchange.provider_kind = provider.kind
-        raw = request.content.getvalue()
-        exchange.model = _model_in(raw, request)
-        call = UpstreamCall(gateway.reactor, gateway.config.upstream)
-        request.notifyFinish().addErrback(lambda _: call.abort())
-        Deferred.fromCoroutine(answered(self._gateway, request, exchange, call,
-                                        self._relay(request, exchange, provider, url, raw, call)))
-        return NOT_DONE_YET
+        return serve(self._gateway, request, self.route, lambda exchange, tally, call:
+                     self._pass(request, exchange, tally, call), error_body)
 
     def _target(self, request: Any) -> tuple[Any, bytes]:
         """The provider and the upstream URL the request names, or a `Refusal`."""
@@ -123,38 +101,53 @@ class Passthrough(JSONResource):
         _, question, query = request.uri.partition(b"?")
         return provider, url + question + query
 
-    async def _relay(self, request: Any, exchange: Exchange, provider: Any, url: bytes,
-                     raw: bytes, call: UpstreamCall) -> None:
+    async def _pass(self, request: Any, exchange: Exchange, tally: Tally,
+                    call: UpstreamCall) -> None:
+        """Admit the caller, then the one target's `attempt` (its retries and cooldown)."""
         gateway = self._gateway
-        admitted = await admit_request(gateway, request, exchange, exchange.model,
+        provider, url = self._target(request)
+        target = Target(provider, "")
+        tally.target = target  # recorded even when the caller is refused
+        raw = request.content.getvalue()
+        tally.model = _model_in(raw, request)
+        admitted = await admit_request(gateway, request, exchange, tally.model,
                                        estimate_tokens(len(raw)), routed=False)
-        if admitted.principal.models and not _routed_to(gateway, exchange.model, provider):
+        if admitted.principal.models and not _routed_to(gateway, tally.model, provider):
             # A key limited to some models reaches a provider's own API only for a model
             # its routes send there as it is named: else any allowed name would do.
-            raise Refusal(403, f"This key may not use the model `{exchange.model}` through "
+            raise Refusal(403, f"This key may not use the model `{tally.model}` through "
                           f"`{provider.name}`.", "model_not_allowed")
+        await attempt(gateway, request, tally, [target], call,
+                      lambda target: self._relay(request, tally, target, url, raw, call))
+
+    async def _relay(self, request: Any, tally: Tally, target: Target, url: bytes,
+                     raw: bytes, call: UpstreamCall) -> None:
+        """One attempt: the answer relayed as it arrives, its usage metered on the way."""
+        gateway, provider = self._gateway, target.provider
         response = await call.send(provider.agent, UpstreamRequest(
             request.method, url, _forwarded(request, provider),
             SegmentsProducer([memoryview(raw)]) if raw else None))
         _start(request, response, gateway.redactor)
-        exchange.status = response.code
+        tally.status = response.code
         if response.code >= 400 and request.method != b"HEAD":
             # An error may quote the credentials sent: read whole, scrubbed, then answered.
-            body = gateway.redactor.bytes(await call.read(response))
-            exchange.error = f"upstream status {response.code}"
+            body = _scrubbed(request, response, await call.read(response), gateway.redactor)
+            tally.error = f"upstream status {response.code}"
             request.setHeader(b"content-length", b"%d" % len(body))
             if not call.aborted:
                 request.write(body)
                 request.finish()
             return
-        reader = _usage_reader(response)
-        exchange.stream = reader is not None and reader.stream
-        relay = Relay(gateway, request, exchange, call, None,
-                      Bytes() if reader is None else Peeking(reader), None)
+        meter = _usage_reader(response)
+        tally.stream = meter is not None and meter.stream
+        relay = Relay(gateway, request, tally, call, None,
+                      Bytes() if meter is None else meter, None)
         call.deliver(response, relay)
         await relay.done
-        if reader is not None:
-            _record(exchange, *reader.read(), whole=exchange.error is None)
+        if meter is not None:
+            if tally.usage is not None and tally.error is not None:
+                tally.usage = attrs.evolve(tally.usage, estimated=True)  # cut short
+            tally.model = tally.model or meter.model
 
 
 def _routed_to(gateway: Gateway, model: str, provider: Any) -> bool:
@@ -208,10 +201,34 @@ def _start(request: Any, response: Any, redactor: Redactor) -> None:
         request.setHeader(b"content-length", b"%d" % response.length)
 
 
+def _scrubbed(request: Any, response: Any, body: bytes, redactor: Redactor) -> bytes:
+    """
+    An error answer scrubbed of secrets: a gzip'd one inflated first (and answered plain), so
+    that the scrub reads its text; one that cannot be read (another coding, not inflating, or
+    past `USAGE_PEEK_LIMIT` inflated) is answered as an OpenAI error instead of as it came.
+    """
+    codings = b",".join(response.headers.getRawHeaders(b"content-encoding", []))
+    coding = codings.strip().lower()
+    if coding and coding != b"identity":
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            inflated = inflater.decompress(body, USAGE_PEEK_LIMIT + 1)
+        except zlib.error:
+            inflated = None
+        request.responseHeaders.removeHeader(b"content-encoding")
+        if coding not in GZIP or inflated is None or not inflater.eof:
+            request.setHeader(b"content-type", b"application/json")
+            return error_body(response.code, f"the provider answered {response.code} in a body "
+                              "the gateway could not read", "upstream_error")
+        body = inflated
+    return redactor.bytes(body)
+
+
 def _usage_reader(response: Any) -> UsageReader | None:
     """
-    What reads the usage of a successful JSON or SSE answer, plain or gzip'd; None for
-    anything else.
+    The meter (`txgateway.web.relay.ITranscoder`) of a successful JSON or SSE answer, plain
+    or gzip'd: its bytes relayed as they came, its usage read on the side; None for anything
+    else.
     """
     headers = response.headers
     if response.code != 200:
@@ -231,15 +248,7 @@ def _usage_reader(response: Any) -> UsageReader | None:
     return Inflating(reader, limit) if coding in GZIP else None
 
 
-def _record(exchange: Exchange, usage: Usage | None, model: str, whole: bool) -> None:
-    """What the reader saw: the usage (estimated when the body was cut short), the model."""
-    if usage is not None:
-        exchange.usage = usage if whole else attrs.evolve(usage, estimated=True)
-    if not exchange.model:
-        exchange.model = model
-
-
-class AnswerUsage:
+class AnswerUsage(Bytes):
     """The usage and model of a JSON answer, read once it is whole (up to a size)."""
 
     stream = False
@@ -247,15 +256,20 @@ class AnswerUsage:
     def __init__(self) -> None:
         self._parts: list[bytes] | None = []
         self._size = 0
+        self.model = ""
 
-    def feed(self, data: bytes) -> None:
-        if self._parts is None:
-            return
-        self._size += len(data)
-        if self._size > USAGE_PEEK_LIMIT:
-            self._parts = None
-        else:
-            self._parts.append(data)
+    def feed(self, data: bytes) -> bytes:
+        if self._parts is not None:
+            self._size += len(data)
+            if self._size > USAGE_PEEK_LIMIT:
+                self._parts = None
+            else:
+                self._parts.append(data)
+        return data
+
+    def finish(self) -> bytes:
+        self.usage, self.model = self.read()
+        return b""
 
     def read(self) -> tuple[Usage | None, str]:
         try:
@@ -267,7 +281,7 @@ class AnswerUsage:
         return usage_of(answer.get("usage")), _text(answer.get("model"))
 
 
-class StreamUsage:
+class StreamUsage(Bytes):
     """
     The usage and model of an SSE answer, whatever its dialect, read as the events pass: only
     the runs of whole events that hold a `TOKEN_COUNT` are split and parsed, so a stream
@@ -285,12 +299,11 @@ class StreamUsage:
     def __init__(self) -> None:
         self._splitter: EventSplitter | None = EventSplitter()
         self._anthropic: dict[str, Any] = {}
-        self._usage: Usage | None = None
-        self._model = ""
+        self.model = ""
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes) -> bytes:
         if self._splitter is None:
-            return
+            return data
         run = self._splitter.feed(data)
         if TOKEN_COUNT in run:
             for event in events(run):
@@ -298,6 +311,7 @@ class StreamUsage:
                     self._read(data_of(event))
         if len(self._splitter.pending) > USAGE_PEEK_LIMIT:  # not an event stream after all
             self._splitter = None
+        return data
 
     def _read(self, data: bytes) -> None:
         try:
@@ -321,19 +335,23 @@ class StreamUsage:
 
     def _found(self, usage: Usage | None, holder: dict[str, Any]) -> None:
         if usage is not None:
-            self._usage = usage
-            self._model = _text(holder.get("model")) or self._model
+            self.usage = usage
+            self.model = _text(holder.get("model")) or self.model
 
     def read(self) -> tuple[Usage | None, str]:
-        return self._usage, self._model
+        return self.usage, self.model
 
 
 class Inflating:
     """
     A usage ``reader`` shown a gzip'd body inflated, as it passes, in steps of at most
     `INFLATE_STEP` bytes and up to ``limit`` bytes in all: past that, or on bytes that do not
-    inflate, the reader is shown no more (and keeps what it read).
+    inflate, the reader is shown no more (and keeps what it read).  The body is relayed as it
+    came.
     """
+
+    error = None
+    chunks = 0
 
     def __init__(self, reader: AnswerUsage | StreamUsage, limit: int) -> None:
         self._reader = reader
@@ -341,19 +359,32 @@ class Inflating:
         self._inflater: Any = zlib.decompressobj(16 + zlib.MAX_WBITS)  # gzip's framing
         self._left = limit
 
-    def feed(self, data: bytes) -> None:
-        while data and self._inflater is not None:
+    @property
+    def usage(self) -> Usage | None:
+        return self._reader.usage
+
+    @property
+    def model(self) -> str:
+        return self._reader.model
+
+    def feed(self, data: bytes) -> bytes:
+        piece = data
+        while piece and self._inflater is not None:
             try:
-                inflated = self._inflater.decompress(data, min(INFLATE_STEP, self._left))
+                inflated = self._inflater.decompress(piece, min(INFLATE_STEP, self._left))
             except zlib.error:
                 self._inflater = None
-                return
+                break
             self._left -= len(inflated)
             self._reader.feed(inflated)
             if self._left <= 0 or self._inflater.eof:
                 self._inflater = None
             else:
-                data = self._inflater.unconsumed_tail
+                piece = self._inflater.unconsumed_tail
+        return data
+
+    def finish(self) -> bytes:
+        return self._reader.finish()
 
     def read(self) -> tuple[Usage | None, str]:
         return self._reader.read()

@@ -201,9 +201,13 @@ class Relay(TimedBody):
 
 
 class Bytes:
-    """The transcoder (`ITranscoder`) of a binary body: its bytes as they came."""
+    """
+    The transcoder (`ITranscoder`) of a body relayed as it came: a binary one as it is, or
+    the base of a meter that reads it on the side (its ``usage`` found on the way).
+    """
 
-    usage = error = None
+    usage: Usage | None = None
+    error: tuple[int, str] | None = None
     chunks = 0
 
     def feed(self, data: bytes) -> bytes:
@@ -211,14 +215,3 @@ class Bytes:
 
     def finish(self) -> bytes:
         return b""
-
-
-class Peeking(Bytes):
-    """The transcoder of a body relayed as it came and shown to a ``reader`` on the side."""
-
-    def __init__(self, reader: Any) -> None:
-        self._reader = reader
-
-    def feed(self, data: bytes) -> bytes:
-        self._reader.feed(data)
-        return data

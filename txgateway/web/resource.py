@@ -87,6 +87,33 @@ class JSONResource(Resource):
         return handler(request)
 
 
+class GatewayResource(JSONResource):
+    """A JSON resource that answers from the gateway's parts (``self._gateway``)."""
+
+    def __init__(self, gateway: Any) -> None:
+        super().__init__()
+        self._gateway = gateway
+
+
+class Item(GatewayResource):
+    """One item of a `Collection` (its id ``self._id``), with what its path names below it."""
+
+    isLeaf = True
+
+    def __init__(self, gateway: Any, item_id: str) -> None:
+        super().__init__(gateway)
+        self._id = item_id
+
+
+class Collection(GatewayResource):
+    """A resource whose children are its items, one an id: each an `item`."""
+
+    item: type[Item]
+
+    def getChild(self, path: bytes, request: Any) -> Resource:
+        return self.item(self._gateway, path.decode("utf-8", "replace"))
+
+
 class NotFound(Resource):
     """An unknown URL, answered with ``error_body`` (its parent's dialect)."""
 

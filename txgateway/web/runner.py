@@ -208,14 +208,46 @@ class CallEndpoint(ModelEndpoint):
 
 async def run(endpoint: CallEndpoint, request: Any, exchange: Exchange, parsed: Any,
               size: int, call: UpstreamCall) -> Outcome:
-    """
-    Admit, plan and attempt the call, answer the caller whatever happens, and account for
-    it: what it raises is answered in the endpoint's dialect (a refusal or bad input with its
-    status, an upstream fault with its own, a bug with 500, logged); a client that left gets
-    nothing, and an answer already begun is ended as it stands.
-    """
+    """Admit, plan and attempt the call, answer the caller whatever happens (`settle`)."""
     gateway = endpoint._gateway
     tally = Tally()
+
+    async def work() -> None:
+        plan = await endpoint.admit(request, exchange, parsed, size)
+        await attempt(gateway, request, tally, plan, call, lambda target: _call(
+            endpoint, request, tally, parsed, size, target, call,
+            endpoint.codec(request, parsed, target)))
+
+    return await settle(gateway, request, exchange, call, tally, work(), endpoint.error_body)
+
+
+def serve(gateway: Any, request: Any, route: str,
+          work: Callable[[Exchange, Tally, UpstreamCall], Awaitable[None]],
+          error_body: Callable[..., bytes]) -> Any:
+    """
+    For ``render_*``: ``work`` done as one exchange of ``route`` with its `Tally` and its
+    abortable upstream call, answered and accounted for by `settle`.
+    """
+    exchange = gateway.accountant.start(route)
+    request.setHeader(b"x-request-id", exchange.request_id.encode())
+    call = UpstreamCall(gateway.reactor, gateway.config.upstream)
+    request.notifyFinish().addErrback(lambda _: call.abort())
+    tally = Tally()
+    Deferred.fromCoroutine(settle(gateway, request, exchange, call, tally,
+                                  work(exchange, tally, call), error_body))
+    return NOT_DONE_YET
+
+
+async def settle(gateway: Any, request: Any, exchange: Exchange, call: UpstreamCall,
+                 tally: Tally | Exchange, work: Awaitable[None],
+                 error_body: Callable[..., bytes]) -> Outcome:
+    """
+    Await ``work``, which answers the request and keeps ``tally`` (the exchange itself for
+    endpoints not on the runner yet), then account for it once.  What it raises is answered
+    in ``error_body``'s dialect (a refusal or bad input with its status, an upstream fault
+    with its own, a bug with 500, logged); a client that left gets nothing, and an answer
+    already begun is ended as it stands.
+    """
 
     def fail(status: int, message: str, code: str | None, param: str | None = None) -> None:
         tally.status, tally.error = status, message
@@ -224,13 +256,10 @@ async def run(endpoint: CallEndpoint, request: Any, exchange: Exchange, parsed: 
         if request.startedWriting:
             request.finish()
         else:
-            finish(request, call, status, endpoint.error_body(status, message, code, param))
+            finish(request, call, status, error_body(status, message, code, param))
 
     try:
-        plan = await endpoint.admit(request, exchange, parsed, size)
-        await attempt(gateway, request, tally, plan, call, lambda target: _call(
-            endpoint, request, tally, parsed, size, target, call,
-            endpoint.codec(request, parsed, target)))
+        await work
     except Refusal as refusal:
         fail(refusal.status, str(refusal), refusal.code, refusal.param)
     except BadRequest as error:
@@ -247,26 +276,30 @@ async def run(endpoint: CallEndpoint, request: Any, exchange: Exchange, parsed: 
     except Exception:
         log.failure("{route} for {model} failed", route=exchange.route, model=exchange.model)
         fail(500, "the gateway failed to answer", "internal_error")
-    outcome = tally.outcome()
+    outcome = tally.outcome() if isinstance(tally, Tally) else Outcome.of(tally)
     gateway.accountant.finish(exchange, outcome)
     return outcome
 
 
 async def attempt(gateway: Any, request: Any, tally: Tally | Exchange, plan: list[Target],
-                  call: UpstreamCall, step: Callable[[Target], Awaitable[None]]) -> None:
+                  call: UpstreamCall, step: Callable[[Target], Awaitable[None]],
+                  retries: int | None = None) -> None:
     """
-    Call the plan's targets in turn (``step``), each with its retries, until one answers: a
+    Call the plan's targets in turn (``step``), each with its retries (``retries``, when not
+    the configured number: none for a body that cannot be sent twice), until one answers: a
     failure before anything reached the client (no connection, a timeout, 429 or 5xx) moves
     on.  Nothing is written to the client before an upstream's answer is taken.
     """
     router, settings = gateway.router, gateway.config.routing
+    if retries is None:
+        retries = settings.retries
     for position, target in enumerate(plan):
         last = position + 1 == len(plan)
         retry = 0
         while True:
             tally.attempting(target)
             request.setHeader(b"x-txgateway-provider", target.provider.name.encode())
-            call.may_fall_back = not last or retry < settings.retries
+            call.may_fall_back = not last or retry < retries
             try:
                 preparing = prepare(target.provider)  # a token or credentials, first
                 if preparing is not None:
@@ -276,8 +309,7 @@ async def attempt(gateway: Any, request: Any, tally: Tally | Exchange, plan: lis
                 router.failed(target)
                 if not call.may_fall_back or request.startedWriting:
                     raise
-                wait = (retry_wait(settings, retry, error) if retry < settings.retries
-                        else None)
+                wait = retry_wait(settings, retry, error) if retry < retries else None
                 if wait is None and last:
                     raise  # nowhere else to go: the caller hears it
                 tally.attempts += 1
