@@ -39,9 +39,8 @@ def billed_seconds(session: Any) -> float:
 @attrs.define
 class Exchange:
     """
-    The record of one request as it goes (mutable; finished exactly once): who called and
-    for what.  How it ended comes to `Accountant.finish` as an `Outcome` from the runner;
-    endpoints not yet on it still write that into the exchange.
+    The record of one request as it goes (finished exactly once): who called and for what,
+    as admission learns it.  How it ended comes to `Accountant.finish` as an `Outcome`.
     """
 
     route: str
@@ -52,23 +51,9 @@ class Exchange:
     #: The key's limits, when the limiter admitted the call and must hear what it used.
     limits: Limits | None = None
     admitted_tokens: int = 0
-    #: Attempts that failed before this one answered (fallbacks and retries).
-    attempts: int = 0
     model: str = ""
-    provider: str = ""
-    provider_kind: str = ""
-    upstream_model: str = ""
     stream: bool = False
-    status: int = 0
-    first_byte: float | None = None
-    usage: Usage | None = None
-    error: str | None = None
     finished: bool = False
-
-    def attempting(self, target: Any) -> None:
-        """A new attempt, at ``target`` (for endpoints not yet on the runner)."""
-        self.provider, self.provider_kind = target.provider.name, target.provider.kind
-        self.upstream_model, self.first_byte, self.usage = target.model, None, None
 
 
 @attrs.define
@@ -120,13 +105,6 @@ class Outcome:
     model: str = ""
     stream: bool = False
 
-    @classmethod
-    def of(cls, exchange: Exchange) -> Outcome:
-        """The outcome an endpoint not yet on the runner wrote into its exchange."""
-        return cls(exchange.status, exchange.error, exchange.usage, exchange.first_byte,
-                   exchange.provider, exchange.provider_kind, exchange.upstream_model,
-                   exchange.attempts)
-
 
 #: How many distinct model names become metrics labels, and how long one may be.
 MODEL_LABELS = 1000
@@ -172,8 +150,8 @@ class Accountant:
             except DeferredTimeout:
                 pass
 
-    def finish(self, exchange: Exchange, outcome: Outcome | None = None) -> None:
-        """Account for ``exchange`` once, as its ``outcome`` says (or its own fields)."""
+    def finish(self, exchange: Exchange, outcome: Outcome) -> None:
+        """Account for ``exchange`` once, as its ``outcome`` says."""
         if exchange.finished:
             return
         exchange.finished = True
@@ -182,8 +160,6 @@ class Accountant:
             waiters, self._drain_waiters = self._drain_waiters, []
             for waiter in waiters:
                 waiter.callback(None)
-        if outcome is None:
-            outcome = Outcome.of(exchange)
         exchange.model = exchange.model or outcome.model
         exchange.stream = exchange.stream or outcome.stream
         duration = self._clock.seconds() - exchange.started

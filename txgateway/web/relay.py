@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface
 
-from txgateway.accounting import Exchange, Tally
+from txgateway.accounting import Tally
 from txgateway.streams import EventTooLarge
 from txgateway.upstream import TimedBody, UpstreamCall, UpstreamError
 from txgateway.usage import Usage, estimate_tokens
@@ -86,17 +86,17 @@ class Relay(TimedBody):
     client sends at once finds what it stored).  A stream that breaks ends with
     ``error_event``; a binary body (no ``error_event``) drops the client's connection
     instead, so that it cannot take a truncated file for a whole one.  What it meters goes
-    into ``exchange``: the runner's `Tally` (an `Exchange` for endpoints not on it yet).
+    into the runner's ``tally``.
     """
 
-    def __init__(self, gateway: Any, request: Any, exchange: Tally | Exchange,
+    def __init__(self, gateway: Any, request: Any, tally: Tally,
                  call: UpstreamCall, error_event: ErrorEvent | None, transcoder: Any,
                  request_size: int | None,
                  save: Callable[[], Deferred[Any] | None] | None = None) -> None:
         super().__init__(gateway.reactor, gateway.config.upstream)
         self._redactor = gateway.redactor
         self._request = request
-        self._exchange = exchange
+        self._tally = tally
         self._call = call
         self._error_event = error_event
         self._transcoder = transcoder
@@ -115,9 +115,9 @@ class Relay(TimedBody):
         self._call.abort()
 
     def received(self, data: bytes) -> None:
-        exchange = self._exchange
-        if exchange.first_byte is None:
-            exchange.first_byte = self._reactor.seconds()
+        tally = self._tally
+        if tally.first_byte is None:
+            tally.first_byte = self._reactor.seconds()
         transcoder = self._transcoder
         try:
             out = transcoder.feed(data)
@@ -127,12 +127,12 @@ class Relay(TimedBody):
             self.fail(UpstreamError("the upstream sent an event that could not be read"))
             return
         if transcoder.usage is not None:
-            exchange.usage = transcoder.usage
+            tally.usage = transcoder.usage
         if transcoder.error is not None:
             # An error event the upstream sent may quote its credentials: scrubbed from here.
-            if exchange.error is None:
-                exchange.status = transcoder.error[0]
-                exchange.error = self._redactor.text(transcoder.error[1])
+            if tally.error is None:
+                tally.status = transcoder.error[0]
+                tally.error = self._redactor.text(transcoder.error[1])
             out = self._redactor.bytes(out)
         if out:
             self._request.write(out)
@@ -143,7 +143,7 @@ class Relay(TimedBody):
             return
         tail = self._transcoder.finish()
         if self._transcoder.usage is not None:
-            self._exchange.usage = self._transcoder.usage
+            self._tally.usage = self._transcoder.usage
         if self._save is None:
             self._end(None, tail)
             return
@@ -158,16 +158,16 @@ class Relay(TimedBody):
         maybeDeferred(self._save).addCallbacks(lambda _: self._end(None, tail), not_stored)
 
     def _end(self, failure: Failure | None, tail: bytes) -> None:
-        exchange = self._exchange
+        tally = self._tally
         if self._request_size is not None and (
-                self._call.aborted or failure is not None or exchange.error is not None
-                or exchange.usage is None):
+                self._call.aborted or failure is not None or tally.error is not None
+                or tally.usage is None):
             # Cut short: a usage reported so far is partial (Anthropic's message_start gives
             # the input and one output token), so the output is estimated.
-            exchange.usage = self.estimate(self._request_size)
+            tally.usage = self.estimate(self._request_size)
         if self._call.aborted:
-            exchange.status = CLIENT_CLOSED
-            exchange.error = "the client disconnected"
+            tally.status = CLIENT_CLOSED
+            tally.error = "the client disconnected"
             self.done.callback(None)
             return
         self._request.unregisterProducer()
@@ -178,7 +178,7 @@ class Relay(TimedBody):
             return
         error = failure.value
         status = error.status if isinstance(error, UpstreamError) else 502
-        exchange.status, exchange.error = status, str(error) or type(error).__name__
+        tally.status, tally.error = status, str(error) or type(error).__name__
         if self._error_event is None:
             self._request.loseConnection()
         else:

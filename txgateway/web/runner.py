@@ -239,11 +239,10 @@ def serve(gateway: Any, request: Any, route: str,
 
 
 async def settle(gateway: Any, request: Any, exchange: Exchange, call: UpstreamCall,
-                 tally: Tally | Exchange, work: Awaitable[None],
+                 tally: Tally, work: Awaitable[None],
                  error_body: Callable[..., bytes]) -> Outcome:
     """
-    Await ``work``, which answers the request and keeps ``tally`` (the exchange itself for
-    endpoints not on the runner yet), then account for it once.  What it raises is answered
+    Await ``work``, which answers the request and keeps ``tally``, then account for it once.  What it raises is answered
     in ``error_body``'s dialect (a refusal or bad input with its status, an upstream fault
     with its own, a bug with 500, logged); a client that left gets nothing, and an answer
     already begun is ended as it stands.
@@ -276,12 +275,12 @@ async def settle(gateway: Any, request: Any, exchange: Exchange, call: UpstreamC
     except Exception:
         log.failure("{route} for {model} failed", route=exchange.route, model=exchange.model)
         fail(500, "the gateway failed to answer", "internal_error")
-    outcome = tally.outcome() if isinstance(tally, Tally) else Outcome.of(tally)
+    outcome = tally.outcome()
     gateway.accountant.finish(exchange, outcome)
     return outcome
 
 
-async def attempt(gateway: Any, request: Any, tally: Tally | Exchange, plan: list[Target],
+async def attempt(gateway: Any, request: Any, tally: Tally, plan: list[Target],
                   call: UpstreamCall, step: Callable[[Target], Awaitable[None]],
                   retries: int | None = None) -> None:
     """
