@@ -242,9 +242,10 @@ async def settle(gateway: Any, request: Any, exchange: Exchange, call: UpstreamC
                  tally: Tally, work: Awaitable[None],
                  error_body: Callable[..., bytes]) -> Outcome:
     """
-    Await ``work``, which answers the request and keeps ``tally``, then account for it once.  What it raises is answered
-    in ``error_body``'s dialect (a refusal or bad input with its status, an upstream fault
-    with its own, a bug with 500, logged); a client that left gets nothing, and an answer
+    Await ``work``, which answers the request and keeps ``tally``, then account for it
+    once.  What it raises is answered in ``error_body``'s dialect (a refusal or bad input
+    with its status, an upstream fault with its own, a bug with 500, logged); a client that
+    left gets nothing, and an answer
     already begun is ended as it stands.
     """
 
