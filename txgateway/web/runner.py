@@ -245,8 +245,7 @@ async def settle(gateway: Any, request: Any, exchange: Exchange, call: UpstreamC
     Await ``work``, which answers the request and keeps ``tally``, then account for it
     once.  What it raises is answered in ``error_body``'s dialect (a refusal or bad input
     with its status, an upstream fault with its own, a bug with 500, logged); a client that
-    left gets nothing, and an answer
-    already begun is ended as it stands.
+    left gets nothing, and an answer already begun is ended as it stands.
     """
 
     def fail(status: int, message: str, code: str | None, param: str | None = None) -> None:
