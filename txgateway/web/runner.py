@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import deferLater
@@ -339,7 +339,7 @@ async def _call(endpoint: CallEndpoint, request: Any, tally: Tally, parsed: Any,
         return
     response = await call.send(target.provider.agent, upstream)
     content_type = response.headers.getRawHeaders(b"content-type", [b""])[0]
-    keeping = IKeepingCodec(codec, None)
+    keeping = cast(IKeepingCodec, codec) if IKeepingCodec.providedBy(codec) else None
     streamed = parsed.stream and content_type.startswith(codec.stream_type)
     passed = not streamed and b"json" not in content_type and IPassingCodec.providedBy(codec)
     if response.code == 200 and (streamed or passed):
