@@ -42,6 +42,10 @@ Workers = NewType("Workers", int)
 
 #: How long a stopping gateway (each worker of one) lets calls and sessions in flight finish.
 DRAIN_SECONDS = 30.0
+#: Connections the kernel queues for the gateway to accept, unless ``listen`` says
+#: ``backlog=``: Twisted's 50 drops the SYNs of a burst (a thousand voice sessions opening at
+#: once), whose clients then retry a second later.
+LISTEN_BACKLOG = 1024
 
 
 class ConfigError(Exception):
@@ -192,6 +196,14 @@ class KeyConfig:
     budget_usd: float = 0.0
     budget_period: Literal["day", "month", "total"] = "month"
     metadata: dict[str, str] = attrs.field(factory=dict)
+
+
+def with_backlog(listen: str) -> str:
+    """A ``tcp``, ``tcp6`` or ``unix`` endpoint, its backlog `LISTEN_BACKLOG` unless it says."""
+    kind = listen.split(":", 1)[0]
+    if kind not in ("tcp", "tcp6", "unix") or ":backlog=" in listen:
+        return listen
+    return f"{listen}:backlog={LISTEN_BACKLOG}"
 
 
 @attrs.frozen

@@ -12,7 +12,7 @@ from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred, succ
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
-from txgateway.config import DRAIN_SECONDS, ConfigError, GatewayConfig
+from txgateway.config import DRAIN_SECONDS, ConfigError, GatewayConfig, with_backlog
 from txgateway.gateway import build_gateway
 from txgateway.http.server import HTTPServer
 from txgateway.limits import ILimiter
@@ -101,7 +101,7 @@ class GatewayService(MultiService):
                                                limiter)
         gateway.config_source = config_source
         self.site = HTTPServer(build_root(gateway), config.max_body_bytes, reactor)
-        self._listen = listen or serverFromString(reactor, config.listen).listen
+        self._listen = listen or serverFromString(reactor, with_backlog(config.listen)).listen
         self.listening: Deferred[Any] = Deferred()
         self._port: Any = None
         for part in (AccessLogFlushing(self.access_log, reactor),

@@ -41,7 +41,7 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from txgateway import cluster
-from txgateway.config import DRAIN_SECONDS, GatewayConfig
+from txgateway.config import DRAIN_SECONDS, LISTEN_BACKLOG, GatewayConfig, with_backlog
 from txgateway.limits import MemoryLimiter
 from txgateway.realtime.seats import Seats
 from txgateway.store import open_store
@@ -173,7 +173,7 @@ class WorkerPool(Service):
         store = open_store(self._config.store, self.reactor)
         await store.start()
         await store.close()
-        listen = self._listen or self._config.listen
+        listen = with_backlog(self._listen or self._config.listen)
         kind = listen.split(":", 1)[0]
         if kind in ("tcp", "tcp6"):
             self._sockets = reuse_port_sockets(listen, self.count)
@@ -325,7 +325,7 @@ def reuse_port_sockets(listen: str, count: int) -> list[socket.socket]:
     port = int(options.get("port") or positional[0])
     family = socket.AF_INET6 if kind == "tcp6" else socket.AF_INET
     interface = options.get("interface", "::" if kind == "tcp6" else "")
-    backlog = int(options.get("backlog", "50"))
+    backlog = int(options.get("backlog", LISTEN_BACKLOG))
     sockets = []
     for _ in range(count):
         listening = socket.socket(family, socket.SOCK_STREAM)
