@@ -15,16 +15,19 @@ import os
 from typing import Any
 
 import orjson
+from zope.interface import implementer
 
 from txgateway.dialects.openai import stream_error_event
 from txgateway.plugins.bedrock.aws import AwsEventStreamDecoder, EventStreamCorrupt
 from txgateway.translate import (
+    ITurnWords,
     ToChatChunks,
     Untranslatable,
-    add_turn,
+    alternating_turns,
     arguments_object,
     assistant_choice,
     chat_completion_object,
+    content_parts,
     data_url,
     tool_call,
 )
@@ -60,7 +63,7 @@ EXCEPTION_STATUSES = {
 
 def converse_request(chat: dict[str, Any]) -> dict[str, Any]:
     """The Converse (or ConverseStream) body for a chat completions request."""
-    system, messages = _conversation(chat.get("messages") or [])
+    system, messages = alternating_turns(chat.get("messages") or [], _ConverseWords())
     request: dict[str, Any] = {"messages": messages}
     if system:
         request["system"] = system
@@ -82,44 +85,35 @@ def converse_request(chat: dict[str, Any]) -> dict[str, Any]:
     return request
 
 
-def _conversation(chat_messages: list[Any]) -> tuple[list[dict], list[dict[str, Any]]]:
-    """System blocks, and the turns: tool results in user turns, same-role turns merged."""
-    system: list[dict[str, Any]] = []
-    turns: list[dict[str, Any]] = []
-    for message in chat_messages:
-        role = message.get("role")
-        content = message.get("content")
-        if role in ("system", "developer"):
-            system.extend(block for block in _blocks(content) if "text" in block)
-            continue
-        if role == "tool":
-            role, blocks = "user", [{"toolResult": {
-                "toolUseId": message.get("tool_call_id"), "content": _blocks(content)}}]
-        elif role == "assistant":
-            blocks = _blocks(content)
-            for call in message.get("tool_calls") or []:
-                function = call.get("function") or {}
-                blocks.append({"toolUse": {"toolUseId": call.get("id"),
-                                           "name": function.get("name"),
-                                           "input": arguments_object(function.get("arguments"))}})
-        else:
-            role, blocks = "user", _blocks(content)
-        add_turn(turns, role, "content", blocks)
-    return system, turns
+@implementer(ITurnWords)
+class _ConverseWords:
+    """Converse's content blocks: ``toolUse`` and ``toolResult``; images as bytes."""
 
+    key = "content"
+    model_role = "assistant"
 
-def _blocks(content: Any) -> list[dict[str, Any]]:
-    """Chat content (a string or parts) as Converse content blocks; blank text dropped."""
-    if isinstance(content, str):
-        return [{"text": content}] if content else []
-    blocks = []
-    for part in content or []:
-        kind = part.get("type")
-        if kind == "text" and part.get("text"):
-            blocks.append({"text": part["text"]})
-        elif kind == "image_url":
-            blocks.append({"image": _image(part["image_url"]["url"])})
-    return blocks
+    def system(self, content: Any) -> list[dict[str, Any]]:
+        return [block for block in self.content(content) if "text" in block]
+
+    def content(self, content: Any) -> list[dict[str, Any]]:
+        """Chat content as Converse content blocks; blank text dropped."""
+        blocks = []
+        for part in content_parts(content):
+            kind = part.get("type")
+            if kind == "text" and part.get("text"):
+                blocks.append({"text": part["text"]})
+            elif kind == "image_url":
+                blocks.append({"image": _image(part["image_url"]["url"])})
+        return blocks
+
+    def tool_call(self, call: dict[str, Any]) -> dict[str, Any]:
+        function = call.get("function") or {}
+        return {"toolUse": {"toolUseId": call.get("id"), "name": function.get("name"),
+                            "input": arguments_object(function.get("arguments"))}}
+
+    def tool_result(self, message: dict[str, Any]) -> dict[str, Any]:
+        return {"toolResult": {"toolUseId": message.get("tool_call_id"),
+                               "content": self.content(message.get("content"))}}
 
 
 def _image(url: str) -> dict[str, Any]:

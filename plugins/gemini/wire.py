@@ -18,17 +18,20 @@ import secrets
 from typing import Any
 
 import orjson
+from zope.interface import implementer
 
 from txgateway.dialects.openai import error_body, stream_error_event
 from txgateway.streams import EventSplitter, data_of, events
 from txgateway.translate import (
+    ITurnWords,
     ToChatChunks,
     Untranslatable,
-    add_turn,
+    alternating_turns,
     arguments_object,
     assistant_choice,
     chat_completion_object,
     chat_text,
+    content_parts,
     data_url,
     tool_call,
 )
@@ -71,7 +74,8 @@ SIGNATURE_MARK = "_ts_"
 
 def generate_request(chat: dict[str, Any]) -> dict[str, Any]:
     """The ``generateContent`` request for a chat completions request."""
-    system, contents = _contents(chat.get("messages") or [])
+    messages = chat.get("messages") or []
+    system, contents = alternating_turns(messages, _GeminiWords(messages))
     request: dict[str, Any] = {"contents": contents}
     if system:
         request["systemInstruction"] = {"parts": system}
@@ -93,53 +97,54 @@ def generate_method(stream: bool) -> str:
     return "streamGenerateContent?alt=sse" if stream else "generateContent"
 
 
-def _contents(messages: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The system parts, and the turns (roles user and model, consecutive ones merged)."""
-    names = {call.get("id"): (call.get("function") or {}).get("name")
-             for message in messages if message.get("role") == "assistant"
-             for call in message.get("tool_calls") or []}
-    system: list[dict[str, Any]] = []
-    contents: list[dict[str, Any]] = []
-    for message in messages:
-        role = message.get("role")
-        content = message.get("content")
-        if role in ("system", "developer"):
-            text = chat_text(content)
-            if text:
-                system.append({"text": text})
-            continue
-        if role == "assistant":
-            turn, parts = "model", _parts(content)
-            for call in message.get("tool_calls") or []:
-                parts.append(_function_call(call))
-        elif role == "tool":
-            name = message.get("name") or names.get(message.get("tool_call_id")) or ""
-            turn, parts = "user", [{"functionResponse": {
-                "name": name, "response": {"content": chat_text(content)}}}]
-        else:
-            turn, parts = "user", _parts(content)
-        add_turn(contents, turn, "parts", parts)
-    return system, contents
+@implementer(ITurnWords)
+class _GeminiWords:
+    """
+    Gemini's parts: ``functionCall`` and ``functionResponse``, the latter named after its call
+    (looked up among ``messages``' tool calls when the tool message names none).
+    """
 
+    key = "parts"
+    model_role = "model"
 
-def _parts(content: Any) -> list[dict[str, Any]]:
-    """Chat content (a string or parts) as Gemini parts."""
-    if isinstance(content, str):
-        return [{"text": content}] if content else []
-    parts = []
-    for part in content or []:
-        kind = part.get("type")
-        if kind == "text":
-            parts.append({"text": part.get("text", "")})
-        elif kind == "image_url":
-            parts.append(media_part(part["image_url"]["url"]))
-        elif kind == "input_audio":
-            audio = part["input_audio"]
-            parts.append({"inlineData": {"mimeType": f"audio/{audio.get('format', 'wav')}",
-                                         "data": audio.get("data", "")}})
-        elif kind == "file" and (part.get("file") or {}).get("file_data"):
-            parts.append(media_part(part["file"]["file_data"]))
-    return parts
+    def __init__(self, messages: list[Any]) -> None:
+        self._names = {call.get("id"): (call.get("function") or {}).get("name")
+                       for message in messages if message.get("role") == "assistant"
+                       for call in message.get("tool_calls") or []}
+
+    def system(self, content: Any) -> list[dict[str, Any]]:
+        text = chat_text(content)
+        return [{"text": text}] if text else []
+
+    def content(self, content: Any) -> list[dict[str, Any]]:
+        parts = []
+        for part in content_parts(content):
+            kind = part.get("type")
+            if kind == "text":
+                parts.append({"text": part.get("text", "")})
+            elif kind == "image_url":
+                parts.append(media_part(part["image_url"]["url"]))
+            elif kind == "input_audio":
+                audio = part["input_audio"]
+                parts.append({"inlineData": {"mimeType": f"audio/{audio.get('format', 'wav')}",
+                                             "data": audio.get("data", "")}})
+            elif kind == "file" and (part.get("file") or {}).get("file_data"):
+                parts.append(media_part(part["file"]["file_data"]))
+        return parts
+
+    def tool_call(self, call: dict[str, Any]) -> dict[str, Any]:
+        function = call.get("function") or {}
+        part: dict[str, Any] = {"functionCall": {
+            "name": function.get("name"), "args": arguments_object(function.get("arguments"))}}
+        signature = _signature_of(call.get("id") or "")
+        if signature:
+            part["thoughtSignature"] = signature
+        return part
+
+    def tool_result(self, message: dict[str, Any]) -> dict[str, Any]:
+        name = message.get("name") or self._names.get(message.get("tool_call_id")) or ""
+        return {"functionResponse": {
+            "name": name, "response": {"content": chat_text(message.get("content"))}}}
 
 
 def media_part(url: str) -> dict[str, Any]:
@@ -153,16 +158,6 @@ def media_part(url: str) -> dict[str, Any]:
 
 def _normal_mime(mime: str) -> str:
     return "image/jpeg" if mime == "image/jpg" else mime
-
-
-def _function_call(call: dict[str, Any]) -> dict[str, Any]:
-    function = call.get("function") or {}
-    part: dict[str, Any] = {"functionCall": {
-        "name": function.get("name"), "args": arguments_object(function.get("arguments"))}}
-    signature = _signature_of(call.get("id") or "")
-    if signature:
-        part["thoughtSignature"] = signature
-    return part
 
 
 def tool_call_id(signature: str | None) -> str:

@@ -3,6 +3,7 @@
 from typing import Any
 
 import orjson
+from zope.interface import Attribute, Interface
 
 from txgateway.dialects.openai import loads_object
 from txgateway.streams import EventSplitter, data_of, events
@@ -36,17 +37,62 @@ def chat_text(content: Any) -> str:
                      if isinstance(part, dict) and part.get("type") == "text")
 
 
-def add_turn(turns: list[dict[str, Any]], role: str, key: str, items: list[Any]) -> None:
+def content_parts(content: Any) -> list[dict[str, Any]]:
+    """Chat content's parts: a string is one text part, an empty one none."""
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    return content or []
+
+
+class ITurnWords(Interface):
     """
-    Appends a turn of ``items`` under ``key``, or extends the last turn when it has the same
-    role: Converse and Gemini want the roles to alternate.  Nothing for no items.
+    How a provider whose turns must alternate (Converse, Gemini) words each piece of a chat
+    conversation, for `alternating_turns`.
     """
-    if not items:
-        return
-    if turns and turns[-1]["role"] == role:
-        turns[-1][key].extend(items)
-    else:
-        turns.append({"role": role, key: items})
+
+    key = Attribute("What holds a turn's items: 'content' or 'parts'.")
+    model_role = Attribute("The role of the model's turns: 'assistant' or 'model'.")
+
+    def system(content: Any) -> list[dict[str, Any]]:  # noqa: N805
+        """The system items for a system or developer message's content."""
+
+    def content(content: Any) -> list[dict[str, Any]]:  # noqa: N805
+        """The items for chat content (a string or parts)."""
+
+    def tool_call(call: dict[str, Any]) -> dict[str, Any]:  # noqa: N805
+        """The item for one of an assistant message's tool calls."""
+
+    def tool_result(message: dict[str, Any]) -> dict[str, Any]:  # noqa: N805
+        """The item for a tool message."""
+
+
+def alternating_turns(messages: list[Any], words: ITurnWords,
+                      ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """
+    The system items, and the turns of chat ``messages``: tool results in user turns, and
+    consecutive turns of one role merged, as Converse and Gemini want them.
+    """
+    system: list[dict[str, Any]] = []
+    turns: list[dict[str, Any]] = []
+    for message in messages:
+        role = message.get("role")
+        if role in ("system", "developer"):
+            system.extend(words.system(message.get("content")))
+            continue
+        if role == "assistant":
+            role, items = words.model_role, words.content(message.get("content"))
+            items.extend(words.tool_call(call) for call in message.get("tool_calls") or [])
+        elif role == "tool":
+            role, items = "user", [words.tool_result(message)]
+        else:
+            role, items = "user", words.content(message.get("content"))
+        if not items:
+            continue
+        if turns and turns[-1]["role"] == role:
+            turns[-1][words.key].extend(items)
+        else:
+            turns.append({"role": role, words.key: items})
+    return system, turns
 
 
 def arguments_object(arguments: Any) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from txgateway.translate import (
     assistant_choice,
     chat_completion_object,
     chat_text,
+    content_parts,
     data_url,
     tool_call,
 )
@@ -145,10 +146,8 @@ def _conversation(chat_messages: list[Any]) -> tuple[str, list[dict[str, Any]]]:
 
 def _blocks(content: Any) -> list[dict[str, Any]]:
     """Chat content (a string or parts) as Messages content blocks."""
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}] if content else []
     blocks = []
-    for part in content or []:
+    for part in content_parts(content):
         kind = part.get("type")
         if kind == "text":
             blocks.append({"type": "text", "text": part.get("text", "")})
