@@ -36,7 +36,7 @@
 #define OPEN_TIMEOUT_NS 60000000000LL
 #define CLOSE_TIMEOUT_NS 5000000000LL
 #define SWEEP_NS 100000000LL         /* how often open and close timeouts are checked */
-#define IN_FLIGHT 100                /* hold and churn: handshakes at a time */
+#define IN_FLIGHT 100                /* handshakes at a time (churn: sessions at a time) */
 #define MAX_MESSAGE (256u << 20)
 #define READ_CHUNK 8192
 #define GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -594,7 +594,7 @@ static struct {
 } run;
 
 static struct conn *sessions;
-static int started, finished, opened, failed;
+static int started, opening, opened, finished, failed;
 static char *failures[3];
 static int announced, stdin_open = 1;
 
@@ -656,6 +656,7 @@ static void parse_url(const char *url) {
 /* A session is over: ``failure`` (NULL when it ended well) is counted and the first kept. */
 static void finish(struct conn *c, const char *failure) {
     if (c->state == DONE) return;
+    opening -= c->state <= OPENING;
     conn_close(c);
     finished++;
     if (failure) {
@@ -711,6 +712,7 @@ static void client_message(struct conn *c, int opcode, uint8_t *payload, size_t 
     }
     if (c->state != OPENING) return;
     /* The first message (session.created): the session is open. */
+    opening--;
     opened++;
     if (run.mode == CHURN) {
         start_closing(c);
@@ -734,6 +736,7 @@ static void client_message(struct conn *c, int opcode, uint8_t *payload, size_t 
 static void start_session(struct conn *c) {
     *c = (struct conn){.state = CONNECTING, .deadline = now_ns() + OPEN_TIMEOUT_NS};
     started++;
+    opening++;
     c->fd = socket(run.address.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (c->fd < 0) return finish(c, strerror(errno));
     set_nodelay(c->fd);
@@ -786,10 +789,17 @@ static void read_upgrade(struct conn *c) {
     handle_input(c);
 }
 
-/* Churn keeps IN_FLIGHT sessions going, hold IN_FLIGHT handshakes; load staggers its own. */
-static void start_more(void) {
-    int busy = started - finished - (run.mode == HOLD ? opened : 0);
-    for (; started < run.sessions && busy < IN_FLIGHT; busy++) start_session(&sessions[started]);
+/* Load's sessions start staggered over 20 ms; no mode has more than IN_FLIGHT handshakes
+ * going (1,000 connects at once overflow a listen backlog of 50, Twisted's default, and
+ * the kernel's SYN-ACK retries then take seconds). Churn runs IN_FLIGHT whole sessions. */
+static int64_t start_more(int64_t t0) {
+    while (started < run.sessions) {
+        int64_t due = run.mode == LOAD ? t0 + started * FRAME_NS / run.sessions : t0;
+        if ((run.mode == CHURN ? started - finished : opening) >= IN_FLIGHT) return INT64_MAX;
+        if (due > now_ns()) return due;
+        start_session(&sessions[started]);
+    }
+    return INT64_MAX;
 }
 
 static void client_event(struct conn *c, uint32_t events) {
@@ -828,11 +838,9 @@ static void send_append(struct conn *c) {
     frames_sent++;
 }
 
-/* Load's timers: staggered connects, appends on each session's absolute schedule. */
-static int64_t load_timers(int64_t t0) {
+/* Load's appends, each session's on its absolute schedule; when the next one is due. */
+static int64_t load_timers(void) {
     int64_t now = now_ns();
-    while (started < run.sessions && t0 + started * FRAME_NS / run.sessions <= now)
-        start_session(&sessions[started]);
     while (heap_len && heap[0]->due <= now) {
         struct conn *c = heap_pop();
         if (c->state == STREAMING) {
@@ -848,21 +856,16 @@ static int64_t load_timers(int64_t t0) {
         }
         settle(c);
     } /* only what was due on entry: input is read between batches even when behind */
-    now = now_ns();
-    int64_t wake = now + SWEEP_NS;
-    if (heap_len && heap[0]->due < wake) wake = heap[0]->due;
-    if (started < run.sessions) {
-        int64_t next = t0 + started * FRAME_NS / run.sessions;
-        if (next < wake) wake = next;
-    }
-    return wake;
+    return heap_len ? heap[0]->due : INT64_MAX;
 }
 
 static void sweep_timeouts(int64_t now) {
     for (int i = 0; i < started; i++) {
         struct conn *c = &sessions[i];
+        static const char *const stalled[] = {"timed out connecting", "timed out upgrading",
+                                              "timed out awaiting the first message"};
         if ((c->state > OPENING && c->state != CLOSING) || c->deadline > now) continue;
-        finish(c, c->state == CLOSING ? NULL : "timed out opening");
+        finish(c, c->state == CLOSING ? NULL : stalled[c->state]);
     }
 }
 
@@ -933,15 +936,16 @@ static int client(void) {
     int64_t t0 = now_ns(), next_sweep = t0 + SWEEP_NS;
     struct epoll_event events[512];
     while (finished < run.sessions) {
-        if (run.mode != LOAD) start_more();
-        int64_t wake = run.mode == LOAD ? load_timers(t0) : now_ns() + SWEEP_NS;
+        int64_t wake = start_more(t0), sends = run.mode == LOAD ? load_timers() : INT64_MAX;
         if (finished == run.sessions) break;
+        if (sends < wake) wake = sends;
+        if (next_sweep < wake) wake = next_sweep;
         if (announced && stdin_open == 1) {
             struct epoll_event event = {.events = EPOLLIN, .data.ptr = &run};
             if (epoll_ctl(epoll_fd, EPOLL_CTL_ADD, 0, &event) < 0) release_held(); /* a file */
             else stdin_open = 2;
         }
-        int n = epoll_wait_until(events, 512, wake < next_sweep ? wake : next_sweep);
+        int n = epoll_wait_until(events, 512, wake);
         for (int i = 0; i < n; i++) {
             if (events[i].data.ptr == &run) release_held();
             else client_event(events[i].data.ptr, events[i].events);
