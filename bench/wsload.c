@@ -392,9 +392,14 @@ static void protocol_error(struct conn *c, int code, const char *why) {
 static void handle_frame(struct conn *c, const struct frame *f, uint8_t *payload) {
     switch (f->opcode) {
     case CONTINUATION:
-        if (!c->message_opcode) return protocol_error(c, 1002, "continuation out of a message");
-        if (buf_pending(&c->message) + f->len > MAX_MESSAGE)
-            return protocol_error(c, 1009, "message too big");
+        if (!c->message_opcode) {
+            protocol_error(c, 1002, "continuation out of a message");
+            return;
+        }
+        if (buf_pending(&c->message) + f->len > MAX_MESSAGE) {
+            protocol_error(c, 1009, "message too big");
+            return;
+        }
         buf_append(&c->message, payload, f->len);
         if (f->fin) {
             int opcode = c->message_opcode;
@@ -406,20 +411,29 @@ static void handle_frame(struct conn *c, const struct frame *f, uint8_t *payload
         return;
     case TEXT:
     case BINARY:
-        if (c->message_opcode) return protocol_error(c, 1002, "message inside a message");
-        if (f->fin) return on_message(c, f->opcode, payload, f->len);
+        if (c->message_opcode) {
+            protocol_error(c, 1002, "message inside a message");
+            return;
+        }
+        if (f->fin) {
+            on_message(c, f->opcode, payload, f->len);
+            return;
+        }
         c->message_opcode = f->opcode;
         c->message.off = c->message.len = 0;
         buf_append(&c->message, payload, f->len);
         return;
     case CLOSE:
-        return on_close_frame(c, payload, f->len);
+        on_close_frame(c, payload, f->len);
+        return;
     case PING:
-        return send_frame(c, PONG, payload, f->len);
+        send_frame(c, PONG, payload, f->len);
+        return;
     case PONG:
         return;
     default:
-        return protocol_error(c, 1002, "unknown opcode");
+        protocol_error(c, 1002, "unknown opcode");
+        return;
     }
 }
 
@@ -429,7 +443,10 @@ static void handle_input(struct conn *c) {
         struct frame f;
         uint8_t *p = c->in.p + c->in.off;
         int whole = frame_parse(p, buf_pending(&c->in), &f);
-        if (whole < 0) return protocol_error(c, 1009, "frame too big");
+        if (whole < 0) {
+            protocol_error(c, 1009, "frame too big");
+            return;
+        }
         if (!whole) break;
         uint8_t *payload = p + f.header;
         if (f.masked) mask(payload, f.len, f.key);
@@ -679,7 +696,10 @@ static void start_closing(struct conn *c) {
 }
 
 static void client_close_frame(struct conn *c, const uint8_t *payload, size_t n) {
-    if (c->state == CLOSING) return finish(c, NULL);
+    if (c->state == CLOSING) {
+        finish(c, NULL);
+        return;
+    }
     char why[160];
     int code = n >= 2 ? payload[0] << 8 | payload[1] : 1005;
     int reason = n > 2 ? (int)(n - 2 < 100 ? n - 2 : 100) : 0;
@@ -738,12 +758,16 @@ static void start_session(struct conn *c) {
     started++;
     opening++;
     c->fd = socket(run.address.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (c->fd < 0) return finish(c, strerror(errno));
+    if (c->fd < 0) {
+        finish(c, strerror(errno));
+        return;
+    }
     set_nodelay(c->fd);
     if (connect(c->fd, (struct sockaddr *)&run.address, run.address_len) < 0 && errno != EINPROGRESS) {
         char why[128];
         snprintf(why, sizeof why, "connect: %s", strerror(errno));
-        return finish(c, why);
+        finish(c, why);
+        return;
     }
     watch(c, EPOLL_CTL_ADD, EPOLLOUT);
 }
@@ -755,7 +779,8 @@ static void send_upgrade(struct conn *c) {
     if (error) {
         char why[128];
         snprintf(why, sizeof why, "connect: %s", strerror(error));
-        return finish(c, why);
+        finish(c, why);
+        return;
     }
     uint64_t nonce[2] = {random64(), random64()};
     char key[25], request[4096];
@@ -779,11 +804,14 @@ static void read_upgrade(struct conn *c) {
     if (strncmp(head, "HTTP/1.1 101", 12)) {
         char why[160];
         snprintf(why, sizeof why, "upgrade refused: %.*s", (int)strcspn(head, "\r\n"), head);
-        return finish(c, why);
+        finish(c, why);
+        return;
     }
     const char *accept = header_value(head, "Sec-WebSocket-Accept", &accept_len);
-    if (!accept || accept_len != 28 || memcmp(accept, c->accept, 28))
-        return finish(c, "upgrade answered with a wrong Sec-WebSocket-Accept");
+    if (!accept || accept_len != 28 || memcmp(accept, c->accept, 28)) {
+        finish(c, "upgrade answered with a wrong Sec-WebSocket-Accept");
+        return;
+    }
     c->in.off += head_len;
     c->state = OPENING;
     handle_input(c);
@@ -808,8 +836,10 @@ static void client_event(struct conn *c, uint32_t events) {
     } else {
         if (events & EPOLLOUT) conn_flush(c);
         if (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
-            if (!conn_read(c))
-                return client_lost(c, c->error ? strerror(c->error) : "connection closed");
+            if (!conn_read(c)) {
+                client_lost(c, c->error ? strerror(c->error) : "connection closed");
+                return;
+            }
             if (c->state == HANDSHAKING) read_upgrade(c);
             else handle_input(c);
         }

@@ -28,8 +28,8 @@ pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
 @pytest.fixture(scope="module")
 def wsload(tmp_path_factory: pytest.TempPathFactory) -> Path:
     binary = tmp_path_factory.mktemp("wsload") / "wsload"
-    subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-o", str(binary), str(SOURCE)],
-                   check=True)
+    subprocess.run(["gcc", "-O2", "-Wall", "-Wextra", "-Wpedantic", "-Werror", "-o", str(binary),
+                    str(SOURCE)], check=True)
     return binary
 
 
