@@ -437,7 +437,7 @@ static void handle_frame(struct conn *c, const struct frame *f, uint8_t *payload
     }
 }
 
-/* Every whole frame in c->in, in order; stops when a handler ends the connection. */
+/* Every whole frame in c->in, in order; stops when a handler ends or closes the connection. */
 static void handle_input(struct conn *c) {
     for (;;) {
         struct frame f;
@@ -452,7 +452,7 @@ static void handle_input(struct conn *c) {
         if (f.masked) mask(payload, f.len, f.key);
         c->in.off += f.header + f.len;
         handle_frame(c, &f, payload);
-        if (c->state == DONE) return;
+        if (c->state == DONE || c->close_when_flushed) return; /* nothing after a close */
     }
     if (c->in.off == c->in.len) c->in.off = c->in.len = 0;
 }
@@ -791,6 +791,7 @@ static void send_upgrade(struct conn *c) {
                      "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n%s%s%s\r\n",
                      run.target, run.host, key, run.key ? "Authorization: Bearer " : "",
                      run.key ? run.key : "", run.key ? "\r\n" : "");
+    if (n >= (int)sizeof request) die("--url or --key too long");
     c->state = HANDSHAKING;
     c->out_armed = 1; /* registered for the connect: now for input (and output if queued) */
     arm_output(c, 0);

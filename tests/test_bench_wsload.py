@@ -14,6 +14,7 @@ import shutil
 import socket
 import struct
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -154,6 +155,30 @@ def test_load_reports_sessions_it_could_not_open(wsload: Path) -> None:
     assert result["failures"] == ["connect: Connection refused"] * 3
     assert result["frames"] == result["frames_sent"] == 0
     assert result["p50_ms"] is None
+
+
+def test_upgrades_carry_the_key_and_a_refusal_is_a_failure(wsload: Path) -> None:
+    heads = []
+
+    def refuse(listener: socket.socket) -> None:
+        connection, _ = listener.accept()
+        with connection:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += connection.recv(4096)
+            heads.append(head.decode())
+            connection.sendall(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n")
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        server = threading.Thread(target=refuse, args=(listener,))
+        server.start()
+        url = f"ws://127.0.0.1:{listener.getsockname()[1]}/v1/realtime?model=m"
+        result = json.loads(client(wsload, "load", url, "--sessions", "1", "--seconds", "1",
+                                   "--warmup", "0", "--key", "sk-test"))
+        server.join(10)
+    assert heads[0].startswith("GET /v1/realtime?model=m HTTP/1.1\r\n")
+    assert "\r\nAuthorization: Bearer sk-test\r\n" in heads[0]
+    assert result["failures"] == ["upgrade refused: HTTP/1.1 401 Unauthorized"]
 
 
 def test_hold_keeps_sessions_open_until_stdin_closes(wsload: Path, echo_url: str) -> None:
