@@ -11,29 +11,33 @@ are opened and closed for what memory they leave behind.  LiteLLM's realtime rel
 
     /work/venv/bin/python bench/realtime.py --sessions 100 500 1000 --seconds 20
 
-The gateway runs on CPU 0, the client and the echo upstream on CPU 1 (as bench/run.py does).
+The client and the echo upstream are ``bench/wsload.c`` (compiled here with gcc into the run's
+temp dir): a Python client and echo fell behind real-time pace at 500 sessions, so what was
+measured there was the load generator.  wsload spends a few microseconds per frame, reports
+its own CPU (``client_cpu_percent``) and how many appends it sent more than 5 ms behind their
+schedule (``late_sends``); the echo's CPU is ``echo_cpu_percent``.  The relay runs on CPU 0,
+the client and the echo upstream on CPU 1 (as bench/run.py does).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import base64
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 from run import (
     CLIENT_CPUS,
     DEFAULT_GATEWAY_CMD,
     GATEWAY_CPUS,
+    BenchError,
     Service,
     cpu_seconds,
     free_port,
@@ -45,137 +49,43 @@ FRAME_SECONDS = 0.020
 LITELLM_KEY = "sk-bench-litellm-master-key-0123456789abcdef"
 LITELLM = Path(os.environ.get("LITELLM_VENV", "/work/bench-venvs/litellm")) / "bin" / "litellm"
 MODEL = "bench-realtime"
-#: Headers of the client's upgrades (``--key`` sets a bearer key).
-HEADERS: dict[str, str] = {}
-#: 20 ms of pcm16 at 24 kHz.
-AUDIO = base64.b64encode(bytes(960)).decode()
+WSLOAD_SOURCE = Path(__file__).with_name("wsload.c")
 
 
-# ----------------------------------------------------------------------- the echo upstream
+# ------------------------------------------------------------------ the client and upstream
 
 
-def serve_upstream(port: int) -> None:
-    """An OpenAI-style realtime server that echoes each audio append as an output delta."""
-    from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-    from twisted.internet import reactor
-
-    class Echo(WebSocketServerProtocol):
-        def onOpen(self) -> None:
-            self.sendMessage(b'{"type":"session.created","event_id":"e0","session":{}}')
-
-        def onMessage(self, payload: bytes, isBinary: bool) -> None:
-            self.sendMessage(payload.replace(b"input_audio_buffer.append",
-                                             b"response.output_audio.delta", 1)
-                             .replace(b'"audio":', b'"delta":', 1))
-
-    factory = WebSocketServerFactory()
-    factory.protocol = Echo
-    listening = reactor.listenTCP(port, factory, interface="127.0.0.1")
-    print(f"ready on http://127.0.0.1:{listening.getHost().port}", flush=True)
-    reactor.run()
+def build_wsload(workdir: Path) -> Path:
+    """Compile bench/wsload.c once per run, into the run's temp dir."""
+    binary = workdir / "wsload"
+    if not binary.exists():
+        if shutil.which("gcc") is None:
+            raise BenchError("gcc is not installed: apt-get install -y gcc")
+        subprocess.run(["gcc", "-O2", "-o", str(binary), str(WSLOAD_SOURCE)], check=True)
+    return binary
 
 
-# ----------------------------------------------------------------------------- the client
+def client_cmd(wsload: Path, mode: str, url: str, sessions: int, key: str) -> list[str]:
+    return ["taskset", "-c", CLIENT_CPUS, str(wsload), mode, "--url", url,
+            "--sessions", str(sessions), "--key", key]
 
 
-def dial(url: str) -> Any:
-    from websockets.asyncio.client import connect
-
-    return connect(url, additional_headers=HEADERS, max_size=None, compression=None,
-                   ping_interval=None, open_timeout=60)
-
-
-async def session(url: str, seconds: float, warmup: float, rtts: list[float],
-                  failures: list[str], sent: list[int]) -> None:
-    try:
-        async with dial(url) as socket:
-            await socket.recv()  # session.created
-
-            async def receive() -> None:
-                async for message in socket:
-                    # LiteLLM re-encodes each event with ", " and ": " separators.
-                    start = message.find('"', message.find('"event_id"') + 11) + 1
-                    sent = int(message[start:message.find('"', start)])
-                    if sent >= measuring_from:
-                        rtts.append((time.perf_counter_ns() - sent) / 1e6)
-
-            loop = asyncio.get_running_loop()
-            begin = loop.time()
-            measuring_from = time.perf_counter_ns() + int(warmup * 1e9)
-            receiver = asyncio.ensure_future(receive())
-            frame = 0
-            while (due := begin + frame * FRAME_SECONDS) < begin + seconds:
-                await asyncio.sleep(max(due - loop.time(), 0))
-                await socket.send(f'{{"type":"input_audio_buffer.append","event_id":'
-                                  f'"{time.perf_counter_ns()}","audio":"{AUDIO}"}}')
-                frame += 1
-                sent[0] += 1
-            await asyncio.sleep(0.5)
-            receiver.cancel()
-    except Exception as error:  # one failed session is reported, not fatal to the run
-        failures.append(repr(error))
-
-
-async def load(url: str, sessions: int, seconds: float, warmup: float) -> dict:
-    rtts: list[float] = []
-    failures: list[str] = []
-    sent = [0]
-    tasks = []
-    for _ in range(sessions):  # staggered, so frames are spread over the 20 ms
-        tasks.append(asyncio.ensure_future(session(url, seconds, warmup, rtts, failures, sent)))
-        await asyncio.sleep(FRAME_SECONDS / sessions)
-    await asyncio.gather(*tasks)
-    rtts.sort()
-    expected = sessions * (seconds - warmup) / FRAME_SECONDS
-
-    def pct(p: float) -> float | None:
-        return rtts[min(int(len(rtts) * p), len(rtts) - 1)] if rtts else None
-
-    return {"frames": len(rtts), "frames_expected": int(expected), "frames_sent": sent[0],
-            "failures": failures[:3],
-            "failed_sessions": len(failures), "p50_ms": pct(0.5), "p99_ms": pct(0.99)}
-
-
-async def hold(url: str, sessions: int) -> None:
-    """Open ``sessions`` idle sessions, say so on stdout, close them when stdin closes."""
-    sockets = []
-    for _ in range(sessions):
-        socket = await dial(url)
-        await socket.recv()  # session.created
-        sockets.append(socket)
-    print("open", flush=True)
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
-    await asyncio.gather(*(socket.close() for socket in sockets))
-
-
-async def churn(url: str, sessions: int, concurrency: int = 100) -> None:
-    """Open and close ``sessions`` sessions, ``concurrency`` at a time."""
-    failed = 0
-
-    async def one() -> None:
-        nonlocal failed
-        try:
-            async with dial(url) as socket:
-                await socket.recv()
-        except Exception:  # counted: a relay that refuses or times out under churn
-            failed += 1
-
-    for _ in range(sessions // concurrency):
-        await asyncio.gather(*(one() for _ in range(concurrency)))
-    print(json.dumps({"failed": failed}))
-
-
-def run_client(url: str, sessions: int, seconds: float, warmup: float, key: str = "") -> dict:
-    cmd = ["taskset", "-c", CLIENT_CPUS, sys.executable, __file__, "--url", url,
-           "--sessions", str(sessions), "--seconds", str(seconds), "--warmup", str(warmup),
-           "--key", key]
+def run_client(wsload: Path, url: str, sessions: int, args, upstream: Service,
+               key: str = "") -> dict:
+    """One ``wsload load`` run, with the echo upstream's CPU over it."""
+    cmd = client_cmd(wsload, "load", url, sessions, key) + [
+        "--seconds", str(args.seconds), "--warmup", str(args.warmup)]
+    echo_before, wall_before = cpu_seconds(upstream.proc.pid), time.monotonic()
     try:
         done = subprocess.run(cmd, check=True, capture_output=True, text=True,
-                              timeout=3 * seconds + 60)
+                              timeout=3 * args.seconds + 60)
     except subprocess.TimeoutExpired:  # a relay that cannot keep up at all
         return {"frames": 0, "frames_sent": 0, "timed_out": True, "p50_ms": None,
                 "p99_ms": None}
-    return json.loads(done.stdout)
+    result = json.loads(done.stdout)
+    result["echo_cpu_percent"] = round(100 * (cpu_seconds(upstream.proc.pid) - echo_before)
+                                       / (time.monotonic() - wall_before), 1)
+    return result
 
 
 # ---------------------------------------------------------------------------- the harness
@@ -201,7 +111,15 @@ def gateway_service(workdir: Path, upstream_port: int) -> Service:
     return Service("txgateway", cmd, workdir / "gateway.log", port=port)
 
 
-def measure(args, name: str, relay: Service, upstream: Service, sessions: int,
+def relay_url(relay: Service) -> str:
+    return f"ws://127.0.0.1:{relay.port}/v1/realtime?model={MODEL}"
+
+
+def relay_key(relay: Service) -> str:
+    return LITELLM_KEY if relay.env else ""
+
+
+def measure(args, wsload: Path, name: str, relay: Service, upstream: Service, sessions: int,
             direct: dict) -> dict:
     rss_idle = memory_mib(relay.proc.pid)["rss_mib"]
     cpu_before, wall_before = cpu_seconds(relay.proc.pid), time.monotonic()
@@ -217,8 +135,7 @@ def measure(args, name: str, relay: Service, upstream: Service, sessions: int,
               for at in window]
     for timer in timers:
         timer.start()
-    relayed = run_client(f"ws://127.0.0.1:{relay.port}/v1/realtime?model={MODEL}",
-                         sessions, args.seconds, args.warmup, relay.env and LITELLM_KEY or "")
+    relayed = run_client(wsload, relay_url(relay), sessions, args, upstream, relay_key(relay))
     for timer in timers:
         timer.join()
     cpu_used = cpu_seconds(relay.proc.pid) - cpu_before
@@ -239,27 +156,25 @@ def measure(args, name: str, relay: Service, upstream: Service, sessions: int,
             "rss_per_loaded_session_kib": round((rss_loaded - rss_idle) * 1024 / sessions, 1)}
 
 
-def memory(args, name: str, relay: Service) -> dict:
+def memory(args, wsload: Path, name: str, relay: Service) -> dict:
     """RSS per idle open session, and what opening and closing many sessions leaves."""
-    url = f"ws://127.0.0.1:{relay.port}/v1/realtime?model={MODEL}"
-    client = [sys.executable, __file__, "--url", url, "--key",
-              relay.env and LITELLM_KEY or "", "--sessions"]
+    def client(mode: str, sessions: int) -> list[str]:
+        return client_cmd(wsload, mode, relay_url(relay), sessions, relay_key(relay))
+
     # Warmed up first: lazily built state and allocator arenas are not per-session costs.
-    subprocess.run(["taskset", "-c", CLIENT_CPUS, *client, "1000", "--churn-client"],
-                   check=True)
+    subprocess.run(client("churn", 1000), check=True, stdout=subprocess.DEVNULL)
     time.sleep(2)
     before = memory_mib(relay.proc.pid)["rss_mib"]
-    holder = subprocess.Popen(["taskset", "-c", CLIENT_CPUS, *client, str(args.idle),
-                               "--hold"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True)
+    holder = subprocess.Popen(client("hold", args.idle), stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "open"
     time.sleep(1)
     held = memory_mib(relay.proc.pid)["rss_mib"]
     holder.communicate("")
     time.sleep(2)
     start = memory_mib(relay.proc.pid)["rss_mib"]
-    churned = subprocess.run(["taskset", "-c", CLIENT_CPUS, *client, str(args.churn),
-                              "--churn-client"], check=True, capture_output=True, text=True)
+    churned = subprocess.run(client("churn", args.churn), check=True, capture_output=True,
+                             text=True)
     time.sleep(2)
     end = memory_mib(relay.proc.pid)["rss_mib"]
     return {"relay": name, "idle_sessions": args.idle,
@@ -299,37 +214,22 @@ def main() -> int:
     parser.add_argument("--churn", type=int, default=10000, help="sessions opened and closed")
     parser.add_argument("--relays", nargs="+", default=["txgateway", "litellm"])
     parser.add_argument("--json", help="also write the results here")
-    parser.add_argument("--serve-upstream", type=int, metavar="PORT", help=argparse.SUPPRESS)
-    parser.add_argument("--url", metavar="URL", help=argparse.SUPPRESS)
-    parser.add_argument("--hold", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--key", default="", help=argparse.SUPPRESS)
-    parser.add_argument("--churn-client", dest="churning", action="store_true",
-                        help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.serve_upstream is not None:
-        serve_upstream(args.serve_upstream)
-        return 0
-    if args.url:
-        if args.key:
-            HEADERS["Authorization"] = f"Bearer {args.key}"
-        if args.hold:
-            asyncio.run(hold(args.url, args.sessions[0]))
-        elif args.churning:
-            asyncio.run(churn(args.url, args.sessions[0]))
-        else:
-            result = asyncio.run(load(args.url, args.sessions[0], args.seconds, args.warmup))
-            print(json.dumps(result))
-        return 0
     workdir = Path(tempfile.mkdtemp(prefix="txgateway-realtime-bench-"))
-    upstream = Service("echo upstream", [sys.executable, __file__, "--serve-upstream", "0"],
+    try:
+        wsload = build_wsload(workdir)
+    except BenchError as error:
+        print(f"bench cannot start: {error}", file=sys.stderr)
+        return 1
+    upstream = Service("echo upstream", [str(wsload), "echo", "--port", "0"],
                        workdir / "upstream.log", health_path=None,
                        port_pattern=r"ready on http://127\.0\.0\.1:(\d+)")
     upstream.start(CLIENT_CPUS)
     results = []
     try:
         upstream.wait_ready()
-        directs = {n: run_client(f"ws://127.0.0.1:{upstream.port}/v1/realtime?model={MODEL}",
-                                 n, args.seconds, args.warmup) for n in args.sessions}
+        directs = {n: run_client(wsload, relay_url(upstream), n, args, upstream)
+                   for n in args.sessions}
         builders = {"txgateway": gateway_service, "litellm": litellm_service}
         for name in args.relays:
             relay = builders[name](workdir, upstream.port)
@@ -337,10 +237,10 @@ def main() -> int:
             try:
                 relay.wait_ready(120)
                 # Memory first, on a relay that has not yet carried the load.
-                results.append(memory(args, name, relay))
+                results.append(memory(args, wsload, name, relay))
                 print(json.dumps(results[-1]), flush=True)
                 for n in args.sessions:
-                    results.append(measure(args, name, relay, upstream, n, directs[n]))
+                    results.append(measure(args, wsload, name, relay, upstream, n, directs[n]))
                     print(json.dumps(results[-1]), flush=True)
             finally:
                 relay.stop()
