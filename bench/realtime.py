@@ -91,11 +91,12 @@ def run_client(wsload: Path, url: str, sessions: int, args, upstream: Service,
 # ---------------------------------------------------------------------------- the harness
 
 
-def gateway_service(workdir: Path, upstream_port: int) -> Service:
+def gateway_service(workdir: Path, upstream_port: int, workers: int) -> Service:
     port = free_port()
     config = workdir / "gateway.yaml"
     config.write_text(
         f'listen: "tcp:{port}:interface=127.0.0.1"\n'
+        f"workers: {workers}\n"
         'access_log: "off"\n'
         "realtime: {max_sessions: 100000}\n"
         "providers:\n"
@@ -184,7 +185,7 @@ def memory(args, wsload: Path, name: str, relay: Service) -> dict:
             "churn_failed": json.loads(churned.stdout)["failed"]}
 
 
-def litellm_service(workdir: Path, upstream_port: int) -> Service:
+def litellm_service(workdir: Path, upstream_port: int, workers: int) -> Service:
     port = free_port()
     config = workdir / "litellm.yaml"
     config.write_text(
@@ -196,7 +197,7 @@ def litellm_service(workdir: Path, upstream_port: int) -> Service:
         "      api_key: sk-bench\n"
     )
     cmd = [str(LITELLM), "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
-           "--num_workers", "1"]
+           "--num_workers", str(workers)]
     return Service("litellm", cmd, workdir / "litellm.log", port=port,
                    health_path="/health/liveliness", env={"LITELLM_MASTER_KEY": LITELLM_KEY})
 
@@ -213,6 +214,8 @@ def main() -> int:
     parser.add_argument("--idle", type=int, default=1000, help="idle sessions held open")
     parser.add_argument("--churn", type=int, default=10000, help="sessions opened and closed")
     parser.add_argument("--relays", nargs="+", default=["txgateway", "litellm"])
+    parser.add_argument("--workers", type=int, default=1,
+                        help="worker processes of each relay; more than one are not pinned")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="txgateway-realtime-bench-"))
@@ -232,8 +235,8 @@ def main() -> int:
                    for n in args.sessions}
         builders = {"txgateway": gateway_service, "litellm": litellm_service}
         for name in args.relays:
-            relay = builders[name](workdir, upstream.port)
-            relay.start(GATEWAY_CPUS)
+            relay = builders[name](workdir, upstream.port, args.workers)
+            relay.start(GATEWAY_CPUS if args.workers == 1 else None)
             try:
                 relay.wait_ready(120)
                 # Memory first, on a relay that has not yet carried the load.
