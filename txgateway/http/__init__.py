@@ -40,8 +40,10 @@ def write_now(transport: Any, socket: Any, data: bytes) -> None:
     would register for writability and send on the next reactor turn (two epoll_ctl calls
     and a poll per write); what the socket does not take is queued.  (Twisted has no public
     way to ask whether a transport holds unsent bytes: ``_tempDataBuffer`` is read here.)
+    A transport that is closing is left to itself, as its ``write`` would.
     """
-    if socket is not None and not transport.dataBuffer and not transport._tempDataBuffer:
+    if (socket is not None and not transport.dataBuffer and not transport._tempDataBuffer
+            and transport.connected and not transport.disconnecting):
         try:
             sent = socket.send(data)
         except OSError:  # (would block, or broken: the transport finds out)

@@ -14,9 +14,12 @@ one.  Only metering reads payloads: a message whole in one read is metered in pl
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from autobahn.websocket.protocol import WebSocketProtocol
+
+from txgateway.http import socket_of, write_now
 
 try:  # websockets' C (SIMD) masking: a 1.3 kB audio frame in 0.4 µs, 5 µs in Python
     from websockets.speedups import apply_mask
@@ -43,30 +46,9 @@ def unmask(data: bytes, start: int, end: int, mask: bytes | None, phase: int = 0
 
 
 def writer(transport: Any) -> Callable[[bytes], None]:
-    """
-    A function writing to ``transport``, straight to its socket when nothing is queued:
-    Twisted's TCP transport would register for writability and send on the next reactor turn
-    (two epoll_ctl calls and a poll per frame); what the socket does not take is queued.
-    Other transports (TLS) are written to as usual.
-    """
-    sock = getattr(transport, "socket", None)
-    if sock is None or not hasattr(transport, "_tempDataBuffer"):
-        return transport.write
-    write = transport.write
-
-    def write_now(data: bytes) -> None:
-        if not transport.dataBuffer and not transport._tempDataBuffer and (
-                transport.connected and not transport.disconnecting):
-            try:
-                sent = sock.send(data)
-            except OSError:  # would block, or broken: the transport finds out
-                sent = 0
-            if sent == len(data):
-                return
-            data = data[sent:]
-        write(data)
-
-    return write_now
+    """A function writing to ``transport``, straight to its socket when it can (`write_now`)."""
+    sock = socket_of(transport)
+    return transport.write if sock is None else partial(write_now, transport, sock)
 
 
 def header(data: bytes, pos: int) -> tuple[int, int, int, bytes | None] | None:
