@@ -243,13 +243,17 @@ class LeakTests(RealtimeTestCase):
         await self.sessions(250)
         timers, sockets = len(self.timers()), len(reactor.getReaders())
         gc.collect()
-        before = tracemalloc.get_traced_memory()[0]
-        await self.sessions(1000)
-        gc.collect()
-        grown = tracemalloc.get_traced_memory()[0] - before
+        # Two rounds: a leak grows both, while what the process allocates once (a cache, a
+        # buffer at a high-water mark, after hundreds of other tests in it) grows one.
+        grown = []
+        for _ in range(2):
+            before = tracemalloc.get_traced_memory()[0]
+            await self.sessions(1000)
+            gc.collect()
+            grown.append(tracemalloc.get_traced_memory()[0] - before)
         self.assertEqual(self.service.gateway.realtime.active(), [])
         self.assertEqual(len(self.service.gateway.realtime.recent()), 200)
         self.assertEqual(len(self.timers()), timers)
         self.assertEqual(len(reactor.getReaders()), sockets)
         # A leaked session (legs, protocols, tally) is tens of kB: 1,000 of them would be MBs.
-        self.assertLess(grown, 1024 * 1024, f"{grown} bytes more after 1,000 sessions")
+        self.assertLess(min(grown), 1024 * 1024, f"{grown} bytes more after 1,000 sessions")
