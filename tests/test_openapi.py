@@ -22,7 +22,7 @@ ADMIN = "admin-secret"
 
 #: Resource classes that are bases or plumbing, not endpoints served at a path of their own.
 NOT_ENDPOINTS = {"Root", "TracedRoot", "JSONResource", "NotFound",
-                 "ModelEndpoint", "CallEndpoint",
+                 "CallEndpoint",
                  "FormEndpoint", "_AnthropicEndpoint", "_ResponsesInput",
                  "StaticFiles", "_Refusal", "_Traced", "Overloaded", "GatewayResource",
                  "Collection", "Item", "StoredObject"}

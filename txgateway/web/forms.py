@@ -30,7 +30,7 @@ from txgateway.providers import ApiCall, UpstreamRequest
 from txgateway.routing import Target
 from txgateway.upstream import UpstreamCall
 from txgateway.web.rest import PassingRest
-from txgateway.web.runner import CallEndpoint, asked
+from txgateway.web.runner import CallEndpoint, asked, run
 from txgateway.web.upload import Splice, Upload, UploadProducer
 
 
@@ -129,7 +129,7 @@ class FormEndpoint(CallEndpoint):
         form = FormUpload(upload, request.getHeader(b"content-type") or b"", self.required,
                           call)
         request.notifyFinish().addErrback(lambda _: call.abort())
-        Deferred.fromCoroutine(self.run(request, exchange, form, 0, call))
+        Deferred.fromCoroutine(run(self, request, exchange, form, 0, call))
         return NOT_DONE_YET
 
     async def admit(self, request: Any, exchange: Exchange, form: FormUpload,

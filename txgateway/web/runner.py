@@ -118,10 +118,12 @@ def retry_wait(settings: RoutingSettings, retry: int, error: Exception,
     return max(backoff, error.retry_after)
 
 
-class ModelEndpoint(JSONResource):
+class CallEndpoint(JSONResource):
     """
     A proxying endpoint, whatever the caller's dialect: one exchange per request, its body
-    parsed (`parse`, errors in `error_body`'s dialect), admitted (`admit`) and `run`.
+    parsed (`parse`), admitted (`admit`, which endpoints may extend) and `run` on the
+    pipeline with the `codec` of each target.  `error_body` and `error_event` are OpenAI's
+    unless an endpoint says otherwise (as `errors` is).
     """
 
     isLeaf = True
@@ -131,6 +133,9 @@ class ModelEndpoint(JSONResource):
     errors: ErrorDialect = OPENAI
     #: The headers that carry the exchange's id (its SDK reads one of them).
     request_id_headers: tuple[bytes, ...] = (b"x-request-id",)
+    error_body = staticmethod(openai_error_body)
+    #: The caller's dialect's error event, ending a stream that broke.
+    error_event: ErrorEvent = staticmethod(stream_error_event)
 
     def __init__(self, gateway: Any) -> None:
         super().__init__()
@@ -140,9 +145,8 @@ class ModelEndpoint(JSONResource):
         """The caller's request, with ``model`` and ``stream``; raises `BadRequest`."""
         raise NotImplementedError
 
-    def error_body(self, status: int, message: str, code: str | None = None,
-                   param: str | None = None) -> bytes:
-        """An error in the caller's dialect."""
+    def codec(self, request: Any, parsed: Any, target: Target) -> ICodec:
+        """The codec of a call to ``target``; raises a `Refusal` when it cannot serve it."""
         raise NotImplementedError
 
     def prompt_size(self, parsed: Any, size: int) -> int:
@@ -167,13 +171,8 @@ class ModelEndpoint(JSONResource):
         asked(exchange, parsed)
         call = UpstreamCall(gateway.reactor, gateway.config.upstream)
         request.notifyFinish().addErrback(lambda _: call.abort())
-        Deferred.fromCoroutine(self.run(request, exchange, parsed, len(raw), call))
+        Deferred.fromCoroutine(run(self, request, exchange, parsed, len(raw), call))
         return NOT_DONE_YET
-
-    async def run(self, request: Any, exchange: Exchange, parsed: Any, size: int,
-                  call: UpstreamCall) -> None:
-        """Call upstream and answer, accounting for the exchange once whatever happens."""
-        raise NotImplementedError
 
     async def admit(self, request: Any, exchange: Exchange, parsed: Any,
                     size: int) -> list[Target]:
@@ -184,26 +183,6 @@ class ModelEndpoint(JSONResource):
         admitted = await admit_request(self._gateway, request, exchange, parsed.model,
                                        self.admission_tokens(parsed, size), self.errors)
         return list(admitted.plan)
-
-
-class CallEndpoint(ModelEndpoint):
-    """
-    A proxying endpoint on the runner: subclasses give `parse` and `codec`, and may extend
-    `admit`; `error_body` and `error_event` are OpenAI's unless they say otherwise (as
-    `errors` is).
-    """
-
-    error_body = staticmethod(openai_error_body)
-    #: The caller's dialect's error event, ending a stream that broke.
-    error_event: ErrorEvent = staticmethod(stream_error_event)
-
-    def codec(self, request: Any, parsed: Any, target: Target) -> ICodec:
-        """The codec of a call to ``target``; raises a `Refusal` when it cannot serve it."""
-        raise NotImplementedError
-
-    async def run(self, request: Any, exchange: Exchange, parsed: Any, size: int,
-                  call: UpstreamCall) -> None:
-        await run(self, request, exchange, parsed, size, call)
 
 
 async def run(endpoint: CallEndpoint, request: Any, exchange: Exchange, parsed: Any,
