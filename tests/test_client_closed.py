@@ -73,3 +73,48 @@ class ClientClosedTests(GatewayTestCase):
         statuses = {labels for (name, labels), value in metrics.items()
                     if name == "txgateway_requests_total" and value}
         self.assertEqual({dict(labels)["status"] for labels in statuses}, {"499"})
+
+
+class _UntilDoneThenLeave(Protocol):
+    """Reads a chat stream up to its ``data: [DONE]``, then leaves, as the SDKs do."""
+
+    def __init__(self) -> None:
+        self.seen = b""
+        self.done: Deferred[bytes] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.seen += data
+        if b"data: [DONE]" in self.seen and not self.done.called:
+            self.transport.loseConnection()
+            self.done.callback(self.seen)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if not self.done.called:
+            self.done.errback(reason)
+
+
+class LeftWhenDoneTests(GatewayTestCase):
+    config = SLOW_CONFIG
+
+    async def test_leaving_after_the_last_event_is_a_whole_answer(self) -> None:
+        """The demo ends its body a chunk delay after ``[DONE]``: the caller is gone by then."""
+        response = await treq.post(
+            self.base_url + "/v1/chat/completions", orjson.dumps({
+                "model": "slow-demo", "messages": MESSAGES, "stream": True,
+                "stream_options": {"include_usage": True}}),
+            unbuffered=True, pool=self.pool, headers={b"content-type": [b"application/json"]})
+        reader = _UntilDoneThenLeave()
+        response.deliverBody(reader)
+        seen = await reader.done
+        [usage] = [orjson.loads(line[6:])["usage"] for line in seen.split(b"\n\n")
+                   if line.startswith(b"data: {") and b'"usage":{' in line]
+        for _ in range(60):
+            records = self.access_records()
+            if records:
+                break
+            await deferLater(reactor, 0.05)
+        [record] = records
+        self.assertEqual((record["status"], record["error"]), (200, None))
+        self.assertFalse(record["usage_estimated"])
+        self.assertEqual((record["input_tokens"], record["output_tokens"]),
+                         (usage["prompt_tokens"], usage["completion_tokens"]))

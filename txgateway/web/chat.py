@@ -113,11 +113,14 @@ class ChatEvents:
         self.usage: Usage | None = None
         self.error: tuple[int, str] | None = None
         self.chunks = 0
+        self.complete = False
 
     def feed(self, data: bytes) -> bytes:
         run = self._splitter.feed(data)
         if not run:
             return run
+        if b"data: [DONE]" in run:
+            self.complete = True
         if b'"prompt_tokens"' in run:
             run = self._take_usage(run)
         if b'"error"' in run and self.error is None:

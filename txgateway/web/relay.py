@@ -69,6 +69,10 @@ class ITranscoder(Interface):
     usage = Attribute("The `Usage` the stream reported so far, or None.")
     error = Attribute("(status, message) of an error event the upstream sent, or None.")
     chunks = Attribute("Chunks written: one token each after the first, when cut short.")
+    complete = Attribute(
+        "True once the stream's last event has gone to the caller (chat's ``data: [DONE]``): "
+        "a caller that leaves after it had the whole answer, as SDKs do before the body's "
+        "own end arrives.  A transcoder that does not track it is read as False.")
 
     def feed(data: bytes) -> bytes:  # noqa: N805 (zope interface)
         """What to write of ``data`` (may be nothing until an event is whole)."""
@@ -159,15 +163,18 @@ class Relay(TimedBody):
 
     def _end(self, failure: Failure | None, tail: bytes) -> None:
         tally = self._tally
-        if self._request_size is not None and (
-                self._call.aborted or failure is not None or tally.error is not None
-                or tally.usage is None):
+        aborted = self._call.aborted
+        # A caller that left once the last event was written had the whole answer.
+        whole = aborted and getattr(self._transcoder, "complete", False)
+        if self._request_size is not None and (tally.usage is None or not whole and (
+                aborted or failure is not None or tally.error is not None)):
             # Cut short: a usage reported so far is partial (Anthropic's message_start gives
             # the input and one output token), so the output is estimated.
             tally.usage = self.estimate(self._request_size)
-        if self._call.aborted:
-            tally.status = CLIENT_CLOSED
-            tally.error = "the client disconnected"
+        if aborted:
+            if not whole:
+                tally.status = CLIENT_CLOSED
+                tally.error = "the client disconnected"
             self.done.callback(None)
             return
         self._request.unregisterProducer()

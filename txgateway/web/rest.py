@@ -109,6 +109,8 @@ class UsageEvents:
 
     error = None
     chunks = 0
+    #: Its streams (transcripts, speech) have no last event to tell a whole answer by.
+    complete = False
 
     def __init__(self, read_usage: UsageReader) -> None:
         self._read_usage = read_usage
