@@ -75,16 +75,17 @@ class ClientClosedTests(GatewayTestCase):
         self.assertEqual({dict(labels)["status"] for labels in statuses}, {"499"})
 
 
-class _UntilDoneThenLeave(Protocol):
-    """Reads a chat stream up to its ``data: [DONE]``, then leaves, as the SDKs do."""
+class _UntilLastThenLeave(Protocol):
+    """Reads a stream up to its last event (``last``), then leaves, as the SDKs do."""
 
-    def __init__(self) -> None:
+    def __init__(self, last: bytes) -> None:
+        self.last = last
         self.seen = b""
         self.done: Deferred[bytes] = Deferred()
 
     def dataReceived(self, data: bytes) -> None:
         self.seen += data
-        if b"data: [DONE]" in self.seen and not self.done.called:
+        if self.last in self.seen and not self.done.called:
             self.transport.loseConnection()
             self.done.callback(self.seen)
 
@@ -94,27 +95,45 @@ class _UntilDoneThenLeave(Protocol):
 
 
 class LeftWhenDoneTests(GatewayTestCase):
+    """The demo ends its body a chunk delay after its last event: the caller is gone by then."""
+
     config = SLOW_CONFIG
 
-    async def test_leaving_after_the_last_event_is_a_whole_answer(self) -> None:
-        """The demo ends its body a chunk delay after ``[DONE]``: the caller is gone by then."""
+    async def leave_after_the_last_event(self, path: str, body: dict[str, Any],
+                                         last: bytes) -> tuple[bytes, dict[str, Any]]:
         response = await treq.post(
-            self.base_url + "/v1/chat/completions", orjson.dumps({
-                "model": "slow-demo", "messages": MESSAGES, "stream": True,
-                "stream_options": {"include_usage": True}}),
-            unbuffered=True, pool=self.pool, headers={b"content-type": [b"application/json"]})
-        reader = _UntilDoneThenLeave()
+            self.base_url + path, orjson.dumps({**body, "stream": True}), unbuffered=True,
+            pool=self.pool, headers={b"content-type": [b"application/json"],
+                                     b"anthropic-version": [b"2023-06-01"]})
+        reader = _UntilLastThenLeave(last)
         response.deliverBody(reader)
         seen = await reader.done
-        [usage] = [orjson.loads(line[6:])["usage"] for line in seen.split(b"\n\n")
-                   if line.startswith(b"data: {") and b'"usage":{' in line]
         for _ in range(60):
             records = self.access_records()
             if records:
                 break
             await deferLater(reactor, 0.05)
         [record] = records
-        self.assertEqual((record["status"], record["error"]), (200, None))
-        self.assertFalse(record["usage_estimated"])
+        self.assertEqual((record["status"], record["error"]), (200, None), path)
+        self.assertFalse(record["usage_estimated"], path)
+        return seen, record
+
+    async def test_chat(self) -> None:
+        seen, record = await self.leave_after_the_last_event(
+            "/v1/chat/completions", {"model": "slow-demo", "messages": MESSAGES,
+                                     "stream_options": {"include_usage": True}},
+            b"data: [DONE]")
+        [usage] = [orjson.loads(line[6:])["usage"] for line in seen.split(b"\n\n")
+                   if line.startswith(b"data: {") and b'"usage":{' in line]
         self.assertEqual((record["input_tokens"], record["output_tokens"]),
                          (usage["prompt_tokens"], usage["completion_tokens"]))
+
+    async def test_messages(self) -> None:
+        await self.leave_after_the_last_event(
+            "/v1/messages", {"model": "slow-demo", "max_tokens": 50, "messages": MESSAGES},
+            b"event: message_stop")
+
+    async def test_responses(self) -> None:
+        await self.leave_after_the_last_event(
+            "/v1/responses", {"model": "slow-demo", "input": "Tell me a long story"},
+            b"event: response.completed")

@@ -158,10 +158,14 @@ class MessagesPassthrough:
         self.usage: Usage | None = None
         self.error: tuple[int, str] | None = None
         self.chunks = 0
+        #: Whether ``message_stop``, the stream's last event, went by.
+        self.complete = False
 
     def feed(self, data: bytes) -> bytes:
         run = self._splitter.feed(data)
         self.chunks += run.count(b"content_block_delta")
+        if run.startswith(b"event: message_stop") or b"\nevent: message_stop" in run:
+            self.complete = True
         if b'"usage"' in run or b"event: error" in run or b"event:error" in run:
             for event in events(run):
                 self._read(event)

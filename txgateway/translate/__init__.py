@@ -214,6 +214,8 @@ class FromChatChunks:
         self.usage: Usage | None = None
         self.error: tuple[int, str] | None = None
         self.chunks = 0
+        #: Whether ``[DONE]`` came, and with it the caller's last events.
+        self.complete = False
 
     def feed(self, data: bytes) -> bytes:
         out: list[bytes] = []
@@ -223,6 +225,7 @@ class FromChatChunks:
                 continue
             if payload == b"[DONE]":
                 out += self._end()
+                self.complete = True
                 continue
             chunk = orjson.loads(payload)
             if isinstance(chunk.get("error"), dict):

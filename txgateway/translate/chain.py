@@ -35,3 +35,7 @@ class ChainedStream:
     @property
     def chunks(self) -> int:
         return self._second.chunks
+
+    @property
+    def complete(self) -> bool:
+        return bool(getattr(self._second, "complete", False))

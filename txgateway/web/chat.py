@@ -119,7 +119,7 @@ class ChatEvents:
         run = self._splitter.feed(data)
         if not run:
             return run
-        if b"data: [DONE]" in run:
+        if run.startswith(b"data: [DONE]") or b"\ndata: [DONE]" in run:
             self.complete = True
         if b'"prompt_tokens"' in run:
             run = self._take_usage(run)

@@ -488,6 +488,8 @@ class ResponsesEvents:
         self.usage: Usage | None = None
         #: One per text delta, after a first that carries none (as chat chunks count).
         self.chunks = 1
+        #: Whether the response's last event (completed, incomplete or failed) went by.
+        self.complete = False
 
     def feed(self, data: bytes) -> bytes:
         run = self._splitter.feed(data)
@@ -504,6 +506,7 @@ class ResponsesEvents:
             payload = loads_object(data_of(event))
             if payload is not None and isinstance(payload.get("response"), dict):
                 response = self.response = payload["response"]
+                self.complete = response.get("status") in ("completed", "incomplete", "failed")
                 usage = Usage.from_responses(response.get("usage"))
                 if usage is not None:
                     self.usage = usage
