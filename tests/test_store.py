@@ -23,7 +23,7 @@ from txgateway.auth import ANONYMOUS, KeyAuthenticator
 from txgateway.store import IStore, KeyRecord, UsageRecord, hash_key, open_store
 from txgateway.store.migrations import LATEST
 from txgateway.store.postgres import PostgresStore
-from txgateway.store.sqlite import SQLiteStore
+from txgateway.store.sqlite import SQLiteStore, while_locked
 
 POSTGRES_URL = os.environ.get(
     "TXGATEWAY_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
@@ -363,3 +363,31 @@ class KeyRecordTests(SynchronousTestCase):
         self.assertNotIn(key.hash, shown.values())
         self.assertEqual((shown["id"], shown["allowed_models"], shown["metadata"]),
                          (key.id, ["a*"], {"k": "v"}))
+
+
+class WhileLockedTests(SynchronousTestCase):
+    """`while_locked`: what SQLite refuses at once as locked is tried again, for a while."""
+
+    def test_a_statement_locked_at_first_runs_once_the_lock_is_gone(self) -> None:
+        answers: list[Any] = [sqlite3.OperationalError("database is locked")] * 3 + ["wal"]
+        slept: list[float] = []
+
+        def statement() -> Any:
+            answer = answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+        self.assertEqual(while_locked(statement, sleep=slept.append), "wal")
+        self.assertEqual(len(slept), 3)
+
+    def test_other_errors_and_a_lock_past_the_timeout_are_raised(self) -> None:
+        def broken() -> None:
+            raise sqlite3.OperationalError("no such table: usage")
+
+        self.assertRaises(sqlite3.OperationalError, while_locked, broken, sleep=lambda _: None)
+
+        def locked() -> None:
+            raise sqlite3.OperationalError("database is locked")
+
+        self.assertRaises(sqlite3.OperationalError, while_locked, locked, timeout=0.05)

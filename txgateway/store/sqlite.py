@@ -10,6 +10,7 @@ instead of failing on a read lock that cannot be upgraded.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +30,23 @@ SQLITE = Dialect(
 BUSY_TIMEOUT = 10.0
 
 
+def while_locked(statement: Callable[[], Any], timeout: float = BUSY_TIMEOUT,
+                 sleep: Callable[[float], None] = time.sleep) -> Any:
+    """
+    Run ``statement``, again while SQLite says the file is locked, for up to ``timeout``:
+    two processes opening a fresh file at once, one may be told so at once (the other is
+    recovering its write-ahead log), without SQLite's own busy timeout being applied.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return statement()
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() >= deadline:
+                raise
+        sleep(0.01)
+
+
 @implementer(IStore)
 class SQLiteStore(SQLStore):
     """`IStore` in the SQLite file at ``path`` (or ``:memory:``)."""
@@ -43,7 +61,7 @@ class SQLiteStore(SQLStore):
     def _connect(self) -> None:
         connection = sqlite3.connect(
             self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
-        connection.execute("PRAGMA journal_mode=WAL")
+        while_locked(lambda: connection.execute("PRAGMA journal_mode=WAL"))
         connection.execute("PRAGMA synchronous=NORMAL")
         self._connection = connection
 
