@@ -169,3 +169,16 @@ def deltas(sse: bytes) -> str:
     return "".join(json.loads(line[6:])["delta"].get("text", "")
                    for line in sse.decode().split("\n")
                    if line.startswith("data: ") and '"content_block_delta"' in line)
+
+
+@needs_vectors
+class CompleteTests(unittest.TestCase):
+    def test_a_translated_stream_is_complete_once_its_done_is_written(self) -> None:
+        source = vector("response/anthropic/stream_message_delta_usage.json")
+        translator = MessagesToChatStream(0, wants_usage=True)
+        end = source.index(b"message_stop")
+        translator.feed(source[:end - 20])
+        self.assertFalse(translator.complete)
+        out = translator.feed(source[end - 20:])
+        self.assertIn(b"data: [DONE]", out)
+        self.assertTrue(translator.complete)

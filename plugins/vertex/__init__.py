@@ -229,6 +229,10 @@ class EitherStream:
         return None if self._inner is None else self._inner.usage
 
     @property
+    def complete(self) -> bool:
+        return self._inner is not None and self._inner.complete
+
+    @property
     def error(self) -> tuple[int, str] | None:
         return None if self._inner is None else self._inner.error
 

@@ -137,9 +137,11 @@ class ITranslatingProvider(IProvider):
 
     def stream_translator(wants_usage: bool) -> Any:  # noqa: N805
         """
-        A fresh translator for one stream: ``feed(bytes) -> bytes`` of OpenAI chunks, with
-        ``usage``, ``chunks`` (chunks written) and ``error`` ((type, message) of an error
-        event the upstream sent, or None) readable as it goes.
+        A fresh translator for one stream (`txgateway.web.relay.ITranscoder`): ``feed(bytes)
+        -> bytes`` of OpenAI chunks, with ``usage``, ``chunks`` (chunks written), ``error``
+        ((type, message) of an error event the upstream sent, or None) and ``complete``
+        (``[DONE]`` written) readable as it goes; `txgateway.translate.ToChatChunks` keeps
+        them all.
         """
 
 

@@ -165,6 +165,8 @@ class ToChatChunks:
         #: An error the upstream sent, or met in its stream: (status, message).
         self.error: tuple[int, str] | None = None
         self.chunks = 0
+        #: Whether ``[DONE]`` was written: the caller had the whole answer.
+        self.complete = False
 
     def _sse(self, fields: dict[str, Any]) -> bytes:
         chunk = {"id": self._id, "object": "chat.completion.chunk", "created": self._created,
@@ -180,6 +182,7 @@ class ToChatChunks:
         if self._wants_usage and self.usage is not None:
             out.append(self._sse({"choices": [], "usage": chat_usage(self.usage)}))
         out.append(b"data: [DONE]\n\n")
+        self.complete = True
         return out
 
     def _tool_start(self, block: int, call_id: Any, name: Any) -> list[bytes]:

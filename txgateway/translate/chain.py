@@ -38,4 +38,4 @@ class ChainedStream:
 
     @property
     def complete(self) -> bool:
-        return bool(getattr(self._second, "complete", False))
+        return bool(self._second.complete)

@@ -352,6 +352,7 @@ class Inflating:
 
     error = None
     chunks = 0
+    complete = False
 
     def __init__(self, reader: AnswerUsage | StreamUsage, limit: int) -> None:
         self._reader = reader

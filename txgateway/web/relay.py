@@ -72,7 +72,7 @@ class ITranscoder(Interface):
     complete = Attribute(
         "True once the stream's last event has gone to the caller (chat's ``data: [DONE]``): "
         "a caller that leaves after it had the whole answer, as SDKs do before the body's "
-        "own end arrives.  A transcoder that does not track it is read as False.")
+        "own end arrives.")
 
     def feed(data: bytes) -> bytes:  # noqa: N805 (zope interface)
         """What to write of ``data`` (may be nothing until an event is whole)."""
@@ -165,7 +165,7 @@ class Relay(TimedBody):
         tally = self._tally
         aborted = self._call.aborted
         # A caller that left once the last event was written had the whole answer.
-        whole = aborted and getattr(self._transcoder, "complete", False)
+        whole = aborted and self._transcoder.complete
         if self._request_size is not None and (tally.usage is None or not whole and (
                 aborted or failure is not None or tally.error is not None)):
             # Cut short: a usage reported so far is partial (Anthropic's message_start gives
@@ -216,6 +216,8 @@ class Bytes:
     usage: Usage | None = None
     error: tuple[int, str] | None = None
     chunks = 0
+    #: A body relayed as it came has no last event to tell a whole answer by.
+    complete = False
 
     def feed(self, data: bytes) -> bytes:
         return data
